@@ -1,0 +1,120 @@
+//! Fetcher: every INTERVAL_SECONDS, asks the NASA API for a random image and hands the event to
+//! the Publisher. It makes no new event while one is pending, and backs off on API errors.
+
+use actix::prelude::*;
+use rand::seq::IndexedRandom;
+use slog::{info, warn, Logger};
+use std::time::{Duration, Instant};
+
+use super::publisher::{Publish, Publisher, WaitIdle};
+use crate::backoff::Backoff;
+use crate::config::RANDOM_TOPICS;
+use crate::event::ImageEvent;
+use crate::nasa::{NasaClient, NasaError};
+
+pub struct Fetcher {
+    nasa: NasaClient,
+    publisher: Addr<Publisher>,
+    query: Option<String>,
+    interval: Duration,
+    backoff: Backoff,
+    failures: u32,
+    log: Logger,
+}
+
+enum Cycle {
+    Published,
+    NoHits(String),
+    NasaFailed(NasaError),
+    PublisherFailed(String),
+}
+
+impl Fetcher {
+    pub fn new(nasa: NasaClient, publisher: Addr<Publisher>, query: Option<String>, interval: Duration, backoff: Backoff, log: Logger) -> Self {
+        Fetcher { nasa, publisher, query, interval, backoff, failures: 0, log }
+    }
+
+    fn schedule(&mut self, ctx: &mut Context<Self>, delay: Duration) {
+        ctx.run_later(delay, |act, ctx| act.cycle(ctx));
+    }
+
+    fn cycle(&mut self, ctx: &mut Context<Self>) {
+        let started = Instant::now();
+        let query = self.query.clone().unwrap_or_else(|| RANDOM_TOPICS.choose(&mut rand::rng()).expect("not empty").to_string());
+        let work = fetch_and_publish(self.nasa.clone(), self.publisher.clone(), query, self.log.clone());
+        ctx.spawn(work.into_actor(self).map(move |outcome, act, ctx| {
+            let delay = act.next_delay(outcome, started);
+            act.schedule(ctx, delay);
+        }));
+    }
+
+    /// After success: the rest of the interval. After a failure: the backoff, growing each time.
+    fn next_delay(&mut self, outcome: Cycle, started: Instant) -> Duration {
+        let retry = |act: &mut Fetcher| {
+            let d = act.backoff.delay(act.failures);
+            act.failures += 1;
+            d
+        };
+        match outcome {
+            Cycle::Published => {
+                self.failures = 0;
+                self.interval.saturating_sub(started.elapsed())
+            }
+            Cycle::NoHits(query) => {
+                warn!(self.log, "NASA API has no images for this query"; "labels.query" => query);
+                self.interval
+            }
+            Cycle::NasaFailed(e) => {
+                let delay = retry(self);
+                warn!(self.log, "NASA API request failed, will retry"; "error.type" => e.kind(), "error.message" => e.to_string(),
+                    "labels.attempt" => self.failures, "labels.delay_ms" => delay.as_millis() as u64);
+                delay
+            }
+            Cycle::PublisherFailed(reason) => {
+                let delay = retry(self);
+                warn!(self.log, "publisher unavailable, will retry"; "error.type" => "publisher", "error.message" => reason,
+                    "labels.attempt" => self.failures, "labels.delay_ms" => delay.as_millis() as u64);
+                delay
+            }
+        }
+    }
+}
+
+/// One cycle: wait until nothing is pending, find an image, publish it and wait for delivery.
+async fn fetch_and_publish(nasa: NasaClient, publisher: Addr<Publisher>, query: String, log: Logger) -> Cycle {
+    if let Err(e) = publisher.send(WaitIdle).await {
+        return Cycle::PublisherFailed(e.to_string());
+    }
+    let found = match nasa.random_image(&query).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return Cycle::NoHits(query),
+        Err(e) => return Cycle::NasaFailed(e),
+    };
+    let event = ImageEvent::new(found, &query);
+    info!(log, "found image"; "labels.nasa_id" => &event.nasa_id, "labels.query" => &query,
+        "labels.event_id" => event.event_id.to_string());
+    match publisher.send(Publish(event)).await {
+        Ok(Ok(_)) => Cycle::Published,
+        Ok(Err(e)) => Cycle::PublisherFailed(e.to_string()),
+        Err(e) => Cycle::PublisherFailed(e.to_string()),
+    }
+}
+
+impl Actor for Fetcher {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.schedule(ctx, Duration::ZERO);
+    }
+}
+
+/// Stop fetching (shutdown). A publish already handed over still completes or stays in the outbox.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopFetching;
+
+impl Handler<StopFetching> for Fetcher {
+    type Result = ();
+    fn handle(&mut self, _: StopFetching, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}

@@ -1,0 +1,134 @@
+//! Publisher: sends each event to Kafka (key = nasa_id) and answers only once the broker has
+//! acknowledged it. While Kafka is unavailable it retries THE SAME event with backoff; the event
+//! waits in the on-disk outbox meanwhile, so a crash does not lose it.
+
+use actix::prelude::*;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use slog::{error, info, warn, Logger};
+use std::time::Duration;
+
+use crate::backoff::Backoff;
+use crate::event::ImageEvent;
+use crate::kafka::LogContext;
+use crate::outbox::{Outbox, OutboxError};
+
+pub struct Publisher {
+    producer: FutureProducer<LogContext>,
+    topic: String,
+    outbox: Outbox,
+    backoff: Backoff,
+    log: Logger,
+}
+
+impl Publisher {
+    pub fn new(producer: FutureProducer<LogContext>, topic: String, outbox: Outbox, backoff: Backoff, log: Logger) -> Self {
+        Publisher { producer, topic, outbox, backoff, log }
+    }
+
+    /// Sends `event` until the broker acknowledges it, then clears the outbox.
+    fn deliver(&self, event: ImageEvent) -> impl std::future::Future<Output = Result<Delivered, OutboxError>> + 'static {
+        let (producer, topic, outbox, backoff, log) =
+            (self.producer.clone(), self.topic.clone(), self.outbox.clone(), self.backoff, self.log.clone());
+        async move {
+            let payload = serde_json::to_vec(&event).expect("events always serialize");
+            let mut attempt: u32 = 0;
+            loop {
+                let record = FutureRecord::to(&topic).key(&event.nasa_id).payload(&payload);
+                match producer.send(record, Duration::ZERO).await {
+                    Ok(d) => {
+                        outbox.clear()?;
+                        info!(log, "sent"; "labels.nasa_id" => &event.nasa_id, "labels.event_id" => event.event_id.to_string(),
+                            "labels.topic" => &topic, "labels.partition" => d.partition, "labels.offset" => d.offset,
+                            "labels.attempts" => attempt + 1);
+                        return Ok(Delivered { partition: d.partition, offset: d.offset });
+                    }
+                    Err((e, _)) => {
+                        let delay = backoff.delay(attempt);
+                        attempt += 1;
+                        warn!(log, "Kafka unavailable"; "labels.nasa_id" => &event.nasa_id,
+                            "labels.event_id" => event.event_id.to_string(), "labels.attempt" => attempt,
+                            "labels.delay_ms" => delay.as_millis() as u64, "error.type" => "kafka",
+                            "error.message" => e.to_string());
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Actor for Publisher {
+    type Context = Context<Self>;
+
+    /// A pending event from before a crash goes first; `ctx.wait` holds every message until it is sent.
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        match self.outbox.pending() {
+            Ok(None) => {}
+            Ok(Some(event)) => {
+                info!(self.log, "publishing the event left pending by the previous run";
+                    "labels.nasa_id" => &event.nasa_id, "labels.event_id" => event.event_id.to_string());
+                let log = self.log.clone();
+                ctx.wait(self.deliver(event).into_actor(self).map(move |r, _, _| {
+                    if let Err(e) = r {
+                        error!(log, "cannot clear the outbox"; "error.type" => "outbox", "error.message" => e.to_string())
+                    }
+                }));
+            }
+            Err(e) => error!(self.log, "pending event unreadable"; "error.type" => "outbox", "error.message" => e.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Publish one event; the answer comes once the broker has it.
+#[derive(Message)]
+#[rtype(result = "Result<Delivered, OutboxError>")]
+pub struct Publish(pub ImageEvent);
+
+impl Handler<Publish> for Publisher {
+    // Atomic: the next message waits until this event is delivered (one pending event at a time).
+    type Result = AtomicResponse<Self, Result<Delivered, OutboxError>>;
+
+    fn handle(&mut self, Publish(event): Publish, _: &mut Context<Self>) -> Self::Result {
+        // Durable first: once in the outbox, the event survives a crash before delivery.
+        let stored = self.outbox.put(&event);
+        let delivery = self.deliver(event);
+        AtomicResponse::new(Box::pin(
+            async move {
+                stored?;
+                delivery.await
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
+/// Answers once no event is pending: the Fetcher asks before it makes a new one.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WaitIdle;
+
+impl Handler<WaitIdle> for Publisher {
+    type Result = ();
+    fn handle(&mut self, _: WaitIdle, _: &mut Context<Self>) {}
+}
+
+/// Flush librdkafka's queue before the process exits.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Flush(pub Duration);
+
+impl Handler<Flush> for Publisher {
+    type Result = ();
+    fn handle(&mut self, Flush(timeout): Flush, _: &mut Context<Self>) {
+        if let Err(e) = self.producer.flush(timeout) {
+            warn!(self.log, "producer flush incomplete; the pending event stays in the outbox";
+                "error.type" => "kafka", "error.message" => e.to_string());
+        }
+    }
+}

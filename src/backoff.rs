@@ -1,0 +1,54 @@
+//! Exponential backoff with jitter, shared by every retry loop in the daemon.
+
+use rand::Rng;
+use std::time::Duration;
+
+/// `min(max, min·2^attempt) · (1 + rand·jitter)`, the formula of Akka's backoff supervisor.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Backoff {
+    pub min: Duration,
+    pub max: Duration,
+    /// 0.0 = no jitter; 0.2 = up to 20 % longer.
+    pub jitter: f64,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration, jitter: f64) -> Self {
+        Backoff { min, max: max.max(min), jitter: jitter.clamp(0.0, 1.0) }
+    }
+
+    /// The delay before retry number `attempt` (0 = the first retry).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let base = self.base_delay(attempt);
+        let factor = 1.0 + rand::rng().random::<f64>() * self.jitter;
+        base.mul_f64(factor)
+    }
+
+    /// The delay without jitter: `min(max, min·2^attempt)`.
+    pub fn base_delay(&self, attempt: u32) -> Duration {
+        let doubled = self.min.saturating_mul(2u32.saturating_pow(attempt.min(31)));
+        doubled.min(self.max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doubles_from_min_and_stops_at_max() {
+        let b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000), 0.0);
+        let delays: Vec<u128> = (0..6).map(|n| b.delay(n).as_millis()).collect();
+        assert_eq!(delays, vec![100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(b.delay(u32::MAX), Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn jitter_only_lengthens_and_stays_within_its_factor() {
+        let b = Backoff::new(Duration::from_millis(100), Duration::from_secs(10), 0.5);
+        for _ in 0..200 {
+            let d = b.delay(1).as_millis();
+            assert!((200..=300).contains(&d), "{d}");
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! Configuration: read once at start from env vars (each overridable by a CLI flag) into [`Config`].
+//!
+//! clap reads the raw strings so that `--help` lists every variable; [`Config::from_settings`]
+//! then validates them, and a bad value becomes a [`ConfigError`] that names the variable, the
+//! value and what is accepted (the binary prints it on one line and exits with code 2).
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+use url::Url;
+
+use crate::image::ImageVariant;
+
+#[derive(Parser, Debug)]
+#[command(name = "nasa-ingest", version, about = "Keeps a Postgres archive of NASA images fed through Kafka.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Apply the database migrations and exit.
+    Migrate,
+}
+
+/// The raw settings, as given. Every field is a string so that validation can name the variable.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Settings {
+    /// Kafka bootstrap servers, host:port[,host:port]. Also read from KAFKA_BOOTSTRAP_SERVERS or KAFKA_BOOTSTRAP.
+    #[arg(long, env = "KAFKA_BROKERS", global = true)]
+    pub kafka_brokers: Option<String>,
+    /// Topic the events go to; dead letters go to "<topic>.dlq".
+    #[arg(long, env = "KAFKA_TOPIC", global = true)]
+    pub kafka_topic: Option<String>,
+    /// Consumer group of the consumer role.
+    #[arg(long, env = "KAFKA_GROUP_ID", global = true)]
+    pub kafka_group_id: Option<String>,
+    /// postgres://user[:password]@host[:port]/database (needed by the consumer role and `migrate`).
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Base URL of the NASA Images API.
+    #[arg(long, env = "NASA_API_URL", global = true)]
+    pub nasa_api_url: Option<String>,
+    /// Search term; empty picks one of moon, mars, earth, nebula, galaxy, saturn, jupiter, apollo each time.
+    #[arg(long, env = "QUERY", global = true)]
+    pub query: Option<String>,
+    /// Seconds between two fetched images.
+    #[arg(long, env = "INTERVAL_SECONDS", global = true)]
+    pub interval_seconds: Option<String>,
+    /// Run the producer role (Fetcher + Publisher).
+    #[arg(long, env = "PRODUCER_ENABLED", global = true)]
+    pub producer_enabled: Option<String>,
+    /// Run the consumer role (Subscriber + Downloader + Storer).
+    #[arg(long, env = "CONSUMER_ENABLED", global = true)]
+    pub consumer_enabled: Option<String>,
+    /// Wanted image size: orig, large, medium, small or thumb (the next smaller jpg when missing).
+    #[arg(long, env = "IMAGE_VARIANT", global = true)]
+    pub image_variant: Option<String>,
+    /// Largest image accepted, in bytes.
+    #[arg(long, env = "MAX_IMAGE_BYTES", global = true)]
+    pub max_image_bytes: Option<String>,
+    /// Comma-separated hosts images may be downloaded from.
+    #[arg(long, env = "ALLOWED_IMAGE_HOSTS", global = true)]
+    pub allowed_image_hosts: Option<String>,
+    /// Events processed at once by the consumer role.
+    #[arg(long, env = "DOWNLOAD_CONCURRENCY", global = true)]
+    pub download_concurrency: Option<String>,
+    /// Seconds a whole image download may take.
+    #[arg(long, env = "DOWNLOAD_TIMEOUT_SECONDS", global = true)]
+    pub download_timeout_seconds: Option<String>,
+    /// Directory for local state: the producer's outbox of pending events.
+    #[arg(long, env = "DATA_DIR", global = true)]
+    pub data_dir: Option<String>,
+    /// First delay of the publisher's retries while Kafka is unavailable, in ms.
+    #[arg(long, env = "PUBLISH_MIN_BACKOFF_MS", global = true)]
+    pub publish_min_backoff_ms: Option<String>,
+    /// Longest delay of the publisher's retries, in ms.
+    #[arg(long, env = "PUBLISH_MAX_BACKOFF_MS", global = true)]
+    pub publish_max_backoff_ms: Option<String>,
+    /// First delay of the other retries (NASA API, image downloads, Postgres), in ms.
+    #[arg(long, env = "RETRY_MIN_BACKOFF_MS", global = true)]
+    pub retry_min_backoff_ms: Option<String>,
+    /// Longest delay of the other retries, in ms.
+    #[arg(long, env = "RETRY_MAX_BACKOFF_MS", global = true)]
+    pub retry_max_backoff_ms: Option<String>,
+    /// Deployment name reported in logs and to Sentry.
+    #[arg(long, env = "ENVIRONMENT", global = true)]
+    pub environment: Option<String>,
+    /// Sentry DSN; empty disables Sentry.
+    #[arg(long, env = "SENTRY_DSN", global = true, hide_env_values = true)]
+    pub sentry_dsn: Option<String>,
+    /// error, warn, info, debug or trace.
+    #[arg(long, env = "LOG_LEVEL", global = true)]
+    pub log_level: Option<String>,
+}
+
+/// Topics the fetcher picks from when `QUERY` is empty.
+pub const RANDOM_TOPICS: [&str; 8] = ["moon", "mars", "earth", "nebula", "galaxy", "saturn", "jupiter", "apollo"];
+
+/// The validated configuration, read once at start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub kafka_brokers: String,
+    pub kafka_topic: String,
+    pub kafka_dlq_topic: String,
+    pub kafka_group_id: String,
+    pub database_url: Option<DatabaseUrl>,
+    pub nasa_api_url: Url,
+    pub query: Option<String>,
+    pub interval: Duration,
+    pub producer_enabled: bool,
+    pub consumer_enabled: bool,
+    pub image_variant: ImageVariant,
+    pub max_image_bytes: u64,
+    pub allowed_image_hosts: Vec<String>,
+    pub download_concurrency: usize,
+    pub download_timeout: Duration,
+    pub data_dir: PathBuf,
+    pub publish_min_backoff: Duration,
+    pub publish_max_backoff: Duration,
+    pub retry_min_backoff: Duration,
+    pub retry_max_backoff: Duration,
+    pub environment: String,
+    pub sentry_dsn: Option<String>,
+    pub log_level: slog::Level,
+}
+
+/// A database URL whose `Debug` and `Display` never show the password.
+#[derive(Clone)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The full URL, password included: only for opening connections.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// host:port/database, for logs.
+    pub fn redacted(&self) -> String {
+        match Url::parse(&self.0) {
+            Ok(u) => format!("{}:{}{}", u.host_str().unwrap_or(""), u.port().unwrap_or(5432), u.path()),
+            Err(_) => "<unparsable>".into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({})", self.redacted())
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("{var}={value:?} is not valid: expected {accepted}")]
+    Invalid { var: &'static str, value: String, accepted: String },
+    #[error("{var} is not valid (value hidden: it may hold a secret): expected {accepted}")]
+    InvalidSecret { var: &'static str, accepted: String },
+    #[error("{var} is not set: expected {accepted}")]
+    Missing { var: &'static str, accepted: String },
+    #[error("PRODUCER_ENABLED and CONSUMER_ENABLED are both false: accepted is at least one of them true")]
+    NoRole,
+}
+
+impl Config {
+    /// Validates the raw settings. `command` decides which settings are required.
+    pub fn from_settings(s: &Settings, command: Command) -> Result<Config, ConfigError> {
+        let producer_enabled = parse_bool("PRODUCER_ENABLED", &s.producer_enabled, true)?;
+        let consumer_enabled = parse_bool("CONSUMER_ENABLED", &s.consumer_enabled, true)?;
+        if !producer_enabled && !consumer_enabled {
+            return Err(ConfigError::NoRole);
+        }
+        let database_url = parse_database_url(&s.database_url)?;
+        if database_url.is_none() && (consumer_enabled || command == Command::Migrate) {
+            return Err(ConfigError::Missing { var: "DATABASE_URL", accepted: DATABASE_URL_FORM.into() });
+        }
+        let kafka_topic = parse_name("KAFKA_TOPIC", &s.kafka_topic, "images")?;
+        let publish_min_backoff = parse_millis("PUBLISH_MIN_BACKOFF_MS", &s.publish_min_backoff_ms, 500)?;
+        let publish_max_backoff = parse_millis("PUBLISH_MAX_BACKOFF_MS", &s.publish_max_backoff_ms, 30_000)?;
+        let retry_min_backoff = parse_millis("RETRY_MIN_BACKOFF_MS", &s.retry_min_backoff_ms, 500)?;
+        let retry_max_backoff = parse_millis("RETRY_MAX_BACKOFF_MS", &s.retry_max_backoff_ms, 30_000)?;
+        Ok(Config {
+            kafka_brokers: parse_brokers(&kafka_brokers_setting(s))?,
+            kafka_dlq_topic: format!("{kafka_topic}.dlq"),
+            kafka_topic,
+            kafka_group_id: parse_name("KAFKA_GROUP_ID", &s.kafka_group_id, "images-writer")?,
+            database_url,
+            nasa_api_url: parse_http_url("NASA_API_URL", &s.nasa_api_url, "https://images-api.nasa.gov")?,
+            query: non_empty(&s.query).map(str::to_owned),
+            interval: Duration::from_secs(parse_number("INTERVAL_SECONDS", &s.interval_seconds, 30, 1, 86_400)?),
+            producer_enabled,
+            consumer_enabled,
+            image_variant: parse_variant(&s.image_variant)?,
+            max_image_bytes: parse_number("MAX_IMAGE_BYTES", &s.max_image_bytes, 50 * 1024 * 1024, 1, 1 << 40)?,
+            allowed_image_hosts: parse_hosts(&s.allowed_image_hosts)?,
+            download_concurrency: parse_number("DOWNLOAD_CONCURRENCY", &s.download_concurrency, 8, 1, 1024)? as usize,
+            download_timeout: Duration::from_secs(parse_number(
+                "DOWNLOAD_TIMEOUT_SECONDS",
+                &s.download_timeout_seconds,
+                60,
+                1,
+                3600,
+            )?),
+            data_dir: PathBuf::from(non_empty(&s.data_dir).unwrap_or("data")),
+            publish_min_backoff,
+            publish_max_backoff: at_least("PUBLISH_MAX_BACKOFF_MS", publish_max_backoff, publish_min_backoff)?,
+            retry_min_backoff,
+            retry_max_backoff: at_least("RETRY_MAX_BACKOFF_MS", retry_max_backoff, retry_min_backoff)?,
+            environment: non_empty(&s.environment).unwrap_or("local").to_owned(),
+            sentry_dsn: parse_sentry_dsn(&s.sentry_dsn)?,
+            log_level: parse_log_level(&s.log_level)?,
+        })
+    }
+
+    /// The roles, for logs and Sentry tags: "producer", "consumer" or "producer+consumer".
+    pub fn roles(&self) -> &'static str {
+        match (self.producer_enabled, self.consumer_enabled) {
+            (true, true) => "producer+consumer",
+            (true, false) => "producer",
+            _ => "consumer",
+        }
+    }
+}
+
+const DATABASE_URL_FORM: &str = "postgres://user[:password]@host[:port]/database";
+
+fn non_empty(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// KAFKA_BROKERS, else the names the earlier Python version used.
+fn kafka_brokers_setting(s: &Settings) -> Option<String> {
+    non_empty(&s.kafka_brokers).map(str::to_owned).or_else(|| {
+        ["KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP"]
+            .iter()
+            .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+    })
+}
+
+fn invalid(var: &'static str, value: &str, accepted: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { var, value: value.to_owned(), accepted: accepted.into() }
+}
+
+fn parse_bool(var: &'static str, v: &Option<String>, default: bool) -> Result<bool, ConfigError> {
+    match non_empty(v).map(str::to_ascii_lowercase).as_deref() {
+        None => Ok(default),
+        Some("true" | "1" | "yes" | "on") => Ok(true),
+        Some("false" | "0" | "no" | "off") => Ok(false),
+        Some(_) => Err(invalid(var, v.as_deref().unwrap_or(""), "true or false (also 1/0, yes/no, on/off)")),
+    }
+}
+
+fn parse_number(var: &'static str, v: &Option<String>, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+    let Some(raw) = non_empty(v) else { return Ok(default) };
+    match raw.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(invalid(var, raw, format!("a whole number from {min} to {max}"))),
+    }
+}
+
+fn parse_millis(var: &'static str, v: &Option<String>, default: u64) -> Result<Duration, ConfigError> {
+    parse_number(var, v, default, 1, 3_600_000).map(Duration::from_millis)
+}
+
+fn at_least(var: &'static str, max: Duration, min: Duration) -> Result<Duration, ConfigError> {
+    if max < min {
+        return Err(invalid(var, &max.as_millis().to_string(), format!("at least the minimum backoff, {} ms", min.as_millis())));
+    }
+    Ok(max)
+}
+
+fn parse_name(var: &'static str, v: &Option<String>, default: &str) -> Result<String, ConfigError> {
+    let Some(raw) = non_empty(v) else { return Ok(default.to_owned()) };
+    let ok = raw.len() <= 200 && raw.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if ok {
+        Ok(raw.to_owned())
+    } else {
+        Err(invalid(var, raw, "letters, digits, '.', '_' and '-' (at most 200)"))
+    }
+}
+
+fn parse_brokers(v: &Option<String>) -> Result<String, ConfigError> {
+    let Some(raw) = non_empty(&v.clone()).map(str::to_owned) else { return Ok("127.0.0.1:9092".into()) };
+    let valid = raw.split(',').map(str::trim).all(|hp| {
+        hp.rsplit_once(':')
+            .map(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
+            .unwrap_or(false)
+    });
+    if valid {
+        Ok(raw.split(',').map(str::trim).collect::<Vec<_>>().join(","))
+    } else {
+        Err(invalid("KAFKA_BROKERS", &raw, "host:port[,host:port...]"))
+    }
+}
+
+fn parse_http_url(var: &'static str, v: &Option<String>, default: &str) -> Result<Url, ConfigError> {
+    let raw = non_empty(v).unwrap_or(default);
+    match Url::parse(raw) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Ok(u),
+        _ => Err(invalid(var, raw, "an http:// or https:// URL such as https://images-api.nasa.gov")),
+    }
+}
+
+fn parse_database_url(v: &Option<String>) -> Result<Option<DatabaseUrl>, ConfigError> {
+    let Some(raw) = non_empty(v) else { return Ok(None) };
+    match Url::parse(raw) {
+        Ok(u) if matches!(u.scheme(), "postgres" | "postgresql") && u.path().len() > 1 => Ok(Some(DatabaseUrl(raw.to_owned()))),
+        _ => Err(ConfigError::InvalidSecret { var: "DATABASE_URL", accepted: DATABASE_URL_FORM.into() }),
+    }
+}
+
+fn parse_sentry_dsn(v: &Option<String>) -> Result<Option<String>, ConfigError> {
+    let Some(raw) = non_empty(v) else { return Ok(None) };
+    match raw.parse::<sentry::types::Dsn>() {
+        Ok(_) => Ok(Some(raw.to_owned())),
+        Err(_) => Err(ConfigError::InvalidSecret {
+            var: "SENTRY_DSN",
+            accepted: "empty (Sentry off) or a DSN such as https://KEY@sentry.example.com/PROJECT_ID".into(),
+        }),
+    }
+}
+
+fn parse_variant(v: &Option<String>) -> Result<ImageVariant, ConfigError> {
+    let Some(raw) = non_empty(v) else { return Ok(ImageVariant::Orig) };
+    raw.parse().map_err(|_| invalid("IMAGE_VARIANT", raw, "orig, large, medium, small or thumb"))
+}
+
+fn parse_hosts(v: &Option<String>) -> Result<Vec<String>, ConfigError> {
+    let Some(raw) = non_empty(v) else { return Ok(vec!["images-assets.nasa.gov".into()]) };
+    let hosts: Vec<String> = raw.split(',').map(|h| h.trim().to_ascii_lowercase()).collect();
+    let valid = hosts.iter().all(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c)));
+    if valid {
+        Ok(hosts)
+    } else {
+        Err(invalid("ALLOWED_IMAGE_HOSTS", raw, "comma-separated host names such as images-assets.nasa.gov"))
+    }
+}
+
+fn parse_log_level(v: &Option<String>) -> Result<slog::Level, ConfigError> {
+    let Some(raw) = non_empty(v) else { return Ok(slog::Level::Info) };
+    match raw.to_ascii_lowercase().as_str() {
+        "error" => Ok(slog::Level::Error),
+        "warn" | "warning" => Ok(slog::Level::Warning),
+        "info" => Ok(slog::Level::Info),
+        "debug" => Ok(slog::Level::Debug),
+        "trace" => Ok(slog::Level::Trace),
+        _ => Err(invalid("LOG_LEVEL", raw, "error, warn, info, debug or trace")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Settings {
+        Settings { database_url: Some("postgres://u:secret@db:5433/images".into()), ..Default::default() }
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::from_settings(&base(), Command::Run).unwrap();
+        assert_eq!(c.kafka_topic, "images");
+        assert_eq!(c.kafka_dlq_topic, "images.dlq");
+        assert_eq!(c.kafka_group_id, "images-writer");
+        assert_eq!(c.interval, Duration::from_secs(30));
+        assert_eq!(c.max_image_bytes, 50 * 1024 * 1024);
+        assert_eq!(c.allowed_image_hosts, vec!["images-assets.nasa.gov"]);
+        assert_eq!(c.download_concurrency, 8);
+        assert_eq!(c.nasa_api_url.as_str(), "https://images-api.nasa.gov/");
+        assert!(c.producer_enabled && c.consumer_enabled);
+    }
+
+    #[test]
+    fn database_url_never_shows_its_password() {
+        let c = Config::from_settings(&base(), Command::Run).unwrap();
+        let shown = format!("{:?} {}", c.database_url, c.database_url.as_ref().unwrap().redacted());
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("db:5433/images"), "{shown}");
+    }
+
+    #[test]
+    fn bad_number_names_variable_value_and_range() {
+        let s = Settings { interval_seconds: Some("soon".into()), ..base() };
+        let msg = Config::from_settings(&s, Command::Run).unwrap_err().to_string();
+        assert_eq!(msg, "INTERVAL_SECONDS=\"soon\" is not valid: expected a whole number from 1 to 86400");
+    }
+
+    #[test]
+    fn consumer_needs_a_database_but_producer_alone_does_not() {
+        let s = Settings::default();
+        assert!(matches!(Config::from_settings(&s, Command::Run), Err(ConfigError::Missing { var: "DATABASE_URL", .. })));
+        let s = Settings { consumer_enabled: Some("false".into()), ..Default::default() };
+        assert!(Config::from_settings(&s, Command::Run).is_ok());
+    }
+}

@@ -1,0 +1,89 @@
+//! Postgres through diesel and an r2d2 pool: the `images` table, its migrations, and the two
+//! queries the Storer needs. All calls block: run them off the actor thread (`spawn_blocking`).
+
+pub mod schema;
+
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use std::time::Duration;
+use uuid::Uuid;
+
+use crate::errors::Transient;
+use schema::images;
+
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+pub type PgPool = Pool<ConnectionManager<PgConnection>>;
+type PgConn = PooledConnection<ConnectionManager<PgConnection>>;
+
+/// A pool that connects lazily, so that the daemon starts (and waits) while Postgres is down.
+pub fn pool(database_url: &str, max_size: u32) -> PgPool {
+    Pool::builder()
+        .max_size(max_size)
+        .min_idle(Some(0))
+        .connection_timeout(Duration::from_secs(5))
+        .build_unchecked(ConnectionManager::new(database_url))
+}
+
+fn conn(pool: &PgPool) -> Result<PgConn, Transient> {
+    pool.get().map_err(|e| Transient::Database(e.to_string()))
+}
+
+/// Applies pending migrations; returns the names of those applied.
+pub fn migrate(pool: &PgPool) -> Result<Vec<String>, Transient> {
+    let mut c = conn(pool)?;
+    let applied = c.run_pending_migrations(MIGRATIONS).map_err(|e| Transient::Database(e.to_string()))?;
+    Ok(applied.iter().map(|m| m.to_string()).collect())
+}
+
+/// Whether the pool can reach Postgres now.
+pub fn ping(pool: &PgPool) -> Result<(), Transient> {
+    diesel::sql_query("SELECT 1").execute(&mut conn(pool)?).map(drop).map_err(|e| Transient::Database(e.to_string()))
+}
+
+#[derive(Insertable, Debug, Clone)]
+#[diesel(table_name = images)]
+pub struct NewImage {
+    pub nasa_id: String,
+    pub title: Option<String>,
+    pub query: Option<String>,
+    pub image_url: String,
+    pub content_type: String,
+    pub byte_size: i64,
+    pub sha256: String,
+    pub image_bytes: Vec<u8>,
+    pub event_id: Option<Uuid>,
+    pub kafka_partition: Option<i32>,
+    pub kafka_offset: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    Inserted,
+    /// The nasa_id was stored already; nothing was written.
+    Duplicate,
+}
+
+pub fn is_stored(pool: &PgPool, nasa_id: &str) -> Result<bool, Transient> {
+    use diesel::dsl::exists;
+    diesel::select(exists(images::table.filter(images::nasa_id.eq(nasa_id))))
+        .get_result(&mut conn(pool)?)
+        .map_err(|e| Transient::Database(e.to_string()))
+}
+
+/// Inserts unless the nasa_id is there: `ON CONFLICT (nasa_id) DO NOTHING`.
+pub fn insert(pool: &PgPool, row: &NewImage) -> Result<Stored, Transient> {
+    let n = diesel::insert_into(images::table)
+        .values(row)
+        .on_conflict(images::nasa_id)
+        .do_nothing()
+        .execute(&mut conn(pool)?)
+        .map_err(|e| Transient::Database(e.to_string()))?;
+    Ok(if n == 1 { Stored::Inserted } else { Stored::Duplicate })
+}
+
+/// Postgres rejects NUL in text: strip it from text that came from outside.
+pub fn clean_text(s: &str) -> String {
+    s.replace('\0', "")
+}

@@ -1,0 +1,87 @@
+//! Why handling an event can fail. Whether a failure is worth retrying is decided by its type:
+//! a [`Transient`] failure is retried with backoff on the same message and never committed past;
+//! a [`Permanent`] one sends the message to the dead-letter topic and moves on.
+
+use thiserror::Error;
+
+/// A failure that will not go away by retrying the same message.
+#[derive(Debug, Error)]
+pub enum Permanent {
+    #[error("message is not JSON ({0}); fix the producer that wrote it")]
+    NotJson(String),
+    #[error("message lacks field `{0}`; fix the producer that wrote it")]
+    MissingField(&'static str),
+    #[error("message has event_type {0:?}, expected \"image_discovered\" or \"image_saved\"")]
+    UnknownEventType(String),
+    #[error("image URL {0:?} is not a valid http(s) URL")]
+    BadUrl(String),
+    #[error("image host {0:?} is not in ALLOWED_IMAGE_HOSTS; add it there if it is trusted")]
+    HostNotAllowed(String),
+    #[error("image server answered {status} for {url}; the image is gone or the URL is wrong")]
+    ClientStatus { status: u16, url: String },
+    #[error("image is larger than MAX_IMAGE_BYTES ({limit} bytes); raise the limit to accept it")]
+    TooLarge { limit: u64 },
+    #[error("downloaded bytes are not an image (no JPEG, PNG, TIFF, GIF or WebP signature)")]
+    NotAnImage,
+}
+
+impl Permanent {
+    /// A short stable name, for the `error.type` log field and the DLQ `reason` header.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Permanent::NotJson(_) => "not_json",
+            Permanent::MissingField(_) => "missing_field",
+            Permanent::UnknownEventType(_) => "unknown_event_type",
+            Permanent::BadUrl(_) => "bad_url",
+            Permanent::HostNotAllowed(_) => "host_not_allowed",
+            Permanent::ClientStatus { .. } => "image_http_4xx",
+            Permanent::TooLarge { .. } => "too_large",
+            Permanent::NotAnImage => "not_an_image",
+        }
+    }
+}
+
+/// A failure expected to clear up: the same message is retried after a backoff.
+#[derive(Debug, Error)]
+pub enum Transient {
+    #[error("image server answered {status} for {url}; retrying")]
+    ServerStatus { status: u16, url: String },
+    #[error("image download failed: {0}; retrying")]
+    Download(String),
+    #[error("Postgres unavailable: {0}; retrying until it is back")]
+    Database(String),
+    #[error("Kafka unavailable: {0}; retrying until it is back")]
+    Kafka(String),
+    #[error("actor {0} is not running; retrying until it is restarted")]
+    ActorDown(&'static str),
+}
+
+impl Transient {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Transient::ServerStatus { .. } => "image_http_5xx",
+            Transient::Download(_) => "image_download",
+            Transient::Database(_) => "postgres",
+            Transient::Kafka(_) => "kafka",
+            Transient::ActorDown(_) => "actor_down",
+        }
+    }
+}
+
+/// Either kind of failure of one event.
+#[derive(Debug, Error)]
+pub enum EventError {
+    #[error(transparent)]
+    Transient(#[from] Transient),
+    #[error(transparent)]
+    Permanent(#[from] Permanent),
+}
+
+impl EventError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventError::Transient(t) => t.kind(),
+            EventError::Permanent(p) => p.kind(),
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Kafka plumbing shared by the actors: client settings, librdkafka's logs routed into ours,
+//! and creating the topics (the broker may not auto-create them).
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaErrorCode;
+use slog::{debug, info, warn, Logger};
+use std::time::Duration;
+
+/// Partitions of the topics this program creates when they are missing.
+pub const TOPIC_PARTITIONS: i32 = 3;
+
+/// Sends librdkafka's own logs into the daemon's log stream. Connection trouble is retried by
+/// librdkafka itself, so it is a WARN here, never an ERROR.
+#[derive(Clone)]
+pub struct LogContext {
+    pub log: Logger,
+}
+
+impl ClientContext for LogContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        let log = &self.log;
+        match level {
+            RDKafkaLogLevel::Debug => debug!(log, "{}", message; "labels.facility" => facility.to_owned()),
+            RDKafkaLogLevel::Info | RDKafkaLogLevel::Notice => {
+                info!(log, "{}", message; "labels.facility" => facility.to_owned())
+            }
+            _ => warn!(log, "{}", message; "labels.facility" => facility.to_owned()),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        warn!(self.log, "Kafka client error: {}", reason; "error.type" => "kafka", "error.message" => error.to_string());
+    }
+}
+
+pub fn base_config(brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers).set("log_level", "6").set("socket.keepalive.enable", "true");
+    c
+}
+
+/// An idempotent producer that waits for all in-sync replicas. `message_timeout` bounds how long
+/// librdkafka retries one send before it reports a failure to us (we then retry the same event).
+pub fn producer(brokers: &str, message_timeout: Duration, log: Logger) -> KafkaResult<FutureProducer<LogContext>> {
+    base_config(brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", message_timeout.as_millis().to_string())
+        .set("linger.ms", "5")
+        .create_with_context(LogContext { log })
+}
+
+/// Creates the topics that are missing. Ok when they all exist afterwards.
+pub async fn ensure_topics(brokers: &str, topics: &[&str], log: &Logger) -> KafkaResult<()> {
+    let admin: AdminClient<LogContext> = base_config(brokers).create_with_context(LogContext { log: log.clone() })?;
+    let new: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, TOPIC_PARTITIONS, TopicReplication::Fixed(1))).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5))).request_timeout(Some(Duration::from_secs(5)));
+    for result in admin.create_topics(&new, &opts).await? {
+        match result {
+            Ok(topic) => info!(log, "created topic"; "labels.topic" => topic),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(KafkaError::AdminOp(code)).inspect_err(|_| warn!(log, "cannot create topic"; "labels.topic" => topic))
+            }
+        }
+    }
+    Ok(())
+}

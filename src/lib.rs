@@ -1,0 +1,19 @@
+//! nasa-ingest: keeps a Postgres archive of NASA images fed through Kafka.
+//!
+//! The daemon is a handful of actix actors in one process (see `actors::supervisor`,
+//! the composition root). Everything else in this crate is plain code the actors call.
+
+pub mod actors;
+pub mod backoff;
+pub mod config;
+pub mod db;
+pub mod errors;
+pub mod event;
+pub mod fake_nasa;
+pub mod image;
+pub mod kafka;
+pub mod logging;
+pub mod nasa;
+pub mod offsets;
+pub mod outbox;
+pub mod telemetry;

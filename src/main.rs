@@ -1,0 +1,39 @@
+use clap::Parser;
+use slog::{error, info};
+use std::process::ExitCode;
+
+use nasa_ingest::config::{Cli, Command, Config};
+use nasa_ingest::{actors::supervisor, db, logging, telemetry};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Run);
+    let config = match Config::from_settings(&cli.settings, command) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nasa-ingest: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let log = logging::stdout_logger(config.log_level, &config.environment);
+    let _sentry = telemetry::init_sentry(config.sentry_dsn.as_deref(), &config.environment, &log);
+    telemetry::log_panics(log.clone());
+    match command {
+        Command::Migrate => migrate(&config, &log),
+        Command::Run => ExitCode::from(actix::System::new().block_on(supervisor::run(config, log))),
+    }
+}
+
+fn migrate(config: &Config, log: &slog::Logger) -> ExitCode {
+    let url = config.database_url.as_ref().expect("validated: migrate has a DATABASE_URL");
+    match db::migrate(&db::pool(url.expose(), 1)) {
+        Ok(applied) => {
+            info!(log, "migrations applied"; "labels.applied" => applied.join(","), "labels.database" => url.redacted());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!(log, "migrations failed"; "error.type" => "postgres", "error.message" => e.to_string());
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The command line: bad configuration is refused with exit code 2 and one line that names the
+//! variable, the value and what is accepted; `migrate` applies the migrations.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+fn run(env: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(daemon_bin());
+    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+const DB: (&str, &str) = ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/unused");
+
+#[test]
+fn each_bad_value_exits_2_naming_variable_value_and_what_is_accepted() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("INTERVAL_SECONDS", "soon", "a whole number from 1 to 86400"),
+        ("INTERVAL_SECONDS", "0", "a whole number from 1 to 86400"),
+        ("MAX_IMAGE_BYTES", "-5", "a whole number"),
+        ("DOWNLOAD_CONCURRENCY", "many", "a whole number from 1 to 1024"),
+        ("IMAGE_VARIANT", "huge", "orig, large, medium, small or thumb"),
+        ("PRODUCER_ENABLED", "maybe", "true or false"),
+        ("CONSUMER_ENABLED", "2", "true or false"),
+        ("NASA_API_URL", "images-api.nasa.gov", "an http:// or https:// URL"),
+        ("NASA_API_URL", "ftp://images-api.nasa.gov", "an http:// or https:// URL"),
+        ("KAFKA_BROKERS", "broker-without-port", "host:port"),
+        ("LOG_LEVEL", "loud", "error, warn, info, debug or trace"),
+        ("PUBLISH_MIN_BACKOFF_MS", "fast", "a whole number"),
+        ("ALLOWED_IMAGE_HOSTS", "a b", "comma-separated host names"),
+    ];
+    for (var, value, accepted) in cases {
+        let (code, stdout, stderr) = run(&[DB, (var, value)], &[]);
+        assert_eq!(code, Some(2), "{var}={value}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(var) && stderr.contains(&format!("{value:?}")), "{var}={value}: {stderr}");
+        assert!(stderr.contains(accepted), "{var}={value}: {stderr}");
+        assert!(stdout.is_empty(), "{stdout}");
+    }
+}
+
+#[test]
+fn both_roles_off_is_refused() {
+    let (code, _, stderr) = run(&[DB, ("PRODUCER_ENABLED", "false"), ("CONSUMER_ENABLED", "no")], &[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("PRODUCER_ENABLED") && stderr.contains("CONSUMER_ENABLED") && stderr.contains("false"), "{stderr}");
+}
+
+#[test]
+fn secrets_in_bad_values_are_not_echoed() {
+    let (code, _, stderr) = run(&[("DATABASE_URL", "mysql://root:hunter2@db/x")], &[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("DATABASE_URL") && stderr.contains("postgres://"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    let (code, _, stderr) = run(&[DB, ("SENTRY_DSN", "not-a-dsn-secretkey")], &[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("SENTRY_DSN") && !stderr.contains("secretkey"), "{stderr}");
+}
+
+#[test]
+fn consumer_role_needs_database_url() {
+    let (code, _, stderr) = run(&[], &[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("DATABASE_URL is not set"), "{stderr}");
+}
+
+#[test]
+fn help_lists_every_variable_and_version_prints_the_version() {
+    let (code, stdout, _) = run(&[], &["--help"]);
+    assert_eq!(code, Some(0));
+    for var in ["KAFKA_BROKERS", "DATABASE_URL", "INTERVAL_SECONDS", "IMAGE_VARIANT", "ALLOWED_IMAGE_HOSTS", "SENTRY_DSN"] {
+        assert!(stdout.contains(var), "--help lacks {var}");
+    }
+    assert!(stdout.contains("migrate"));
+    let (code, stdout, _) = run(&[], &["--version"]);
+    assert_eq!((code, stdout.trim()), (Some(0), concat!("nasa-ingest ", env!("CARGO_PKG_VERSION"))));
+}
+
+#[test]
+fn migrate_creates_the_table_and_keeps_the_password_out_of_the_log() {
+    let db = TestDb::create();
+    let url_with_password = db.url.replace("postgres@", "postgres:not-needed-secret@");
+    let (code, stdout, stderr) = run(&[("DATABASE_URL", &url_with_password)], &["migrate"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(!stdout.contains("not-needed-secret") && !stderr.contains("not-needed-secret"));
+    assert!(stdout.contains("migrations applied"), "{stdout}");
+    assert!(db.rows().is_empty());
+    use diesel::RunQueryDsl;
+    diesel::sql_query("SELECT nasa_id, image_bytes, sha256 FROM images").execute(&mut db.conn()).expect("table exists");
+    // Again: nothing left to apply, still success.
+    assert_eq!(run(&[("DATABASE_URL", &db.url)], &["migrate"]).0, Some(0));
+}

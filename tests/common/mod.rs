@@ -1,0 +1,411 @@
+//! The test harness: a real tansu broker per test on a free port, a Postgres database per test
+//! (dropped after), the fake NASA API over HTTP, and the daemon as a child process whose JSON
+//! log lines are collected. Everything is waited for by polling with a deadline.
+#![allow(dead_code, unused_imports)]
+
+use diesel::prelude::*;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use nasa_ingest::fake_nasa::{ApiMode, FakeNasa};
+
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nasa")
+}
+
+pub fn fake_nasa() -> FakeNasa {
+    FakeNasa::start(&fixtures_dir()).expect("fake NASA API starts")
+}
+
+/// Polls `cond` every 50 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+// ---------------------------------------------------------------- Kafka (tansu)
+
+fn tansu_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU_BIN") {
+        return p.into();
+    }
+    let home_bin = PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/tansu");
+    if home_bin.exists() {
+        home_bin
+    } else {
+        "tansu".into()
+    }
+}
+
+/// A tansu broker in its own temp dir. `persistent` keeps data in sqlite across restarts.
+pub struct Broker {
+    pub addr: String,
+    port: u16,
+    dir: tempfile::TempDir,
+    persistent: bool,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        Self::launch(false)
+    }
+
+    pub fn start_persistent() -> Broker {
+        Self::launch(true)
+    }
+
+    fn launch(persistent: bool) -> Broker {
+        let port = free_port();
+        let mut b = Broker { addr: format!("127.0.0.1:{port}"), port, dir: tempfile::tempdir().unwrap(), persistent, child: None };
+        b.resume();
+        b
+    }
+
+    /// Starts (again) on the same port and storage.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "broker already running");
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let storage = if self.persistent { "sqlite://broker.db" } else { "memory://tansu/" };
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("broker.log")).unwrap();
+        let child = Command::new(tansu_bin())
+            .args(["broker", "--cluster-id", "C", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", storage])
+            .current_dir(self.dir.path())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("tansu starts: run scripts/test, which installs it");
+        self.child = Some(child);
+        let addr = self.addr.clone();
+        wait_until(Duration::from_secs(30), "the broker answers metadata requests", || {
+            let c: BaseConsumer = match ClientConfig::new().set("bootstrap.servers", &addr).create() {
+                Ok(c) => c,
+                Err(_) => return false,
+            };
+            c.fetch_metadata(None, Duration::from_secs(1)).is_ok()
+        });
+    }
+
+    /// kill -9: the broker vanishes without a goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: i32) {
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", &self.addr).create().unwrap();
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let res = futures::executor::block_on(admin.create_topics(&[topic], &AdminOptions::new())).unwrap();
+        res[0].as_ref().expect("topic created");
+    }
+
+    pub fn produce(&self, topic: &str, key: Option<&str>, payload: &[u8]) {
+        let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &self.addr).create().unwrap();
+        let mut record = BaseRecord::<str, [u8]>::to(topic).payload(payload);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        producer.send(record).map_err(|(e, _)| e).unwrap();
+        producer.flush(Duration::from_secs(10)).unwrap();
+    }
+
+    /// Every message of `topic` (all partitions), read from the start by a fresh group.
+    pub fn read_all(&self, topic: &str, expect_at_least: usize, timeout: Duration) -> Vec<Record> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.addr)
+            .set("group.id", unique("reader"))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[topic]).unwrap();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline && out.len() < expect_at_least {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|x| (x.key.to_owned(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(Record {
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    headers,
+                });
+            }
+        }
+        out
+    }
+
+    /// The group's committed offset per partition of `topic` (None where nothing is committed).
+    pub fn committed(&self, group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
+        let consumer: BaseConsumer =
+            ClientConfig::new().set("bootstrap.servers", &self.addr).set("group.id", group).create().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        let got = consumer.committed_offsets(tpl, Duration::from_secs(5)).expect("committed offsets");
+        (0..partitions)
+            .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => Some(o),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    pub partition: i32,
+    pub offset: i64,
+    pub headers: Vec<(String, String)>,
+}
+
+// ---------------------------------------------------------------- Postgres
+
+const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A database of its own, dropped when the test ends.
+pub struct TestDb {
+    pub url: String,
+    name: String,
+}
+
+impl TestDb {
+    pub fn create() -> TestDb {
+        let name = unique("nasa_test");
+        let mut admin = PgConnection::establish(ADMIN_URL).expect("Postgres on 127.0.0.1:5432: run scripts/test");
+        diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut admin).unwrap();
+        TestDb { url: format!("postgres://postgres@127.0.0.1:5432/{name}"), name }
+    }
+
+    pub fn conn(&self) -> PgConnection {
+        PgConnection::establish(&self.url).unwrap()
+    }
+
+    /// The stored rows, or none when the table does not exist yet.
+    pub fn rows(&self) -> Vec<ImageRow> {
+        diesel::sql_query(
+            "SELECT nasa_id, title, query, image_url, content_type, byte_size, sha256, image_bytes, \
+             event_id::text AS event_id, kafka_partition, kafka_offset FROM images ORDER BY id",
+        )
+        .load(&mut self.conn())
+        .unwrap_or_default()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = PgConnection::establish(ADMIN_URL) {
+            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&mut admin);
+        }
+    }
+}
+
+#[derive(QueryableByName, Debug, Clone)]
+pub struct ImageRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub nasa_id: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub title: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub query: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub image_url: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub content_type: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub byte_size: i64,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub sha256: String,
+    #[diesel(sql_type = diesel::sql_types::Binary)]
+    pub image_bytes: Vec<u8>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub event_id: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Integer>)]
+    pub kafka_partition: Option<i32>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    pub kafka_offset: Option<i64>,
+}
+
+// ---------------------------------------------------------------- the daemon
+
+pub fn daemon_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_nasa-ingest")
+}
+
+/// The daemon as a child process; its stdout lines are collected as they come.
+pub struct Daemon {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    pub data_dir: PathBuf,
+}
+
+/// Settings for a daemon wired to this test's broker, database and fake API.
+pub fn daemon_env(broker: &Broker, db: &TestDb, nasa: &FakeNasa, data_dir: &std::path::Path) -> Vec<(String, String)> {
+    [
+        ("KAFKA_BROKERS", broker.addr.clone()),
+        ("KAFKA_GROUP_ID", unique("group")),
+        ("DATABASE_URL", db.url.clone()),
+        ("NASA_API_URL", nasa.url.clone()),
+        ("ALLOWED_IMAGE_HOSTS", "127.0.0.1".into()),
+        ("INTERVAL_SECONDS", "1".into()),
+        ("DATA_DIR", data_dir.display().to_string()),
+        ("RETRY_MIN_BACKOFF_MS", "100".into()),
+        ("RETRY_MAX_BACKOFF_MS", "1000".into()),
+        ("PUBLISH_MIN_BACKOFF_MS", "200".into()),
+        ("PUBLISH_MAX_BACKOFF_MS", "2000".into()),
+        ("ENVIRONMENT", "test".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+pub fn set(env: &mut Vec<(String, String)>, key: &str, value: &str) {
+    env.retain(|(k, _)| k != key);
+    env.push((key.to_owned(), value.to_owned()));
+}
+
+pub fn get<'a>(env: &'a [(String, String)], key: &str) -> &'a str {
+    env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).unwrap_or("")
+}
+
+impl Daemon {
+    pub fn spawn(env: &[(String, String)]) -> Daemon {
+        let mut cmd = Command::new(daemon_bin());
+        cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("daemon starts");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().unwrap();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Daemon { child, lines, data_dir: PathBuf::from(get(env, "DATA_DIR")) }
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Parsed log lines whose `message` is `message`.
+    pub fn logs_with(&self, message: &str) -> Vec<serde_json::Value> {
+        self.lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"] == message)
+            .collect()
+    }
+
+    pub fn wait_for_log(&self, message: &str, count: usize, timeout: Duration) {
+        wait_until(timeout, &format!("{count} log line(s) {message:?}"), || self.logs_with(message).len() >= count);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then the exit status and how long the exit took.
+    pub fn terminate(&mut self) -> (ExitStatus, Duration) {
+        let started = Instant::now();
+        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, started.elapsed());
+            }
+            assert!(Instant::now() < deadline, "daemon ignored SIGTERM for 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    pub fn dump(&self) -> String {
+        self.lines().join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("---- daemon log ----\n{}", self.dump());
+        }
+    }
+}
+
+/// A current-format event for `nasa_id`, its image on the fake server.
+pub fn event_json(nasa: &FakeNasa, nasa_id: &str) -> String {
+    serde_json::json!({
+        "schema_version": 1, "event_id": uuid::Uuid::new_v4(), "event_type": "image_discovered",
+        "nasa_id": nasa_id, "image_url": format!("{}/image/{nasa_id}/{nasa_id}~medium.jpg", nasa.url),
+        "title": format!("title of {nasa_id}"), "query": "test", "center": "JSC",
+        "date_created": "2020-01-01T00:00:00Z", "produced_at": chrono::Utc::now(),
+    })
+    .to_string()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

@@ -1,0 +1,145 @@
+//! The core pipeline against a real broker, a real Postgres and the fake NASA API over HTTP.
+
+mod common;
+
+use common::*;
+use nasa_ingest::image::sniff_content_type;
+use std::time::Duration;
+
+const DOCUMENTED_EVENT_FIELDS: [&str; 10] = [
+    "schema_version", "event_id", "event_type", "nasa_id", "image_url", "title", "query", "center", "date_created",
+    "produced_at",
+];
+
+/// TC-01, TC-02: both roles on, INTERVAL_SECONDS=1: images are fetched, published, consumed and
+/// stored byte for byte; the messages follow the documented schema; SIGTERM exits 0 within 10 s.
+#[test]
+fn end_to_end_stores_what_the_api_served() {
+    let (broker, db, nasa, dir) = (Broker::start(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    let mut daemon = Daemon::spawn(&daemon_env(&broker, &db, &nasa, dir.path()));
+
+    wait_until(Duration::from_secs(120), "at least 5 stored images", || db.rows().len() >= 5);
+    let rows = db.rows();
+    for row in &rows {
+        let path = url::Url::parse(&row.image_url).unwrap().path().to_owned();
+        let served = nasa.state.served(&path).unwrap_or_else(|| panic!("the fake never served {path}"));
+        assert_eq!(row.image_bytes, served, "{}: stored bytes differ from the served ones", row.nasa_id);
+        assert_eq!(row.sha256, sha256_hex(&served));
+        assert_eq!(row.byte_size, served.len() as i64);
+        assert_eq!(Some(row.content_type.as_str()), sniff_content_type(&served));
+        assert!(row.event_id.is_some() && row.kafka_offset.is_some(), "{row:?}");
+        assert!(row.image_url.starts_with(&nasa.url), "{}", row.image_url);
+    }
+    let mut ids: Vec<_> = rows.iter().map(|r| r.nasa_id.clone()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), rows.len(), "no nasa_id twice");
+    assert!(!daemon.logs_with("sent").is_empty(), "TC-01: the producer logs \"sent\"");
+    assert!(daemon.logs_with("saved to DB").len() >= 5, "TC-01: the consumer logs \"saved to DB\"");
+
+    let messages = broker.read_all("images", 5, Duration::from_secs(20));
+    assert!(messages.len() >= 5);
+    for m in &messages {
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        let obj = v.as_object().unwrap();
+        let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+        keys.sort();
+        let mut expected = DOCUMENTED_EVENT_FIELDS.to_vec();
+        expected.sort();
+        assert_eq!(keys, expected, "{v}");
+        assert_eq!(v["schema_version"], 1);
+        assert_eq!(v["event_type"], "image_discovered");
+        assert!(v["event_id"].as_str().unwrap().parse::<uuid::Uuid>().is_ok());
+        assert_eq!(m.key.as_deref(), v["nasa_id"].as_str(), "key = nasa_id");
+        assert!(chrono::DateTime::parse_from_rfc3339(v["produced_at"].as_str().unwrap()).is_ok());
+        assert!(["moon", "mars", "earth"].contains(&v["query"].as_str().unwrap()), "{v}");
+    }
+
+    let (status, took) = daemon.terminate();
+    assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
+    assert!(took < Duration::from_secs(10), "exit took {took:?}");
+    assert!(!daemon.logs_with("stopped").is_empty());
+}
+
+/// TC-03: the same nasa_id published twice is stored once, and the log says so.
+#[test]
+fn same_nasa_id_twice_is_stored_once() {
+    let (broker, db, nasa, dir) = (Broker::start(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    broker.create_topic("images", 1);
+    let mut env = daemon_env(&broker, &db, &nasa, dir.path());
+    set(&mut env, "PRODUCER_ENABLED", "false");
+    let group = get(&env, "KAFKA_GROUP_ID").to_owned();
+    let daemon = Daemon::spawn(&env);
+
+    broker.produce("images", Some("as11-40-5874"), event_json(&nasa, "as11-40-5874").as_bytes());
+    broker.produce("images", Some("as11-40-5874"), event_json(&nasa, "as11-40-5874").as_bytes());
+    daemon.wait_for_log("duplicate skipped", 1, Duration::from_secs(60));
+    wait_until(Duration::from_secs(20), "both offsets committed", || broker.committed(&group, "images", 1) == vec![Some(2)]);
+    let rows = db.rows();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].nasa_id, "as11-40-5874");
+    let dup = &daemon.logs_with("duplicate skipped")[0];
+    assert_eq!(dup["labels.nasa_id"], "as11-40-5874");
+}
+
+/// An event in the earlier Python version's format (no key, no event_id) is stored; the
+/// earlier version's name for the brokers variable still works.
+#[test]
+fn earlier_versions_event_is_stored() {
+    let (broker, db, nasa, dir) = (Broker::start(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    broker.create_topic("images", 1);
+    let mut env = daemon_env(&broker, &db, &nasa, dir.path());
+    env.retain(|(k, _)| k != "KAFKA_BROKERS");
+    set(&mut env, "KAFKA_BOOTSTRAP_SERVERS", &broker.addr);
+    set(&mut env, "PRODUCER_ENABLED", "false");
+    let daemon = Daemon::spawn(&env);
+
+    let legacy = serde_json::json!({"event_type": "image_saved", "nasa_id": "PIA00405",
+        "image_url": format!("{}/image/PIA00405/PIA00405~orig.jpg", nasa.url)});
+    broker.produce("images", None, legacy.to_string().as_bytes());
+    wait_until(Duration::from_secs(60), "the legacy event stored", || db.rows().len() == 1);
+    let row = &db.rows()[0];
+    assert_eq!((row.nasa_id.as_str(), row.event_id.as_deref()), ("PIA00405", None));
+    assert_eq!(row.content_type, "image/png");
+    assert_eq!(row.image_bytes, nasa.state.served("/image/PIA00405/PIA00405~orig.jpg").unwrap());
+    daemon.wait_for_log("saved to DB", 1, Duration::from_secs(5));
+}
+
+/// With a slow image server, never more than DOWNLOAD_CONCURRENCY downloads at once, and the
+/// committed offset never passes an event that is not stored yet.
+#[test]
+fn in_flight_work_is_bounded_and_commits_wait_for_unfinished_events() {
+    let (broker, db, nasa, dir) = (Broker::start(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    broker.create_topic("images", 1);
+    let ids = ["as11-40-5874", "as12-46-6749", "as17-134-20384", "as17-148-22727", "iss026-s-001", "iss042e340851",
+        "KSC-2011-1500", "PIA00407"];
+    for id in ids {
+        broker.produce("images", Some(id), event_json(&nasa, id).as_bytes());
+    }
+    nasa.state.set_image_delay(Duration::from_millis(400));
+    // The first event's image is the slowest: later ones finish before it.
+    nasa.state.slow_image(ids[0], Duration::from_millis(3000));
+
+    let mut env = daemon_env(&broker, &db, &nasa, dir.path());
+    set(&mut env, "PRODUCER_ENABLED", "false");
+    set(&mut env, "DOWNLOAD_CONCURRENCY", "2");
+    let group = get(&env, "KAFKA_GROUP_ID").to_owned();
+    let daemon = Daemon::spawn(&env);
+
+    let mut saw_commit_held_back = false;
+    wait_until(Duration::from_secs(60), "all 8 events stored", || {
+        let committed = broker.committed(&group, "images", 1)[0].unwrap_or(0);
+        let stored: Vec<i64> = db.rows().iter().filter_map(|r| r.kafka_offset).collect();
+        for offset in 0..committed {
+            assert!(stored.contains(&offset), "committed {committed} but offset {offset} is not stored: {stored:?}");
+        }
+        if !stored.contains(&0) && stored.len() >= 2 {
+            saw_commit_held_back = true;
+        }
+        stored.len() == ids.len()
+    });
+    wait_until(Duration::from_secs(20), "offset 8 committed", || broker.committed(&group, "images", 1) == vec![Some(8)]);
+    assert!(saw_commit_held_back, "later events finished while the first was still downloading");
+    let max = nasa.state.max_images_in_flight.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(max, 2, "downloads at once: at most DOWNLOAD_CONCURRENCY, and that many were used");
+    drop(daemon);
+}
