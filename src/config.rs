@@ -76,6 +76,12 @@ pub struct Settings {
     /// Directory for local state: the producer's outbox of pending events.
     #[arg(long, env = "DATA_DIR", global = true)]
     pub data_dir: Option<String>,
+    /// How long one send may wait for the broker's acknowledgement before it counts as failed, in ms.
+    #[arg(long, env = "PUBLISH_TIMEOUT_MS", global = true)]
+    pub publish_timeout_ms: Option<String>,
+    /// Seconds one NASA API request may take.
+    #[arg(long, env = "NASA_TIMEOUT_SECONDS", global = true)]
+    pub nasa_timeout_seconds: Option<String>,
     /// First delay of the publisher's retries while Kafka is unavailable, in ms.
     #[arg(long, env = "PUBLISH_MIN_BACKOFF_MS", global = true)]
     pub publish_min_backoff_ms: Option<String>,
@@ -88,6 +94,24 @@ pub struct Settings {
     /// Longest delay of the other retries, in ms.
     #[arg(long, env = "RETRY_MAX_BACKOFF_MS", global = true)]
     pub retry_max_backoff_ms: Option<String>,
+    /// First delay before an actor that died is restarted, in ms.
+    #[arg(long, env = "SUPERVISOR_MIN_BACKOFF_MS", global = true)]
+    pub supervisor_min_backoff_ms: Option<String>,
+    /// Longest delay before a restart, in ms.
+    #[arg(long, env = "SUPERVISOR_MAX_BACKOFF_MS", global = true)]
+    pub supervisor_max_backoff_ms: Option<String>,
+    /// Restarts of one actor allowed within the window; one more stops the process (exit code 1).
+    #[arg(long, env = "SUPERVISOR_MAX_RESTARTS", global = true)]
+    pub supervisor_max_restarts: Option<String>,
+    /// The restart window, in seconds; an actor that ran this long restarts from the minimum backoff.
+    #[arg(long, env = "SUPERVISOR_RESTART_WINDOW_SECS", global = true)]
+    pub supervisor_restart_window_secs: Option<String>,
+    /// Address of the HTTP endpoint (health, admin).
+    #[arg(long, env = "HTTP_ADDR", global = true)]
+    pub http_addr: Option<String>,
+    /// Bearer token of the admin routes (fault injection); empty: the routes do not exist.
+    #[arg(long, env = "ADMIN_TOKEN", global = true, hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Deployment name reported in logs and to Sentry.
     #[arg(long, env = "ENVIRONMENT", global = true)]
     pub environment: Option<String>,
@@ -121,10 +145,18 @@ pub struct Config {
     pub download_concurrency: usize,
     pub download_timeout: Duration,
     pub data_dir: PathBuf,
+    pub publish_timeout: Duration,
+    pub nasa_timeout: Duration,
     pub publish_min_backoff: Duration,
     pub publish_max_backoff: Duration,
     pub retry_min_backoff: Duration,
     pub retry_max_backoff: Duration,
+    pub supervisor_min_backoff: Duration,
+    pub supervisor_max_backoff: Duration,
+    pub supervisor_max_restarts: u32,
+    pub supervisor_restart_window: Duration,
+    pub http_addr: std::net::SocketAddr,
+    pub admin_token: Option<String>,
     pub environment: String,
     pub sentry_dsn: Option<String>,
     pub log_level: slog::Level,
@@ -183,6 +215,8 @@ impl Config {
         let publish_max_backoff = parse_millis("PUBLISH_MAX_BACKOFF_MS", &s.publish_max_backoff_ms, 30_000)?;
         let retry_min_backoff = parse_millis("RETRY_MIN_BACKOFF_MS", &s.retry_min_backoff_ms, 500)?;
         let retry_max_backoff = parse_millis("RETRY_MAX_BACKOFF_MS", &s.retry_max_backoff_ms, 30_000)?;
+        let supervisor_min_backoff = parse_millis("SUPERVISOR_MIN_BACKOFF_MS", &s.supervisor_min_backoff_ms, 500)?;
+        let supervisor_max_backoff = parse_millis("SUPERVISOR_MAX_BACKOFF_MS", &s.supervisor_max_backoff_ms, 30_000)?;
         Ok(Config {
             kafka_brokers: parse_brokers(&kafka_brokers_setting(s))?,
             kafka_dlq_topic: format!("{kafka_topic}.dlq"),
@@ -206,10 +240,24 @@ impl Config {
                 3600,
             )?),
             data_dir: PathBuf::from(non_empty(&s.data_dir).unwrap_or("data")),
+            publish_timeout: parse_millis("PUBLISH_TIMEOUT_MS", &s.publish_timeout_ms, 5_000)?,
+            nasa_timeout: Duration::from_secs(parse_number("NASA_TIMEOUT_SECONDS", &s.nasa_timeout_seconds, 20, 1, 600)?),
             publish_min_backoff,
             publish_max_backoff: at_least("PUBLISH_MAX_BACKOFF_MS", publish_max_backoff, publish_min_backoff)?,
             retry_min_backoff,
             retry_max_backoff: at_least("RETRY_MAX_BACKOFF_MS", retry_max_backoff, retry_min_backoff)?,
+            supervisor_min_backoff,
+            supervisor_max_backoff: at_least("SUPERVISOR_MAX_BACKOFF_MS", supervisor_max_backoff, supervisor_min_backoff)?,
+            supervisor_max_restarts: parse_number("SUPERVISOR_MAX_RESTARTS", &s.supervisor_max_restarts, 5, 0, 10_000)? as u32,
+            supervisor_restart_window: Duration::from_secs(parse_number(
+                "SUPERVISOR_RESTART_WINDOW_SECS",
+                &s.supervisor_restart_window_secs,
+                60,
+                1,
+                86_400,
+            )?),
+            http_addr: parse_socket_addr("HTTP_ADDR", &s.http_addr, "0.0.0.0:8081")?,
+            admin_token: non_empty(&s.admin_token).map(str::to_owned),
             environment: non_empty(&s.environment).unwrap_or("local").to_owned(),
             sentry_dsn: parse_sentry_dsn(&s.sentry_dsn)?,
             log_level: parse_log_level(&s.log_level)?,
@@ -340,6 +388,11 @@ fn parse_hosts(v: &Option<String>) -> Result<Vec<String>, ConfigError> {
     }
 }
 
+fn parse_socket_addr(var: &'static str, v: &Option<String>, default: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    let raw = non_empty(v).unwrap_or(default);
+    raw.parse().map_err(|_| invalid(var, raw, "ip:port such as 0.0.0.0:8081 (port 0 picks a free one)"))
+}
+
 fn parse_log_level(v: &Option<String>) -> Result<slog::Level, ConfigError> {
     let Some(raw) = non_empty(v) else { return Ok(slog::Level::Info) };
     match raw.to_ascii_lowercase().as_str() {
@@ -387,6 +440,25 @@ mod tests {
         let s = Settings { interval_seconds: Some("soon".into()), ..base() };
         let msg = Config::from_settings(&s, Command::Run).unwrap_err().to_string();
         assert_eq!(msg, "INTERVAL_SECONDS=\"soon\" is not valid: expected a whole number from 1 to 86400");
+    }
+
+    /// Every variable the program reads is in the README's table, and the table has no other.
+    #[test]
+    fn readme_table_lists_exactly_the_variables_read() {
+        use clap::CommandFactory;
+        let mut read: Vec<String> =
+            Cli::command().get_arguments().filter_map(|a| a.get_env()).map(|e| e.to_string_lossy().into_owned()).collect();
+        read.sort();
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let mut table: Vec<String> = readme
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .filter(|name| name.chars().all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit()))
+            .map(str::to_owned)
+            .collect();
+        table.sort();
+        assert_eq!(read, table);
     }
 
     #[test]

@@ -225,7 +225,14 @@ async fn image(state: web::Data<FakeState>, req: HttpRequest) -> HttpResponse {
     if path.ends_with(".json") {
         return json(404, r#"{"reason": "not an image"}"#.into());
     }
-    let (bytes, content_type) = make_image(&path);
+    if path.ends_with(".html") {
+        return HttpResponse::Ok().content_type("text/html").body("<!DOCTYPE html><p>not an image</p>");
+    }
+    let (mut bytes, content_type) = make_image(&path);
+    if path.contains("~huge") {
+        // Still an image by its magic, but 2 MiB long.
+        bytes.resize(bytes.len() + 2 * 1024 * 1024, 0);
+    }
     state.served.lock().unwrap().insert(path, bytes.clone());
     HttpResponse::Ok().content_type(content_type).body(bytes)
 }

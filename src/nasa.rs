@@ -174,10 +174,10 @@ pub struct NasaClient {
 }
 
 impl NasaClient {
-    pub fn new(base: Url, variant: ImageVariant) -> NasaClient {
+    pub fn new(base: Url, variant: ImageVariant, timeout: Duration) -> NasaClient {
         let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(20))
+            .connect_timeout(Duration::from_secs(5).min(timeout))
+            .timeout(timeout)
             .user_agent(concat!("nasa-ingest/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("the HTTP client's settings are static and valid");

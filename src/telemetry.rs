@@ -34,6 +34,7 @@ pub fn log_panics(log: Logger) {
             .unwrap_or_else(|| "panic".into());
         let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
         let thread = std::thread::current().name().unwrap_or("unnamed").to_owned();
+        crate::supervision::record_panic(format!("{message} at {location}"));
         error!(log, "panic"; "error.type" => "panic", "error.message" => message,
             "labels.location" => location, "labels.thread" => thread);
         previous(info);

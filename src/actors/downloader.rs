@@ -9,11 +9,15 @@ use url::Url;
 
 use crate::errors::{EventError, Permanent, Transient};
 use crate::image::sniff_content_type;
+use crate::supervision::Lifeline;
 
 pub struct Downloader {
     http: reqwest::Client,
     rules: Arc<Rules>,
+    lifeline: Lifeline,
 }
+
+crate::crashable!(Downloader);
 
 struct Rules {
     allowed_hosts: Vec<String>,
@@ -27,7 +31,7 @@ impl Rules {
 }
 
 impl Downloader {
-    pub fn new(allowed_hosts: Vec<String>, max_bytes: u64, timeout: Duration) -> Downloader {
+    pub fn new(allowed_hosts: Vec<String>, max_bytes: u64, timeout: Duration, lifeline: Lifeline) -> Downloader {
         let rules = Arc::new(Rules { allowed_hosts, max_bytes });
         let redirect_rules = rules.clone();
         // A redirect may only lead to another allowed host; otherwise the 3xx is the answer.
@@ -46,12 +50,15 @@ impl Downloader {
             .user_agent(concat!("nasa-ingest/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("the HTTP client's settings are static and valid");
-        Downloader { http, rules }
+        Downloader { http, rules, lifeline }
     }
 }
 
 impl Actor for Downloader {
     type Context = Context<Self>;
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.lifeline.stopped();
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -7,6 +7,7 @@ use slog::{info, warn, Logger};
 use std::time::{Duration, Instant};
 
 use super::publisher::{Publish, Publisher, WaitIdle};
+use crate::supervision::{Lifeline, Slot};
 use crate::backoff::Backoff;
 use crate::config::RANDOM_TOPICS;
 use crate::event::ImageEvent;
@@ -14,24 +15,36 @@ use crate::nasa::{NasaClient, NasaError};
 
 pub struct Fetcher {
     nasa: NasaClient,
-    publisher: Addr<Publisher>,
+    publisher: Slot<Publisher>,
     query: Option<String>,
     interval: Duration,
     backoff: Backoff,
     failures: u32,
+    /// An event the Publisher did not take (it was down): offered again before anything new.
+    unsent: Option<ImageEvent>,
     log: Logger,
+    lifeline: Lifeline,
 }
+
+crate::crashable!(Fetcher);
 
 enum Cycle {
     Published,
     NoHits(String),
     NasaFailed(NasaError),
-    PublisherFailed(String),
+    PublisherFailed(String, Option<ImageEvent>),
+}
+
+pub struct FetcherSettings {
+    pub query: Option<String>,
+    pub interval: Duration,
+    pub backoff: Backoff,
 }
 
 impl Fetcher {
-    pub fn new(nasa: NasaClient, publisher: Addr<Publisher>, query: Option<String>, interval: Duration, backoff: Backoff, log: Logger) -> Self {
-        Fetcher { nasa, publisher, query, interval, backoff, failures: 0, log }
+    pub fn new(nasa: NasaClient, publisher: Slot<Publisher>, settings: FetcherSettings, log: Logger, lifeline: Lifeline) -> Self {
+        let FetcherSettings { query, interval, backoff } = settings;
+        Fetcher { nasa, publisher, query, interval, backoff, failures: 0, unsent: None, log, lifeline }
     }
 
     fn schedule(&mut self, ctx: &mut Context<Self>, delay: Duration) {
@@ -41,7 +54,7 @@ impl Fetcher {
     fn cycle(&mut self, ctx: &mut Context<Self>) {
         let started = Instant::now();
         let query = self.query.clone().unwrap_or_else(|| RANDOM_TOPICS.choose(&mut rand::rng()).expect("not empty").to_string());
-        let work = fetch_and_publish(self.nasa.clone(), self.publisher.clone(), query, self.log.clone());
+        let work = fetch_and_publish(self.nasa.clone(), self.publisher.clone(), query, self.unsent.take(), self.log.clone());
         ctx.spawn(work.into_actor(self).map(move |outcome, act, ctx| {
             let delay = act.next_delay(outcome, started);
             act.schedule(ctx, delay);
@@ -70,7 +83,8 @@ impl Fetcher {
                     "labels.attempt" => self.failures, "labels.delay_ms" => delay.as_millis() as u64);
                 delay
             }
-            Cycle::PublisherFailed(reason) => {
+            Cycle::PublisherFailed(reason, unsent) => {
+                self.unsent = unsent;
                 let delay = retry(self);
                 warn!(self.log, "publisher unavailable, will retry"; "error.type" => "publisher", "error.message" => reason,
                     "labels.attempt" => self.failures, "labels.delay_ms" => delay.as_millis() as u64);
@@ -80,23 +94,33 @@ impl Fetcher {
     }
 }
 
-/// One cycle: wait until nothing is pending, find an image, publish it and wait for delivery.
-async fn fetch_and_publish(nasa: NasaClient, publisher: Addr<Publisher>, query: String, log: Logger) -> Cycle {
+/// One cycle: wait until nothing is pending, find an image (or take the unsent one), publish it
+/// and wait for delivery.
+async fn fetch_and_publish(
+    nasa: NasaClient,
+    publisher: Slot<Publisher>,
+    query: String,
+    unsent: Option<ImageEvent>,
+    log: Logger,
+) -> Cycle {
     if let Err(e) = publisher.send(WaitIdle).await {
-        return Cycle::PublisherFailed(e.to_string());
+        return Cycle::PublisherFailed(e.to_string(), unsent);
     }
-    let found = match nasa.random_image(&query).await {
-        Ok(Some(found)) => found,
-        Ok(None) => return Cycle::NoHits(query),
-        Err(e) => return Cycle::NasaFailed(e),
+    let event = match unsent {
+        Some(event) => event,
+        None => match nasa.random_image(&query).await {
+            Ok(Some(found)) => ImageEvent::new(found, &query),
+            Ok(None) => return Cycle::NoHits(query),
+            Err(e) => return Cycle::NasaFailed(e),
+        },
     };
-    let event = ImageEvent::new(found, &query);
-    info!(log, "found image"; "labels.nasa_id" => &event.nasa_id, "labels.query" => &query,
+    info!(log, "found image"; "labels.nasa_id" => &event.nasa_id, "labels.query" => event.query.clone(),
         "labels.event_id" => event.event_id.to_string());
-    match publisher.send(Publish(event)).await {
+    match publisher.send(Publish(event.clone())).await {
         Ok(Ok(_)) => Cycle::Published,
-        Ok(Err(e)) => Cycle::PublisherFailed(e.to_string()),
-        Err(e) => Cycle::PublisherFailed(e.to_string()),
+        // The outbox could not be written: nothing is pending, keep the event and try again.
+        Ok(Err(e)) => Cycle::PublisherFailed(e.to_string(), Some(event)),
+        Err(e) => Cycle::PublisherFailed(e.to_string(), Some(event)),
     }
 }
 
@@ -104,6 +128,9 @@ impl Actor for Fetcher {
     type Context = Context<Self>;
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.schedule(ctx, Duration::ZERO);
+    }
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.lifeline.stopped();
     }
 }
 

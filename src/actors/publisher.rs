@@ -11,6 +11,7 @@ use crate::backoff::Backoff;
 use crate::event::ImageEvent;
 use crate::kafka::LogContext;
 use crate::outbox::{Outbox, OutboxError};
+use crate::supervision::Lifeline;
 
 pub struct Publisher {
     producer: FutureProducer<LogContext>,
@@ -18,11 +19,24 @@ pub struct Publisher {
     outbox: Outbox,
     backoff: Backoff,
     log: Logger,
+    lifeline: Lifeline,
+    /// The event this incarnation delivered from the outbox at start: a Fetcher that offers it
+    /// again (its Publish died with the previous incarnation) is told it is delivered.
+    recovered: Option<uuid::Uuid>,
 }
 
+crate::crashable!(Publisher);
+
 impl Publisher {
-    pub fn new(producer: FutureProducer<LogContext>, topic: String, outbox: Outbox, backoff: Backoff, log: Logger) -> Self {
-        Publisher { producer, topic, outbox, backoff, log }
+    pub fn new(
+        producer: FutureProducer<LogContext>,
+        topic: String,
+        outbox: Outbox,
+        backoff: Backoff,
+        log: Logger,
+        lifeline: Lifeline,
+    ) -> Self {
+        Publisher { producer, topic, outbox, backoff, log, lifeline, recovered: None }
     }
 
     /// Sends `event` until the broker acknowledges it, then clears the outbox.
@@ -68,14 +82,18 @@ impl Actor for Publisher {
                 info!(self.log, "publishing the event left pending by the previous run";
                     "labels.nasa_id" => &event.nasa_id, "labels.event_id" => event.event_id.to_string());
                 let log = self.log.clone();
-                ctx.wait(self.deliver(event).into_actor(self).map(move |r, _, _| {
-                    if let Err(e) = r {
-                        error!(log, "cannot clear the outbox"; "error.type" => "outbox", "error.message" => e.to_string())
-                    }
+                let id = event.event_id;
+                ctx.wait(self.deliver(event).into_actor(self).map(move |r, act, _| match r {
+                    Ok(_) => act.recovered = Some(id),
+                    Err(e) => error!(log, "cannot clear the outbox"; "error.type" => "outbox", "error.message" => e.to_string()),
                 }));
             }
             Err(e) => error!(self.log, "pending event unreadable"; "error.type" => "outbox", "error.message" => e.to_string()),
         }
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.lifeline.stopped();
     }
 }
 
@@ -95,6 +113,10 @@ impl Handler<Publish> for Publisher {
     type Result = AtomicResponse<Self, Result<Delivered, OutboxError>>;
 
     fn handle(&mut self, Publish(event): Publish, _: &mut Context<Self>) -> Self::Result {
+        if self.recovered == Some(event.event_id) {
+            let already = Ok(Delivered { partition: -1, offset: -1 });
+            return AtomicResponse::new(Box::pin(actix::fut::ready(already)));
+        }
         // Durable first: once in the outbox, the event survives a crash before delivery.
         let stored = self.outbox.put(&event);
         let delivery = self.deliver(event);

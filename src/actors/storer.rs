@@ -5,19 +5,26 @@ use actix::prelude::*;
 
 use crate::db::{self, NewImage, PgPool, Stored};
 use crate::errors::Transient;
+use crate::supervision::Lifeline;
 
 pub struct Storer {
     pool: PgPool,
+    lifeline: Lifeline,
 }
 
+crate::crashable!(Storer);
+
 impl Storer {
-    pub fn new(pool: PgPool) -> Storer {
-        Storer { pool }
+    pub fn new(pool: PgPool, lifeline: Lifeline) -> Storer {
+        Storer { pool, lifeline }
     }
 }
 
 impl Actor for Storer {
     type Context = Context<Self>;
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.lifeline.stopped();
+    }
 }
 
 /// Is this nasa_id stored already? (Saves a download of an image we have.)

@@ -22,6 +22,7 @@ use crate::errors::{EventError, Permanent, Transient};
 use crate::event::{self, IncomingEvent};
 use crate::kafka::{base_config, LogContext};
 use crate::offsets::{OffsetTracker, Ticket};
+use crate::supervision::{Lifeline, Slot};
 
 type Tracker = Arc<Mutex<OffsetTracker>>;
 
@@ -84,8 +85,8 @@ pub type Consumer_ = StreamConsumer<SubscriberContext>;
 /// Everything the handling of one event needs; cheap to clone.
 #[derive(Clone)]
 pub struct Pipeline {
-    pub storer: Addr<Storer>,
-    pub downloader: Addr<Downloader>,
+    pub storer: Slot<Storer>,
+    pub downloader: Slot<Downloader>,
     pub dlq: FutureProducer<LogContext>,
     pub topic: String,
     pub dlq_topic: String,
@@ -93,23 +94,35 @@ pub struct Pipeline {
     pub log: Logger,
 }
 
-pub struct Subscriber {
+/// What outlives a restart of the Subscriber: the group membership, the offsets of events still
+/// in flight, and the permits they hold.
+#[derive(Clone)]
+pub struct ConsumerState {
     consumer: Arc<Consumer_>,
     tracker: Tracker,
-    pipeline: Pipeline,
     permits: Arc<Semaphore>,
-    reading: Option<SpawnHandle>,
 }
 
+pub struct Subscriber {
+    state: ConsumerState,
+    pipeline: Pipeline,
+    reading: Option<SpawnHandle>,
+    lifeline: Lifeline,
+}
+
+crate::crashable!(Subscriber);
+
 impl Subscriber {
+    pub fn new(state: ConsumerState, pipeline: Pipeline, lifeline: Lifeline) -> Subscriber {
+        Subscriber { state, pipeline, reading: None, lifeline }
+    }
+}
+
+impl ConsumerState {
     /// Joins the consumer group (auto-commit off) and subscribes to the topic.
-    pub fn new(brokers: &str, group_id: &str, pipeline: Pipeline, concurrency: usize) -> KafkaResult<Subscriber> {
+    pub fn new(brokers: &str, group_id: &str, topic: &str, concurrency: usize, log: &Logger) -> KafkaResult<ConsumerState> {
         let tracker = Tracker::default();
-        let context = SubscriberContext {
-            logs: LogContext { log: pipeline.log.clone() },
-            topic: pipeline.topic.clone(),
-            tracker: tracker.clone(),
-        };
+        let context = SubscriberContext { logs: LogContext { log: log.clone() }, topic: topic.to_owned(), tracker: tracker.clone() };
         let consumer: Consumer_ = base_config(brokers)
             .set("group.id", group_id)
             .set("enable.auto.commit", "false")
@@ -118,14 +131,8 @@ impl Subscriber {
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
             .create_with_context(context)?;
-        consumer.subscribe(&[&pipeline.topic])?;
-        Ok(Subscriber {
-            consumer: Arc::new(consumer),
-            tracker,
-            pipeline,
-            permits: Arc::new(Semaphore::new(concurrency)),
-            reading: None,
-        })
+        consumer.subscribe(&[topic])?;
+        Ok(ConsumerState { consumer: Arc::new(consumer), tracker, permits: Arc::new(Semaphore::new(concurrency)) })
     }
 }
 
@@ -133,8 +140,13 @@ impl Actor for Subscriber {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let reading = read_loop(self.consumer.clone(), self.tracker.clone(), self.pipeline.clone(), self.permits.clone());
+        let s = &self.state;
+        let reading = read_loop(s.consumer.clone(), s.tracker.clone(), self.pipeline.clone(), s.permits.clone());
         self.reading = Some(ctx.spawn(reading.into_actor(self)));
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.lifeline.stopped();
     }
 }
 
@@ -212,13 +224,13 @@ async fn handle_once(msg: &OwnedMessage, p: &Pipeline) -> Result<Stored, EventEr
             "labels.offset" => msg.offset()))
     };
     let log = labels(&p.log);
-    if p.storer.send(IsStored(event.nasa_id.clone())).await.map_err(|_| Transient::ActorDown("storer"))?? {
+    if p.storer.send(IsStored(event.nasa_id.clone())).await?? {
         info!(log, "duplicate skipped"; "labels.stage" => "before download");
         return Ok(Stored::Duplicate);
     }
-    let image = p.downloader.send(Download(event.image_url.clone())).await.map_err(|_| Transient::ActorDown("downloader"))??;
+    let image = p.downloader.send(Download(event.image_url.clone())).await??;
     let bytes = image.bytes.len();
-    let stored = p.storer.send(Store(new_row(&event, image, msg))).await.map_err(|_| Transient::ActorDown("storer"))??;
+    let stored = p.storer.send(Store(new_row(&event, image, msg))).await??;
     match stored {
         Stored::Inserted => info!(log, "saved to DB"; "labels.bytes" => bytes),
         Stored::Duplicate => info!(log, "duplicate skipped"; "labels.stage" => "insert"),
@@ -276,7 +288,7 @@ impl Handler<Drain> for Subscriber {
             ctx.cancel_future(h);
         }
         let (tracker, consumer, log, topic) =
-            (self.tracker.clone(), self.consumer.clone(), self.pipeline.log.clone(), self.pipeline.topic.clone());
+            (self.state.tracker.clone(), self.state.consumer.clone(), self.pipeline.log.clone(), self.pipeline.topic.clone());
         Box::pin(
             async move {
                 let deadline = Instant::now() + within;

@@ -1,28 +1,35 @@
-//! The composition root: checks the dependencies, starts the actors of the enabled roles, wires
-//! their addresses, and shuts them down in order on SIGTERM/SIGINT.
+//! The composition root: checks the dependencies, starts the actors of the enabled roles under
+//! one [`Supervisor`](crate::supervision::Supervisor), wires their stable addresses ([`Slot`]s),
+//! serves the HTTP endpoint, and shuts everything down in order on SIGTERM/SIGINT or when an
+//! actor passes its restart limit.
 
 use actix::prelude::*;
 use slog::{info, warn, Logger};
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
+use tokio::sync::watch;
 
 use super::downloader::Downloader;
-use super::fetcher::{Fetcher, StopFetching};
+use super::fetcher::{Fetcher, FetcherSettings, StopFetching};
 use super::publisher::{Flush, Publisher};
 use super::storer::Storer;
-use super::subscriber::{Drain, Pipeline, Subscriber};
+use super::subscriber::{ConsumerState, Drain, Pipeline, Subscriber};
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::db;
+use crate::http::{self, AppState, CrashFn};
 use crate::kafka;
 use crate::logging::for_component;
 use crate::nasa::NasaClient;
 use crate::outbox::Outbox;
+use crate::supervision::{ChildSpec, Crash, Lifeline, Outcome, Policy, RestartCounts, RestartType, Slot, Supervisor};
 
-/// How long librdkafka retries one send before the Publisher hears of the failure and backs off.
-const PUBLISH_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// In-flight events get this long to finish at shutdown (the whole exit stays under 10 s).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// Exit code when an actor passed its restart limit: a container orchestrator restarts the process.
+pub const EXIT_RESTART_LIMIT: u8 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -30,56 +37,116 @@ pub enum StartError {
     Outbox(#[from] crate::outbox::OutboxError),
     #[error("cannot create a Kafka client: {0}; check KAFKA_BROKERS")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("cannot listen on HTTP_ADDR: {0}")]
+    Http(#[from] std::io::Error),
 }
 
-struct Running {
-    fetcher: Option<Addr<Fetcher>>,
-    publisher: Option<Addr<Publisher>>,
-    subscriber: Option<Addr<Subscriber>>,
+/// The stable addresses of every actor.
+#[derive(Clone)]
+struct Slots {
+    fetcher: Slot<Fetcher>,
+    publisher: Slot<Publisher>,
+    subscriber: Slot<Subscriber>,
+    downloader: Slot<Downloader>,
+    storer: Slot<Storer>,
 }
 
-/// Runs the daemon until a signal; returns the process exit code.
+impl Slots {
+    fn new() -> Slots {
+        Slots {
+            fetcher: Slot::new("fetcher"),
+            publisher: Slot::new("publisher"),
+            subscriber: Slot::new("subscriber"),
+            downloader: Slot::new("downloader"),
+            storer: Slot::new("storer"),
+        }
+    }
+
+    fn crash_fns(&self) -> HashMap<&'static str, CrashFn> {
+        fn crash_fn<A>(slot: &Slot<A>) -> (&'static str, CrashFn)
+        where
+            A: Actor<Context = Context<A>> + Handler<Crash>,
+        {
+            let slot = slot.clone();
+            (slot.name(), Box::new(move || slot.current().map(|a| a.do_send(Crash)).is_some()))
+        }
+        HashMap::from([
+            crash_fn(&self.fetcher),
+            crash_fn(&self.publisher),
+            crash_fn(&self.subscriber),
+            crash_fn(&self.downloader),
+            crash_fn(&self.storer),
+        ])
+    }
+}
+
+/// Runs the daemon until a signal or a passed restart limit; returns the process exit code.
 pub async fn run(config: Config, log: Logger) -> u8 {
     let log = for_component(&log, "supervisor");
     info!(log, "starting"; "labels.roles" => config.roles(), "labels.kafka_brokers" => &config.kafka_brokers,
         "labels.database" => config.database_url.as_ref().map(|u| u.redacted()));
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    let running = tokio::select! {
-        r = start(&config, &log) => r,
-        _ = &mut shutdown => { info!(log, "signal received during start-up; exiting"); return 0; }
-    };
-    let running = match running {
-        Ok(r) => r,
-        Err(e) => {
-            slog::error!(log, "cannot start"; "error.type" => "start", "error.message" => e.to_string());
-            return 1;
+    let stop_requested = listen_for_signals(&log);
+    let wait_stop = || {
+        let mut rx = stop_requested.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
         }
     };
+    let slots = Slots::new();
+    let mut supervisor = Supervisor::new(log.clone(), RestartCounts::default());
+    let started = tokio::select! {
+        r = prepare(&config, &log, &slots, &mut supervisor) => r,
+        _ = wait_stop() => { info!(log, "signal received during start-up; exiting"); return 0; }
+    };
+    if let Err(e) = started {
+        slog::error!(log, "cannot start"; "error.type" => "start", "error.message" => e.to_string());
+        return 1;
+    }
     info!(log, "started"; "labels.roles" => config.roles());
-    shutdown.await;
-    stop(running, &log).await;
-    0
+    let outcome = supervisor.run(wait_stop()).await;
+    stop(&slots, &log).await;
+    match outcome {
+        Outcome::Shutdown => 0,
+        Outcome::LimitPassed { .. } => EXIT_RESTART_LIMIT,
+    }
 }
 
-async fn start(config: &Config, log: &Logger) -> Result<Running, StartError> {
+/// Waits for Kafka and Postgres, then registers the children of the enabled roles.
+async fn prepare(config: &Config, log: &Logger, slots: &Slots, supervisor: &mut Supervisor) -> Result<(), StartError> {
+    http::start(config.http_addr, AppState {
+        crash: slots.crash_fns(),
+        admin_token: config.admin_token.clone(),
+        log: for_component(log, "http"),
+    })?;
     let retry = Backoff::new(config.retry_min_backoff, config.retry_max_backoff, 0.2);
     let topics = [config.kafka_topic.as_str(), config.kafka_dlq_topic.as_str()];
     retry_until_ok(log, "Kafka unavailable", retry, || kafka::ensure_topics(&config.kafka_brokers, &topics, log)).await;
-
-    let mut running = Running { fetcher: None, publisher: None, subscriber: None };
+    let policy = Policy {
+        backoff: Backoff::new(config.supervisor_min_backoff, config.supervisor_max_backoff, 0.2),
+        stable_after: config.supervisor_restart_window,
+        max_restarts: config.supervisor_max_restarts,
+        window: config.supervisor_restart_window,
+    };
+    let mut add = |name: &'static str, start: Box<dyn FnMut(Lifeline) -> Result<(), String>>| {
+        supervisor.add(ChildSpec { name, restart: RestartType::Permanent, policy, start })
+    };
     if config.consumer_enabled {
-        running.subscriber = Some(start_consumer_role(config, log, retry).await?);
+        for (name, start) in consumer_children(config, log, slots, retry).await? {
+            add(name, start);
+        }
     }
     if config.producer_enabled {
-        let (fetcher, publisher) = start_producer_role(config, log, retry)?;
-        running.fetcher = Some(fetcher);
-        running.publisher = Some(publisher);
+        for (name, start) in producer_children(config, log, slots, retry)? {
+            add(name, start);
+        }
     }
-    Ok(running)
+    Ok(())
 }
 
-async fn start_consumer_role(config: &Config, log: &Logger, retry: Backoff) -> Result<Addr<Subscriber>, StartError> {
+type Children = Vec<(&'static str, Box<dyn FnMut(Lifeline) -> Result<(), String>>)>;
+
+/// Storer, Downloader and Subscriber. The pool and the consumer outlive their restarts.
+async fn consumer_children(config: &Config, log: &Logger, slots: &Slots, retry: Backoff) -> Result<Children, StartError> {
     let url = config.database_url.as_ref().expect("validated: the consumer role has a DATABASE_URL");
     let pool = db::pool(url.expose(), config.download_concurrency as u32 + 2);
     let migrations = || {
@@ -89,47 +156,81 @@ async fn start_consumer_role(config: &Config, log: &Logger, retry: Backoff) -> R
     let applied = retry_until_ok(log, "Postgres unavailable", retry, migrations).await;
     info!(log, "database ready"; "labels.migrations_applied" => applied.len());
 
-    let storer = Storer::new(pool).start();
-    let downloader =
-        Downloader::new(config.allowed_image_hosts.clone(), config.max_image_bytes, config.download_timeout).start();
     let sub_log = for_component(log, "subscriber");
+    let consumer = ConsumerState::new(
+        &config.kafka_brokers,
+        &config.kafka_group_id,
+        &config.kafka_topic,
+        config.download_concurrency,
+        &sub_log,
+    )?;
     let pipeline = Pipeline {
-        storer,
-        downloader,
-        dlq: kafka::producer(&config.kafka_brokers, PUBLISH_ATTEMPT_TIMEOUT, sub_log.clone())?,
+        storer: slots.storer.clone(),
+        downloader: slots.downloader.clone(),
+        dlq: kafka::producer(&config.kafka_brokers, config.publish_timeout, sub_log.clone())?,
         topic: config.kafka_topic.clone(),
         dlq_topic: config.kafka_dlq_topic.clone(),
         backoff: retry,
         log: sub_log,
     };
-    let subscriber = Subscriber::new(&config.kafka_brokers, &config.kafka_group_id, pipeline, config.download_concurrency)?;
-    Ok(subscriber.start())
+    let (storer_slot, downloader_slot, subscriber_slot) = (slots.storer.clone(), slots.downloader.clone(), slots.subscriber.clone());
+    let (hosts, max_bytes, timeout) = (config.allowed_image_hosts.clone(), config.max_image_bytes, config.download_timeout);
+    Ok(vec![
+        ("storer", Box::new(move |l| Ok(storer_slot.set(Some(Storer::new(pool.clone(), l).start()))))),
+        (
+            "downloader",
+            Box::new(move |l| Ok(downloader_slot.set(Some(Downloader::new(hosts.clone(), max_bytes, timeout, l).start())))),
+        ),
+        (
+            "subscriber",
+            Box::new(move |l| Ok(subscriber_slot.set(Some(Subscriber::new(consumer.clone(), pipeline.clone(), l).start())))),
+        ),
+    ])
 }
 
-fn start_producer_role(config: &Config, log: &Logger, retry: Backoff) -> Result<(Addr<Fetcher>, Addr<Publisher>), StartError> {
-    let pub_log = for_component(log, "publisher");
-    let producer = kafka::producer(&config.kafka_brokers, PUBLISH_ATTEMPT_TIMEOUT, pub_log.clone())?;
-    let publish_backoff = Backoff::new(config.publish_min_backoff, config.publish_max_backoff, 0.2);
+/// Publisher and Fetcher. Each Publisher incarnation has a fresh producer; the outbox is on disk.
+fn producer_children(config: &Config, log: &Logger, slots: &Slots, retry: Backoff) -> Result<Children, StartError> {
     let outbox = Outbox::open(&config.data_dir)?;
-    let publisher = Publisher::new(producer, config.kafka_topic.clone(), outbox, publish_backoff, pub_log).start();
-    let nasa = NasaClient::new(config.nasa_api_url.clone(), config.image_variant);
-    let fetcher =
-        Fetcher::new(nasa, publisher.clone(), config.query.clone(), config.interval, retry, for_component(log, "fetcher"))
-            .start();
-    Ok((fetcher, publisher))
+    let (brokers, topic) = (config.kafka_brokers.clone(), config.kafka_topic.clone());
+    let publish_backoff = Backoff::new(config.publish_min_backoff, config.publish_max_backoff, 0.2);
+    let (pub_log, fetch_log) = (for_component(log, "publisher"), for_component(log, "fetcher"));
+    let nasa = NasaClient::new(config.nasa_api_url.clone(), config.image_variant, config.nasa_timeout);
+    let (query, interval, publish_timeout) = (config.query.clone(), config.interval, config.publish_timeout);
+    let (publisher_slot, fetcher_slot, publisher_for_fetcher) =
+        (slots.publisher.clone(), slots.fetcher.clone(), slots.publisher.clone());
+    Ok(vec![
+        (
+            "publisher",
+            Box::new(move |l| {
+                let producer = kafka::producer(&brokers, publish_timeout, pub_log.clone()).map_err(|e| e.to_string())?;
+                let actor = Publisher::new(producer, topic.clone(), outbox.clone(), publish_backoff, pub_log.clone(), l);
+                publisher_slot.set(Some(actor.start()));
+                Ok(())
+            }),
+        ),
+        (
+            "fetcher",
+            Box::new(move |l| {
+                let settings = FetcherSettings { query: query.clone(), interval, backoff: retry };
+                let actor = Fetcher::new(nasa.clone(), publisher_for_fetcher.clone(), settings, fetch_log.clone(), l);
+                fetcher_slot.set(Some(actor.start()));
+                Ok(())
+            }),
+        ),
+    ])
 }
 
 /// Stop fetching, flush the producer, let in-flight events finish and commit them.
-async fn stop(running: Running, log: &Logger) {
+async fn stop(slots: &Slots, log: &Logger) {
     info!(log, "shutting down");
-    if let Some(f) = running.fetcher {
+    if let Some(f) = slots.fetcher.current() {
         let _ = f.send(StopFetching).await;
     }
-    if let Some(p) = running.publisher {
+    if let Some(p) = slots.publisher.current() {
         // try_send: a publisher busy retrying a pending event must not hold up the exit; its event stays in the outbox.
         let _ = p.try_send(Flush(Duration::from_secs(2)));
     }
-    if let Some(s) = running.subscriber {
+    if let Some(s) = slots.subscriber.current() {
         let _ = tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(1), s.send(Drain(DRAIN_TIMEOUT))).await;
     }
     info!(log, "stopped");
@@ -157,13 +258,20 @@ where
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// A flag that turns true on SIGTERM or SIGINT.
+fn listen_for_signals(log: &Logger) -> watch::Receiver<bool> {
     use tokio::signal::unix::{signal, SignalKind};
+    let (tx, rx) = watch::channel(false);
     let mut term = signal(SignalKind::terminate()).expect("can listen for SIGTERM");
     let mut int = signal(SignalKind::interrupt()).expect("can listen for SIGINT");
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
+    let log = log.clone();
+    actix::spawn(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        info!(log, "signal received"; "labels.signal" => name);
+        let _ = tx.send(true);
+    });
+    rx
 }

@@ -301,6 +301,7 @@ pub fn daemon_env(broker: &Broker, db: &TestDb, nasa: &FakeNasa, data_dir: &std:
         ("PUBLISH_MIN_BACKOFF_MS", "200".into()),
         ("PUBLISH_MAX_BACKOFF_MS", "2000".into()),
         ("ENVIRONMENT", "test".into()),
+        ("HTTP_ADDR", "127.0.0.1:0".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -408,4 +409,100 @@ pub fn event_json(nasa: &FakeNasa, nasa_id: &str) -> String {
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
+}
+
+// ---------------------------------------------------------------- a TCP proxy that can cut
+
+/// Forwards 127.0.0.1:port to `target`; `cut()` drops every connection and refuses new ones
+/// (accepts and closes them at once) until `restore()`.
+pub struct TcpProxy {
+    pub port: u16,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl TcpProxy {
+    pub fn start(target: &str) -> TcpProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let (target, open2, conns2) = (target.to_owned(), open.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                if !open2.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(&target) else { continue };
+                let mut list = conns2.lock().unwrap();
+                list.push(client.try_clone().unwrap());
+                list.push(server.try_clone().unwrap());
+                drop(list);
+                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        TcpProxy { port, open, conns }
+    }
+
+    pub fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    pub fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+// ---------------------------------------------------------------- HTTP without a client crate
+
+/// A plain HTTP/1.1 request; returns (status, headers and body as text).
+pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+impl Daemon {
+    /// The address the HTTP endpoint bound (HTTP_ADDR=127.0.0.1:0 picks a free port).
+    pub fn http_addr(&self) -> String {
+        self.wait_for_log("HTTP endpoint listening", 1, Duration::from_secs(30));
+        self.logs_with("HTTP endpoint listening")[0]["labels.addr"].as_str().unwrap().to_owned()
+    }
+
+    /// The actors started, in order (from the supervisor's `actor started` lines).
+    pub fn started_actors(&self) -> Vec<String> {
+        self.logs_with("actor started").iter().map(|v| v["labels.actor"].as_str().unwrap().to_owned()).collect()
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "daemon still running after {timeout:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }

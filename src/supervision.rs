@@ -1,0 +1,480 @@
+//! Supervision that actix does not give: noticing an actor that stops, fails or panics, and
+//! restarting it with exponential backoff and jitter, within a restart limit per time window.
+//!
+//! - Each supervised actor holds a [`Lifeline`]. Its `Drop` tells the supervisor that the actor
+//!   is gone and why: a panic (the actor never reached `stopped()`; the panic hook left the
+//!   message), a failure the actor declared with [`Lifeline::fail`], or a normal stop.
+//! - Other actors reach it through a [`Slot`], a stable address that follows restarts. A message
+//!   sent while the actor is down waits for the restart instead of being dropped.
+//! - Past `max_restarts` within `window`, [`Supervisor::run`] returns [`Outcome::LimitPassed`] and
+//!   the caller shuts everything down in order and exits non-zero.
+
+use actix::prelude::*;
+use slog::{error, info, warn, Logger};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+use crate::backoff::Backoff;
+use crate::errors::Transient;
+
+/// When a child is restarted (Erlang's terms).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartType {
+    /// Always, whatever the exit.
+    Permanent,
+    /// Only after an abnormal exit (panic or failure).
+    Transient,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    pub backoff: Backoff,
+    /// A child that ran this long before dying starts again from the minimum backoff.
+    pub stable_after: Duration,
+    /// More restarts than this within `window` stops the process.
+    pub max_restarts: u32,
+    pub window: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Normal,
+    Failed(String),
+    Panicked(String),
+}
+
+impl Exit {
+    fn kind(&self) -> &'static str {
+        match self {
+            Exit::Normal => "stopped",
+            Exit::Failed(_) => "failure",
+            Exit::Panicked(_) => "panic",
+        }
+    }
+    fn reason(&self) -> String {
+        match self {
+            Exit::Normal => "the actor stopped".into(),
+            Exit::Failed(r) | Exit::Panicked(r) => r.clone(),
+        }
+    }
+}
+
+enum Event {
+    Exited { name: &'static str, generation: u64, exit: Exit },
+    RestartDue { name: &'static str },
+}
+
+static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
+
+/// Called by the panic hook: the message a dying actor's lifeline reports.
+pub fn record_panic(message: String) {
+    *LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
+}
+
+fn take_last_panic() -> String {
+    LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_else(|| "panicked".into())
+}
+
+/// Held by a supervised actor; reports its end to the supervisor when dropped.
+pub struct Lifeline {
+    name: &'static str,
+    generation: u64,
+    events: mpsc::UnboundedSender<Event>,
+    failure: Option<String>,
+    stopped_cleanly: bool,
+}
+
+impl Lifeline {
+    /// Declares why the actor is about to stop with an error (call before `ctx.stop()`).
+    pub fn fail(&mut self, reason: impl Into<String>) {
+        self.failure = Some(reason.into());
+    }
+
+    /// To be called from the actor's `stopped()`: a drop without it means a panic.
+    pub fn stopped(&mut self) {
+        self.stopped_cleanly = true;
+    }
+}
+
+impl Drop for Lifeline {
+    fn drop(&mut self) {
+        let exit = match (self.failure.take(), self.stopped_cleanly) {
+            (Some(reason), _) => Exit::Failed(reason),
+            (None, true) => Exit::Normal,
+            (None, false) => Exit::Panicked(take_last_panic()),
+        };
+        let _ = self.events.send(Event::Exited { name: self.name, generation: self.generation, exit });
+    }
+}
+
+/// A stable address of a supervised actor, following its restarts.
+pub struct Slot<A: Actor> {
+    name: &'static str,
+    addr: Arc<watch::Sender<Option<Addr<A>>>>,
+}
+
+impl<A: Actor> Clone for Slot<A> {
+    fn clone(&self) -> Self {
+        Slot { name: self.name, addr: self.addr.clone() }
+    }
+}
+
+/// How long a message waits for an actor that is down before the sender hears of it.
+pub const SLOT_WAIT: Duration = Duration::from_secs(30);
+
+impl<A: Actor<Context = Context<A>>> Slot<A> {
+    pub fn new(name: &'static str) -> Slot<A> {
+        Slot { name, addr: Arc::new(watch::Sender::new(None)) }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub fn set(&self, addr: Option<Addr<A>>) {
+        self.addr.send_replace(addr);
+    }
+
+    /// The running actor's address, if it is up.
+    pub fn current(&self) -> Option<Addr<A>> {
+        self.addr.borrow().clone().filter(|a| a.connected())
+    }
+
+    /// Sends `msg`, waiting up to [`SLOT_WAIT`] for the actor to be (re)started. An actor that
+    /// dies with the message in its mailbox is reported as [`Transient::ActorDown`]: retry it.
+    pub async fn send<M>(&self, msg: M) -> Result<M::Result, Transient>
+    where
+        A: Handler<M>,
+        A::Context: actix::dev::ToEnvelope<A, M>,
+        M: Message + Send + 'static,
+        M::Result: Send,
+    {
+        let mut rx = self.addr.subscribe();
+        let ready = tokio::time::timeout(SLOT_WAIT, rx.wait_for(|a| a.as_ref().is_some_and(|a| a.connected())));
+        let addr = match ready.await {
+            Ok(Ok(guard)) => guard.clone().expect("checked by wait_for"),
+            _ => return Err(Transient::ActorDown(self.name)),
+        };
+        addr.send(msg).await.map_err(|_| Transient::ActorDown(self.name))
+    }
+}
+
+/// Starts one incarnation of a child; it must hand the lifeline to the actor it starts.
+pub type StartFn = Box<dyn FnMut(Lifeline) -> Result<(), String>>;
+
+pub struct ChildSpec {
+    pub name: &'static str,
+    pub restart: RestartType,
+    pub policy: Policy,
+    pub start: StartFn,
+}
+
+struct Child {
+    spec: ChildSpec,
+    generation: u64,
+    started_at: Instant,
+    consecutive: u32,
+    recent: VecDeque<Instant>,
+}
+
+/// Restarts per actor since the start of the process, for metrics and the status page.
+#[derive(Default, Clone)]
+pub struct RestartCounts(Arc<Mutex<HashMap<&'static str, (u64, Option<String>)>>>);
+
+impl RestartCounts {
+    fn record(&self, name: &'static str, reason: &str) -> u64 {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let e = m.entry(name).or_default();
+        e.0 += 1;
+        e.1 = Some(reason.to_owned());
+        e.0
+    }
+    /// (restarts, last failure) of `name`.
+    pub fn get(&self, name: &str) -> (u64, Option<String>) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned().unwrap_or_default()
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The shutdown future resolved.
+    Shutdown,
+    /// An actor passed its restart limit: the process should stop and exit non-zero.
+    LimitPassed { actor: &'static str },
+}
+
+pub struct Supervisor {
+    children: Vec<Child>,
+    events_tx: mpsc::UnboundedSender<Event>,
+    events: mpsc::UnboundedReceiver<Event>,
+    counts: RestartCounts,
+    log: Logger,
+}
+
+impl Supervisor {
+    pub fn new(log: Logger, counts: RestartCounts) -> Supervisor {
+        let (events_tx, events) = mpsc::unbounded_channel();
+        Supervisor { children: Vec::new(), events_tx, events, counts, log }
+    }
+
+    pub fn add(&mut self, spec: ChildSpec) {
+        let now = Instant::now();
+        self.children.push(Child { spec, generation: 0, started_at: now, consecutive: 0, recent: VecDeque::new() });
+    }
+
+    /// Starts every child in order, then supervises until `shutdown` or a passed limit.
+    pub async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Outcome {
+        for i in 0..self.children.len() {
+            self.start(i);
+        }
+        tokio::pin!(shutdown);
+        loop {
+            let event = tokio::select! {
+                _ = &mut shutdown => return Outcome::Shutdown,
+                e = self.events.recv() => e.expect("the supervisor holds a sender"),
+            };
+            match event {
+                Event::RestartDue { name } => {
+                    if let Some(i) = self.index(name) {
+                        self.start(i);
+                    }
+                }
+                Event::Exited { name, generation, exit } => {
+                    let Some(i) = self.index(name) else { continue };
+                    if self.children[i].generation != generation {
+                        continue; // an old incarnation
+                    }
+                    if let Some(outcome) = self.on_exit(i, exit) {
+                        return outcome;
+                    }
+                }
+            }
+        }
+    }
+
+    fn index(&self, name: &str) -> Option<usize> {
+        self.children.iter().position(|c| c.spec.name == name)
+    }
+
+    fn start(&mut self, i: usize) {
+        let child = &mut self.children[i];
+        child.generation += 1;
+        child.started_at = Instant::now();
+        let lifeline = Lifeline {
+            name: child.spec.name,
+            generation: child.generation,
+            events: self.events_tx.clone(),
+            failure: None,
+            stopped_cleanly: false,
+        };
+        info!(self.log, "actor started"; "labels.actor" => child.spec.name, "labels.generation" => child.generation);
+        if let Err(reason) = (child.spec.start)(lifeline) {
+            // The lifeline was dropped unused or handed on; report a start failure explicitly.
+            let _ = self.events_tx.send(Event::Exited {
+                name: child.spec.name,
+                generation: child.generation,
+                exit: Exit::Failed(format!("start failed: {reason}")),
+            });
+        }
+    }
+
+    /// Decides what an exit means: nothing, a restart after backoff, or the end of the process.
+    fn on_exit(&mut self, i: usize, exit: Exit) -> Option<Outcome> {
+        let log = self.log.clone();
+        let child = &mut self.children[i];
+        let name = child.spec.name;
+        if exit == Exit::Normal && child.spec.restart == RestartType::Transient {
+            info!(log, "actor stopped normally; not restarted"; "labels.actor" => name);
+            return None;
+        }
+        let policy = child.spec.policy;
+        let now = Instant::now();
+        child.recent.retain(|t| now.duration_since(*t) < policy.window);
+        if child.recent.len() as u32 >= policy.max_restarts {
+            error!(log, "actor passed its restart limit; shutting down"; "labels.actor" => name,
+                "labels.max_restarts" => policy.max_restarts, "labels.window_secs" => policy.window.as_secs(),
+                "error.type" => exit.kind(), "error.message" => exit.reason());
+            return Some(Outcome::LimitPassed { actor: name });
+        }
+        child.recent.push_back(now);
+        if now.duration_since(child.started_at) >= policy.stable_after {
+            child.consecutive = 0;
+        }
+        let delay = policy.backoff.delay(child.consecutive);
+        child.consecutive += 1;
+        let count = self.counts.record(name, &exit.reason());
+        warn!(log, "actor restarting"; "labels.actor" => name, "labels.restart_count" => count,
+            "labels.backoff_ms" => delay.as_millis() as u64, "error.type" => exit.kind(), "error.message" => exit.reason());
+        let events = self.events_tx.clone();
+        actix::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = events.send(Event::RestartDue { name });
+        });
+        None
+    }
+}
+
+/// Makes an actor panic, for people demonstrating resilience (see the admin endpoint).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Crash;
+
+/// Implements [`Crash`] for an actor: its handler panics.
+#[macro_export]
+macro_rules! crashable {
+    ($actor:ty) => {
+        impl actix::Handler<$crate::supervision::Crash> for $actor {
+            type Result = ();
+            fn handle(&mut self, _: $crate::supervision::Crash, _: &mut Self::Context) {
+                panic!(concat!("crash of ", stringify!($actor), " requested through the admin endpoint"));
+            }
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    struct Worker {
+        lifeline: Lifeline,
+    }
+    impl Actor for Worker {
+        type Context = Context<Self>;
+        fn stopped(&mut self, _: &mut Context<Self>) {
+            self.lifeline.stopped();
+        }
+    }
+    crate::crashable!(Worker);
+
+    #[derive(Message)]
+    #[rtype(result = "u32")]
+    struct Ping;
+    impl Handler<Ping> for Worker {
+        type Result = u32;
+        fn handle(&mut self, _: Ping, _: &mut Context<Self>) -> u32 {
+            7
+        }
+    }
+
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct Fail;
+    impl Handler<Fail> for Worker {
+        type Result = ();
+        fn handle(&mut self, _: Fail, ctx: &mut Context<Self>) {
+            self.lifeline.fail("declared failure");
+            ctx.stop();
+        }
+    }
+
+    fn policy(max_restarts: u32) -> Policy {
+        Policy {
+            backoff: Backoff::new(Duration::from_millis(50), Duration::from_millis(400), 0.0),
+            stable_after: Duration::from_secs(60),
+            max_restarts,
+            window: Duration::from_secs(60),
+        }
+    }
+
+    fn log() -> Logger {
+        Logger::root(slog::Discard, slog::o!())
+    }
+
+    fn spec(slot: &Slot<Worker>, starts: Arc<AtomicU32>, restart: RestartType, max: u32) -> ChildSpec {
+        let slot = slot.clone();
+        ChildSpec {
+            name: "worker",
+            restart,
+            policy: policy(max),
+            start: Box::new(move |lifeline| {
+                starts.fetch_add(1, Ordering::SeqCst);
+                slot.set(Some(Worker { lifeline }.start()));
+                Ok(())
+            }),
+        }
+    }
+
+    #[test]
+    fn a_panicking_actor_is_restarted_after_its_backoff_and_messages_wait_for_it() {
+        let sys = actix::System::new();
+        sys.block_on(async {
+            let slot = Slot::<Worker>::new("worker");
+            let starts = Arc::new(AtomicU32::new(0));
+            let counts = RestartCounts::default();
+            let mut sup = Supervisor::new(log(), counts.clone());
+            sup.add(spec(&slot, starts.clone(), RestartType::Permanent, 5));
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let probe = slot.clone();
+            let started_at = Instant::now();
+            actix::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                probe.current().unwrap().do_send(Crash);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                // Sent while the worker is down: it waits for the restart.
+                assert_eq!(probe.send(Ping).await.unwrap(), 7);
+                let _ = stop_tx.send(());
+            });
+            let outcome = sup.run(async { stop_rx.await.unwrap() }).await;
+            assert_eq!(outcome, Outcome::Shutdown);
+            assert_eq!(starts.load(Ordering::SeqCst), 2);
+            assert!(started_at.elapsed() >= Duration::from_millis(70), "restarted only after the 50 ms backoff");
+            let (n, reason) = counts.get("worker");
+            assert_eq!(n, 1);
+            assert!(reason.is_some(), "the reason is kept for the status page");
+        });
+    }
+
+    #[test]
+    fn more_restarts_than_the_limit_ends_supervision() {
+        let sys = actix::System::new();
+        sys.block_on(async {
+            let slot = Slot::<Worker>::new("worker");
+            let starts = Arc::new(AtomicU32::new(0));
+            let mut sup = Supervisor::new(log(), RestartCounts::default());
+            sup.add(spec(&slot, starts.clone(), RestartType::Permanent, 2));
+            let probe = slot.clone();
+            actix::spawn(async move {
+                loop {
+                    let _ = probe.send(Fail).await;
+                }
+            });
+            let outcome = sup.run(std::future::pending()).await;
+            assert_eq!(outcome, Outcome::LimitPassed { actor: "worker" });
+            assert_eq!(starts.load(Ordering::SeqCst), 3, "the first start and 2 restarts");
+        });
+    }
+
+    #[test]
+    fn a_transient_child_that_stops_normally_stays_stopped() {
+        let sys = actix::System::new();
+        sys.block_on(async {
+            let slot = Slot::<Worker>::new("worker");
+            let starts = Arc::new(AtomicU32::new(0));
+            let mut sup = Supervisor::new(log(), RestartCounts::default());
+            sup.add(spec(&slot, starts.clone(), RestartType::Transient, 5));
+            let probe = slot.clone();
+            actix::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                probe.current().unwrap().do_send(StopNow);
+            });
+            let outcome = tokio::time::timeout(Duration::from_millis(500), sup.run(std::future::pending())).await;
+            assert!(outcome.is_err(), "still supervising");
+            assert_eq!(starts.load(Ordering::SeqCst), 1, "not restarted");
+        });
+    }
+
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct StopNow;
+    impl Handler<StopNow> for Worker {
+        type Result = ();
+        fn handle(&mut self, _: StopNow, ctx: &mut Context<Self>) {
+            ctx.stop();
+        }
+    }
+}
