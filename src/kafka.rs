@@ -23,6 +23,11 @@ pub struct LogContext {
 impl ClientContext for LogContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         let log = &self.log;
+        if facility == "FAIL" {
+            // Connection failures also reach error() below; the actors log the outage themselves.
+            debug!(log, "{}", message; "labels.facility" => facility.to_owned());
+            return;
+        }
         match level {
             RDKafkaLogLevel::Debug => debug!(log, "{}", message; "labels.facility" => facility.to_owned()),
             RDKafkaLogLevel::Info | RDKafkaLogLevel::Notice => {
@@ -33,7 +38,16 @@ impl ClientContext for LogContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        warn!(self.log, "Kafka client error: {}", reason; "error.type" => "kafka", "error.message" => error.to_string());
+        let expected_in_outage = matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown)
+        );
+        if expected_in_outage {
+            // Retried by librdkafka and reported by the actors as `Kafka unavailable`: not a WARN per reconnect.
+            debug!(self.log, "Kafka client error: {}", reason; "error.type" => "kafka", "error.message" => error.to_string());
+        } else {
+            warn!(self.log, "Kafka client error: {}", reason; "error.type" => "kafka", "error.message" => error.to_string());
+        }
     }
 }
 
@@ -51,6 +65,8 @@ pub fn producer(brokers: &str, message_timeout: Duration, log: Logger) -> KafkaR
         .set("enable.idempotence", "true")
         .set("message.timeout.ms", message_timeout.as_millis().to_string())
         .set("linger.ms", "5")
+        // Notice a returning broker within 2 s, not librdkafka's default 10 s.
+        .set("reconnect.backoff.max.ms", "2000")
         .create_with_context(LogContext { log })
 }
 

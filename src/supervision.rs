@@ -67,15 +67,20 @@ enum Event {
     RestartDue { name: &'static str },
 }
 
-static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
-
-/// Called by the panic hook: the message a dying actor's lifeline reports.
-pub fn record_panic(message: String) {
-    *LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
+thread_local! {
+    /// The last panic on this thread that no lifeline has reported yet.
+    static UNREPORTED_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
 }
 
-fn take_last_panic() -> String {
-    LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_else(|| "panicked".into())
+/// Called by the panic hook. A handler's panic ends its actor's task on this thread; actix then
+/// still runs `stopped()` while dropping the context, so the lifeline dropped right after takes
+/// the panic from here to tell it apart from a normal stop.
+pub fn record_panic(message: String) {
+    UNREPORTED_PANIC.with(|p| *p.borrow_mut() = Some(message));
+}
+
+fn take_unreported_panic() -> Option<String> {
+    UNREPORTED_PANIC.with(|p| p.borrow_mut().take())
 }
 
 /// Held by a supervised actor; reports its end to the supervisor when dropped.
@@ -101,10 +106,11 @@ impl Lifeline {
 
 impl Drop for Lifeline {
     fn drop(&mut self) {
-        let exit = match (self.failure.take(), self.stopped_cleanly) {
-            (Some(reason), _) => Exit::Failed(reason),
-            (None, true) => Exit::Normal,
-            (None, false) => Exit::Panicked(take_last_panic()),
+        let exit = match (take_unreported_panic(), self.failure.take(), self.stopped_cleanly) {
+            (Some(panic), _, _) => Exit::Panicked(panic),
+            (None, Some(reason), _) => Exit::Failed(reason),
+            (None, None, true) => Exit::Normal,
+            (None, None, false) => Exit::Panicked("the actor's task ended without stopping".into()),
         };
         let _ = self.events.send(Event::Exited { name: self.name, generation: self.generation, exit });
     }
@@ -401,6 +407,11 @@ mod tests {
 
     #[test]
     fn a_panicking_actor_is_restarted_after_its_backoff_and_messages_wait_for_it() {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            record_panic(info.payload().downcast_ref::<&str>().map(|s| s.to_string()).unwrap_or_default());
+            previous(info);
+        }));
         let sys = actix::System::new();
         sys.block_on(async {
             let slot = Slot::<Worker>::new("worker");
@@ -425,7 +436,7 @@ mod tests {
             assert!(started_at.elapsed() >= Duration::from_millis(70), "restarted only after the 50 ms backoff");
             let (n, reason) = counts.get("worker");
             assert_eq!(n, 1);
-            assert!(reason.is_some(), "the reason is kept for the status page");
+            assert!(reason.unwrap().contains("crash of Worker"), "the panic message is the reason");
         });
     }
 

@@ -5,6 +5,7 @@
 use actix::prelude::*;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use slog::{error, info, warn, Logger};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::backoff::Backoff;
@@ -13,8 +14,13 @@ use crate::kafka::LogContext;
 use crate::outbox::{Outbox, OutboxError};
 use crate::supervision::Lifeline;
 
+/// Makes a new producer. A failed send replaces the producer: a fresh one has no stale
+/// idempotence state (producer id, sequence numbers) from before a broker restart.
+pub type ProducerFactory = Arc<dyn Fn() -> rdkafka::error::KafkaResult<FutureProducer<LogContext>> + Send + Sync>;
+
 pub struct Publisher {
-    producer: FutureProducer<LogContext>,
+    producer: Arc<Mutex<FutureProducer<LogContext>>>,
+    new_producer: ProducerFactory,
     topic: String,
     outbox: Outbox,
     backoff: Backoff,
@@ -29,25 +35,33 @@ crate::crashable!(Publisher);
 
 impl Publisher {
     pub fn new(
-        producer: FutureProducer<LogContext>,
+        new_producer: ProducerFactory,
         topic: String,
         outbox: Outbox,
         backoff: Backoff,
         log: Logger,
         lifeline: Lifeline,
-    ) -> Self {
-        Publisher { producer, topic, outbox, backoff, log, lifeline, recovered: None }
+    ) -> rdkafka::error::KafkaResult<Self> {
+        let producer = Arc::new(Mutex::new(new_producer()?));
+        Ok(Publisher { producer, new_producer, topic, outbox, backoff, log, lifeline, recovered: None })
     }
 
     /// Sends `event` until the broker acknowledges it, then clears the outbox.
     fn deliver(&self, event: ImageEvent) -> impl std::future::Future<Output = Result<Delivered, OutboxError>> + 'static {
-        let (producer, topic, outbox, backoff, log) =
-            (self.producer.clone(), self.topic.clone(), self.outbox.clone(), self.backoff, self.log.clone());
+        let (shared, new_producer, topic, outbox, backoff, log) = (
+            self.producer.clone(),
+            self.new_producer.clone(),
+            self.topic.clone(),
+            self.outbox.clone(),
+            self.backoff,
+            self.log.clone(),
+        );
         async move {
             let payload = serde_json::to_vec(&event).expect("events always serialize");
             let mut attempt: u32 = 0;
             loop {
                 let record = FutureRecord::to(&topic).key(&event.nasa_id).payload(&payload);
+                let producer = shared.lock().expect("producer lock").clone();
                 match producer.send(record, Duration::ZERO).await {
                     Ok(d) => {
                         outbox.clear()?;
@@ -63,6 +77,11 @@ impl Publisher {
                             "labels.event_id" => event.event_id.to_string(), "labels.attempt" => attempt,
                             "labels.delay_ms" => delay.as_millis() as u64, "error.type" => "kafka",
                             "error.message" => e.to_string());
+                        match new_producer() {
+                            Ok(fresh) => *shared.lock().expect("producer lock") = fresh,
+                            Err(e) => warn!(log, "cannot create a new Kafka producer; keeping the old one";
+                                "error.type" => "kafka", "error.message" => e.to_string()),
+                        }
                         tokio::time::sleep(delay).await;
                     }
                 }
@@ -148,7 +167,8 @@ pub struct Flush(pub Duration);
 impl Handler<Flush> for Publisher {
     type Result = ();
     fn handle(&mut self, Flush(timeout): Flush, _: &mut Context<Self>) {
-        if let Err(e) = self.producer.flush(timeout) {
+        let producer = self.producer.lock().expect("producer lock").clone();
+        if let Err(e) = producer.flush(timeout) {
             warn!(self.log, "producer flush incomplete; the pending event stays in the outbox";
                 "error.type" => "kafka", "error.message" => e.to_string());
         }

@@ -7,12 +7,13 @@ use actix::prelude::*;
 use slog::{info, warn, Logger};
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
 use super::downloader::Downloader;
 use super::fetcher::{Fetcher, FetcherSettings, StopFetching};
-use super::publisher::{Flush, Publisher};
+use super::publisher::{Flush, ProducerFactory, Publisher};
 use super::storer::Storer;
 use super::subscriber::{ConsumerState, Drain, Pipeline, Subscriber};
 use crate::backoff::Backoff;
@@ -81,8 +82,8 @@ impl Slots {
 }
 
 /// Runs the daemon until a signal or a passed restart limit; returns the process exit code.
-pub async fn run(config: Config, log: Logger) -> u8 {
-    let log = for_component(&log, "supervisor");
+pub async fn run(config: Config, root: Logger) -> u8 {
+    let log = for_component(&root, "supervisor");
     info!(log, "starting"; "labels.roles" => config.roles(), "labels.kafka_brokers" => &config.kafka_brokers,
         "labels.database" => config.database_url.as_ref().map(|u| u.redacted()));
     let stop_requested = listen_for_signals(&log);
@@ -95,7 +96,7 @@ pub async fn run(config: Config, log: Logger) -> u8 {
     let slots = Slots::new();
     let mut supervisor = Supervisor::new(log.clone(), RestartCounts::default());
     let started = tokio::select! {
-        r = prepare(&config, &log, &slots, &mut supervisor) => r,
+        r = prepare(&config, &root, &slots, &mut supervisor) => r,
         _ = wait_stop() => { info!(log, "signal received during start-up; exiting"); return 0; }
     };
     if let Err(e) = started {
@@ -112,12 +113,13 @@ pub async fn run(config: Config, log: Logger) -> u8 {
 }
 
 /// Waits for Kafka and Postgres, then registers the children of the enabled roles.
-async fn prepare(config: &Config, log: &Logger, slots: &Slots, supervisor: &mut Supervisor) -> Result<(), StartError> {
+async fn prepare(config: &Config, root: &Logger, slots: &Slots, supervisor: &mut Supervisor) -> Result<(), StartError> {
     http::start(config.http_addr, AppState {
         crash: slots.crash_fns(),
         admin_token: config.admin_token.clone(),
-        log: for_component(log, "http"),
+        log: for_component(root, "http"),
     })?;
+    let log = &for_component(root, "startup");
     let retry = Backoff::new(config.retry_min_backoff, config.retry_max_backoff, 0.2);
     let topics = [config.kafka_topic.as_str(), config.kafka_dlq_topic.as_str()];
     retry_until_ok(log, "Kafka unavailable", retry, || kafka::ensure_topics(&config.kafka_brokers, &topics, log)).await;
@@ -131,12 +133,12 @@ async fn prepare(config: &Config, log: &Logger, slots: &Slots, supervisor: &mut 
         supervisor.add(ChildSpec { name, restart: RestartType::Permanent, policy, start })
     };
     if config.consumer_enabled {
-        for (name, start) in consumer_children(config, log, slots, retry).await? {
+        for (name, start) in consumer_children(config, root, slots, retry).await? {
             add(name, start);
         }
     }
     if config.producer_enabled {
-        for (name, start) in producer_children(config, log, slots, retry)? {
+        for (name, start) in producer_children(config, root, slots, retry)? {
             add(name, start);
         }
     }
@@ -146,7 +148,8 @@ async fn prepare(config: &Config, log: &Logger, slots: &Slots, supervisor: &mut 
 type Children = Vec<(&'static str, Box<dyn FnMut(Lifeline) -> Result<(), String>>)>;
 
 /// Storer, Downloader and Subscriber. The pool and the consumer outlive their restarts.
-async fn consumer_children(config: &Config, log: &Logger, slots: &Slots, retry: Backoff) -> Result<Children, StartError> {
+async fn consumer_children(config: &Config, root: &Logger, slots: &Slots, retry: Backoff) -> Result<Children, StartError> {
+    let log = &for_component(root, "startup");
     let url = config.database_url.as_ref().expect("validated: the consumer role has a DATABASE_URL");
     let pool = db::pool(url.expose(), config.download_concurrency as u32 + 2);
     let migrations = || {
@@ -156,7 +159,7 @@ async fn consumer_children(config: &Config, log: &Logger, slots: &Slots, retry: 
     let applied = retry_until_ok(log, "Postgres unavailable", retry, migrations).await;
     info!(log, "database ready"; "labels.migrations_applied" => applied.len());
 
-    let sub_log = for_component(log, "subscriber");
+    let sub_log = for_component(root, "subscriber");
     let consumer = ConsumerState::new(
         &config.kafka_brokers,
         &config.kafka_group_id,
@@ -189,11 +192,11 @@ async fn consumer_children(config: &Config, log: &Logger, slots: &Slots, retry: 
 }
 
 /// Publisher and Fetcher. Each Publisher incarnation has a fresh producer; the outbox is on disk.
-fn producer_children(config: &Config, log: &Logger, slots: &Slots, retry: Backoff) -> Result<Children, StartError> {
+fn producer_children(config: &Config, root: &Logger, slots: &Slots, retry: Backoff) -> Result<Children, StartError> {
     let outbox = Outbox::open(&config.data_dir)?;
     let (brokers, topic) = (config.kafka_brokers.clone(), config.kafka_topic.clone());
     let publish_backoff = Backoff::new(config.publish_min_backoff, config.publish_max_backoff, 0.2);
-    let (pub_log, fetch_log) = (for_component(log, "publisher"), for_component(log, "fetcher"));
+    let (pub_log, fetch_log) = (for_component(root, "publisher"), for_component(root, "fetcher"));
     let nasa = NasaClient::new(config.nasa_api_url.clone(), config.image_variant, config.nasa_timeout);
     let (query, interval, publish_timeout) = (config.query.clone(), config.interval, config.publish_timeout);
     let (publisher_slot, fetcher_slot, publisher_for_fetcher) =
@@ -202,8 +205,10 @@ fn producer_children(config: &Config, log: &Logger, slots: &Slots, retry: Backof
         (
             "publisher",
             Box::new(move |l| {
-                let producer = kafka::producer(&brokers, publish_timeout, pub_log.clone()).map_err(|e| e.to_string())?;
-                let actor = Publisher::new(producer, topic.clone(), outbox.clone(), publish_backoff, pub_log.clone(), l);
+                let (brokers, kafka_log) = (brokers.clone(), pub_log.clone());
+                let new_producer: ProducerFactory = Arc::new(move || kafka::producer(&brokers, publish_timeout, kafka_log.clone()));
+                let actor = Publisher::new(new_producer, topic.clone(), outbox.clone(), publish_backoff, pub_log.clone(), l)
+                    .map_err(|e| e.to_string())?;
                 publisher_slot.set(Some(actor.start()));
                 Ok(())
             }),

@@ -135,7 +135,8 @@ impl Broker {
         producer.flush(Duration::from_secs(10)).unwrap();
     }
 
-    /// Every message of `topic` (all partitions), read from the start by a fresh group.
+    /// Every message of `topic` (all partitions), read from the start by a fresh group: at least
+    /// `expect_at_least`, then on until nothing new came for 1.5 s (so duplicates show too).
     pub fn read_all(&self, topic: &str, expect_at_least: usize, timeout: Duration) -> Vec<Record> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.addr)
@@ -147,8 +148,10 @@ impl Broker {
         consumer.subscribe(&[topic]).unwrap();
         let mut out = Vec::new();
         let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline && out.len() < expect_at_least {
+        let mut last_new = Instant::now();
+        while Instant::now() < deadline && (out.len() < expect_at_least || last_new.elapsed() < Duration::from_millis(1500)) {
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                last_new = Instant::now();
                 let headers = m
                     .headers()
                     .map(|h| {
