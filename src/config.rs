@@ -118,6 +118,9 @@ pub struct Settings {
     /// Sentry DSN; empty disables Sentry.
     #[arg(long, env = "SENTRY_DSN", global = true, hide_env_values = true)]
     pub sentry_dsn: Option<String>,
+    /// Least seconds between two Sentry events with the same fingerprint.
+    #[arg(long, env = "SENTRY_MIN_INTERVAL_SECS", global = true)]
+    pub sentry_min_interval_secs: Option<String>,
     /// error, warn, info, debug or trace.
     #[arg(long, env = "LOG_LEVEL", global = true)]
     pub log_level: Option<String>,
@@ -159,6 +162,7 @@ pub struct Config {
     pub admin_token: Option<String>,
     pub environment: String,
     pub sentry_dsn: Option<String>,
+    pub sentry_min_interval: Duration,
     pub log_level: slog::Level,
 }
 
@@ -260,6 +264,13 @@ impl Config {
             admin_token: non_empty(&s.admin_token).map(str::to_owned),
             environment: non_empty(&s.environment).unwrap_or("local").to_owned(),
             sentry_dsn: parse_sentry_dsn(&s.sentry_dsn)?,
+            sentry_min_interval: Duration::from_secs(parse_number(
+                "SENTRY_MIN_INTERVAL_SECS",
+                &s.sentry_min_interval_secs,
+                600,
+                0,
+                86_400,
+            )?),
             log_level: parse_log_level(&s.log_level)?,
         })
     }

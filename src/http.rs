@@ -1,28 +1,62 @@
-//! The HTTP endpoint (actix-web on `HTTP_ADDR`): `/healthz`, and with `ADMIN_TOKEN` set, fault
-//! injection for people demonstrating resilience: `POST /admin/actors/{name}/crash`.
+//! The HTTP endpoint (actix-web on `HTTP_ADDR`):
+//! - `/healthz` alive; `/readyz` Kafka and (consumer role) Postgres reachable, else 503 + reason;
+//! - `/metrics` Prometheus text; `/status` JSON; `/` the status page with a gallery of the latest
+//!   stored images, each served from Postgres at `/images/{nasa_id}`;
+//! - with `ADMIN_TOKEN` set: `POST /admin/actors/{name}/crash` (fault injection for demos).
 
+use actix_web::http::header;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde_json::json;
 use slog::{info, warn, Logger};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::db::{self, PgPool};
+use crate::kafka::LogContext;
+use crate::metrics::METRICS;
+use crate::outbox::Outbox;
+use crate::supervision::RestartCounts;
 
 /// Makes the named actor panic; false when it is not running.
 pub type CrashFn = Box<dyn Fn() -> bool + Send + Sync>;
+/// Whether the named actor is running now.
+pub type RunningFn = Box<dyn Fn() -> bool + Send + Sync>;
 
 pub struct AppState {
+    pub log: Logger,
+    pub roles: &'static str,
+    /// The actors of the enabled roles, in start order.
+    pub actors: Vec<(&'static str, RunningFn)>,
     pub crash: HashMap<&'static str, CrashFn>,
     pub admin_token: Option<String>,
-    pub log: Logger,
+    pub restarts: RestartCounts,
+    pub pool: Option<PgPool>,
+    pub outbox: Option<Outbox>,
+    pub kafka: BaseConsumer<LogContext>,
+    pub topic: String,
+    /// Set once every actor was started.
+    pub started: AtomicBool,
+    pub since: Instant,
 }
 
 /// Binds and starts the server on the current actix system; returns the bound address.
-pub fn start(addr: SocketAddr, state: AppState) -> std::io::Result<SocketAddr> {
+pub fn start(addr: SocketAddr, state: Arc<AppState>) -> std::io::Result<SocketAddr> {
     let admin = state.admin_token.is_some();
-    let data = web::Data::from(Arc::new(state));
-    let log = data.log.clone();
+    let log = state.log.clone();
+    let data = web::Data::from(state);
     let server = HttpServer::new(move || {
-        let app = App::new().app_data(data.clone()).route("/healthz", web::get().to(healthz));
+        let app = App::new()
+            .app_data(data.clone())
+            .route("/", web::get().to(page))
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(metrics))
+            .route("/status", web::get().to(status))
+            .route("/images/{nasa_id}", web::get().to(image));
         // Without ADMIN_TOKEN the admin routes do not exist at all (404, not 401).
         if admin {
             app.route("/admin/actors/{name}/crash", web::post().to(crash))
@@ -44,6 +78,207 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok\n")
 }
 
+/// Why the instance is not ready, if it is not.
+async fn not_ready(state: &web::Data<AppState>) -> Option<String> {
+    if !state.started.load(Ordering::SeqCst) {
+        return Some("starting: waiting for Kafka and Postgres".into());
+    }
+    let probe = state.clone();
+    let kafka = web::block(move || probe.kafka.fetch_metadata(Some(&probe.topic), Duration::from_secs(2)).map(drop)).await;
+    match kafka {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Some(format!("Kafka unreachable: {e}")),
+        Err(e) => return Some(format!("Kafka check failed: {e}")),
+    }
+    if let Some(pool) = state.pool.clone() {
+        if let Ok(Err(e)) = web::block(move || db::ping(&pool)).await {
+            return Some(e.to_string());
+        }
+    }
+    None
+}
+
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    match not_ready(&state).await {
+        None => HttpResponse::Ok().content_type("text/plain").body("ready\n"),
+        Some(reason) => HttpResponse::ServiceUnavailable().content_type("text/plain").body(format!("not ready: {reason}\n")),
+    }
+}
+
+async fn metrics() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(METRICS.render())
+}
+
+fn status_json(state: &AppState) -> serde_json::Value {
+    let actors: Vec<_> = state
+        .actors
+        .iter()
+        .map(|(name, running)| {
+            let (restarts, last_error) = state.restarts.get(name);
+            json!({"name": name, "state": if running() { "running" } else { "down" }, "restarts": restarts, "last_error": last_error})
+        })
+        .collect();
+    let pending = state.outbox.as_ref().map(|o| o.pending().ok().flatten().map(|e| e.event_id.to_string()));
+    let lag: serde_json::Map<String, serde_json::Value> = METRICS.lag().into_iter().map(|(p, l)| (p.to_string(), l.into())).collect();
+    json!({
+        "service": "nasa-ingest",
+        "version": env!("CARGO_PKG_VERSION"),
+        "roles": state.roles,
+        "started": state.started.load(Ordering::SeqCst),
+        "uptime_seconds": state.since.elapsed().as_secs(),
+        "actors": actors,
+        "pending_events": pending.as_ref().map(|p| p.iter().count()).unwrap_or(0),
+        "pending_event_id": pending.flatten(),
+        "consumer_lag": lag,
+        "counts": {
+            "fetched": METRICS.fetched.get(), "published": METRICS.published.get(), "consumed": METRICS.consumed.get(),
+            "stored": METRICS.stored.get(), "duplicates": METRICS.duplicates.get(),
+            "dead_lettered": METRICS.dead_lettered_total(),
+        },
+    })
+}
+
+async fn status(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(status_json(&state))
+}
+
+async fn image(state: web::Data<AppState>, req: HttpRequest, nasa_id: web::Path<String>) -> HttpResponse {
+    let Some(pool) = state.pool.clone() else {
+        return HttpResponse::NotFound().body("this instance does not run the consumer role\n");
+    };
+    let id = nasa_id.into_inner();
+    match web::block(move || db::image_bytes(&pool, &id)).await {
+        Ok(Ok(Some((content_type, sha256, bytes)))) => {
+            let etag = format!("\"{sha256}\"");
+            let cached = req.headers().get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str());
+            // Stored images never change: a client may keep them for good.
+            let mut resp = if cached { HttpResponse::NotModified() } else { HttpResponse::Ok() };
+            resp.insert_header((header::ETAG, etag)).insert_header((header::CACHE_CONTROL, "public, max-age=31536000, immutable"));
+            if cached {
+                resp.finish()
+            } else {
+                resp.content_type(content_type).insert_header(("X-Content-Type-Options", "nosniff")).body(bytes)
+            }
+        }
+        Ok(Ok(None)) => HttpResponse::NotFound().body("no such image\n"),
+        Ok(Err(e)) => HttpResponse::ServiceUnavailable().body(format!("{e}\n")),
+        Err(e) => HttpResponse::InternalServerError().body(format!("{e}\n")),
+    }
+}
+
+/// Escapes text for HTML: everything from the NASA API passes through here.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn path_segment(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+async fn page(state: web::Data<AppState>) -> HttpResponse {
+    let st = status_json(&state);
+    let (images, total) = match state.pool.clone() {
+        Some(pool) => web::block(move || (db::latest_images(&pool, 24), db::count_images(&pool))).await.unwrap_or_else(|e| {
+            let err = crate::errors::Transient::Database(e.to_string());
+            (Err(err), Ok(0))
+        }),
+        None => (Ok(vec![]), Ok(0)),
+    };
+    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(render_page(&st, images, total))
+}
+
+fn render_page(
+    st: &serde_json::Value,
+    images: Result<Vec<db::ImageSummary>, crate::errors::Transient>,
+    total: Result<i64, crate::errors::Transient>,
+) -> String {
+    let actors: String = st["actors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            let up = a["state"] == "running";
+            format!(
+                r#"<li class="{cls}"><b>{name}</b> {state} · {restarts} restarts{err}</li>"#,
+                cls = if up { "ok" } else { "bad" },
+                name = escape(a["name"].as_str().unwrap_or("")),
+                state = escape(a["state"].as_str().unwrap_or("")),
+                restarts = a["restarts"],
+                err = a["last_error"].as_str().map(|e| format!(" · last: {}", escape(e))).unwrap_or_default(),
+            )
+        })
+        .collect();
+    let c = &st["counts"];
+    let lag: i64 = st["consumer_lag"].as_object().map(|m| m.values().filter_map(|v| v.as_i64()).sum()).unwrap_or(0);
+    let gallery = match images {
+        Ok(list) if list.is_empty() => "<p class=muted>No images stored yet.</p>".to_owned(),
+        Ok(list) => list
+            .iter()
+            .map(|i| {
+                let title = escape(i.title.as_deref().unwrap_or(&i.nasa_id));
+                format!(
+                    r#"<figure><img src="/images/{src}" alt="{title}" loading="lazy"><figcaption><b>{title}</b><br><span class=muted>{id} · {query} · {kb} KB · {ct} · {when}</span></figcaption></figure>"#,
+                    src = path_segment(&i.nasa_id),
+                    id = escape(&i.nasa_id),
+                    query = escape(i.query.as_deref().unwrap_or("")),
+                    kb = i.byte_size / 1024,
+                    ct = escape(&i.content_type),
+                    when = i.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                )
+            })
+            .collect(),
+        Err(e) => format!("<p class=bad>Gallery unavailable: {}</p>", escape(&e.to_string())),
+    };
+    format!(
+        r#"<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="15">
+<title>nasa-ingest status</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:1.5rem;background:#0b1020;color:#e8ecf5}}
+h1{{margin:0 0 .3rem}} .muted{{color:#9aa4bd;font-size:.85rem}} .ok{{color:#7ee2a8}} .bad{{color:#ff8c8c}}
+.cards{{display:flex;gap:1rem;flex-wrap:wrap;margin:1rem 0}} .card{{background:#151c33;border-radius:8px;padding:.8rem 1rem;min-width:9rem}}
+.card b{{display:block;font-size:1.6rem}} ul{{list-style:none;padding:0}} li{{margin:.2rem 0}}
+.gallery{{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:1rem}}
+figure{{margin:0;background:#151c33;border-radius:8px;overflow:hidden}} figure img{{width:100%;height:160px;object-fit:cover;display:block;background:#222}}
+figcaption{{padding:.5rem .6rem;font-size:.9rem}}
+</style></head><body>
+<h1>nasa-ingest</h1>
+<div class=muted>version {version} · roles {roles} · up {uptime} s · <a href="/status" style="color:#9ab">/status</a> · <a href="/metrics" style="color:#9ab">/metrics</a></div>
+<div class=cards>
+<div class=card><b>{stored_total}</b>images stored</div>
+<div class=card><b>{published}</b>events published</div>
+<div class=card><b>{consumed}</b>events consumed</div>
+<div class=card><b>{duplicates}</b>duplicates skipped</div>
+<div class=card><b>{dlq}</b>dead letters</div>
+<div class=card><b>{pending}</b>pending in outbox</div>
+<div class=card><b>{lag}</b>consumer lag</div>
+</div>
+<h2>Actors</h2><ul>{actors}</ul>
+<h2>Latest images</h2><div class=gallery>{gallery}</div>
+</body></html>"#,
+        version = escape(st["version"].as_str().unwrap_or("")),
+        roles = escape(st["roles"].as_str().unwrap_or("")),
+        uptime = st["uptime_seconds"],
+        stored_total = total.map(|t| t.to_string()).unwrap_or_else(|_| "?".into()),
+        published = c["published"],
+        consumed = c["consumed"],
+        duplicates = c["duplicates"],
+        dlq = c["dead_lettered"],
+        pending = st["pending_events"],
+    )
+}
+
 fn authorized(req: &HttpRequest, token: &str) -> bool {
     let given = req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     // Constant-time comparison: the token is a secret.
@@ -62,5 +297,16 @@ async fn crash(state: web::Data<AppState>, req: HttpRequest, name: web::Path<Str
             HttpResponse::Accepted().body("crash requested\n")
         }
         Some(_) => HttpResponse::Conflict().body("actor is not running right now\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_everything_that_could_open_markup() {
+        assert_eq!(escape(r#"<img src=x onerror="a('b')">&"#), "&lt;img src=x onerror=&quot;a(&#39;b&#39;)&quot;&gt;&amp;");
+        assert_eq!(path_segment("moon-mosaic-ü 2020/x"), "moon%2Dmosaic%2D%C3%BC%202020%2Fx");
     }
 }

@@ -14,6 +14,7 @@ pub mod http;
 pub mod image;
 pub mod kafka;
 pub mod logging;
+pub mod metrics;
 pub mod nasa;
 pub mod offsets;
 pub mod outbox;

@@ -47,9 +47,84 @@ pub fn logger<W: Write + Send + 'static>(out: W, level: Level, environment: &str
         .add_key_value(o!("service.environment" => environment.to_owned()))
         .add_key_value(o!("event.dataset" => format!("{SERVICE_NAME}.log")))
         .build();
-    let drain = Mutex::new(json).ignore_res();
+    let drain = SentryDrain(Mutex::new(json).ignore_res());
     let drain = drain.filter_level(level).ignore_res();
     Logger::root(drain, o!())
+}
+
+/// Sends ERROR and CRITICAL lines to Sentry (when enabled), with their actor, nasa_id and error.
+/// Panics are left to Sentry's panic hook, which has their stack trace.
+struct SentryDrain<D>(D);
+
+impl<D: Drain> Drain for SentryDrain<D> {
+    type Ok = D::Ok;
+    type Err = D::Err;
+
+    fn log(&self, record: &Record, values: &slog::OwnedKVList) -> Result<D::Ok, D::Err> {
+        if record.level().is_at_least(Level::Error) {
+            let mut fields = Fields::default();
+            let _ = slog::KV::serialize(&record.kv(), record, &mut fields);
+            let _ = slog::KV::serialize(values, record, &mut fields);
+            if fields.get("error.type").as_deref() != Some("panic") {
+                let info = crate::telemetry::EventInfo {
+                    actor: fields.get("log.logger"),
+                    nasa_id: fields.get("labels.nasa_id"),
+                    error_type: Some(fields.get("error.type").unwrap_or_else(|| "error".into())),
+                    error_message: fields.get("error.message"),
+                };
+                crate::telemetry::report_error(&record.msg().to_string(), &info);
+            }
+        }
+        self.0.log(record, values)
+    }
+}
+
+/// The key-values of a record, as text.
+#[derive(Default)]
+struct Fields(Vec<(slog::Key, String)>);
+
+impl Fields {
+    fn get(&self, key: &str) -> Option<String> {
+        self.0.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+    }
+}
+
+impl slog::Serializer for Fields {
+    fn emit_arguments(&mut self, key: slog::Key, val: &std::fmt::Arguments) -> slog::Result {
+        self.0.push((key, val.to_string()));
+        Ok(())
+    }
+}
+
+/// Routes the `log` facade (reqwest, hyper, ...) into `log`, with the crate as `log.logger`.
+pub fn bridge_log_crate(log: &Logger, level: Level) {
+    struct Bridge(Logger);
+    impl log::Log for Bridge {
+        fn enabled(&self, _: &log::Metadata) -> bool {
+            true
+        }
+        fn log(&self, r: &log::Record) {
+            let logger = self.0.new(o!("log.logger" => r.target().to_owned()));
+            match r.level() {
+                // A library's "error" is usually a failure this program retries and reports itself.
+                log::Level::Error | log::Level::Warn => slog::warn!(logger, "{}", r.args()),
+                log::Level::Info => slog::info!(logger, "{}", r.args()),
+                log::Level::Debug => slog::debug!(logger, "{}", r.args()),
+                log::Level::Trace => slog::trace!(logger, "{}", r.args()),
+            }
+        }
+        fn flush(&self) {}
+    }
+    let max = match level {
+        Level::Critical | Level::Error => log::LevelFilter::Error,
+        Level::Warning => log::LevelFilter::Warn,
+        Level::Info => log::LevelFilter::Info,
+        Level::Debug => log::LevelFilter::Debug,
+        Level::Trace => log::LevelFilter::Trace,
+    };
+    if log::set_boxed_logger(Box::new(Bridge(log.clone()))).is_ok() {
+        log::set_max_level(max);
+    }
 }
 
 /// The logger of one actor or component: every line gets `log.logger`.

@@ -15,12 +15,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let log = logging::stdout_logger(config.log_level, &config.environment);
-    let _sentry = telemetry::init_sentry(config.sentry_dsn.as_deref(), &config.environment, &log);
+    let root = logging::stdout_logger(config.log_level, &config.environment);
+    let log = logging::for_component(&root, "main");
+    let _sentry = telemetry::init_sentry(
+        telemetry::SentrySettings {
+            dsn: config.sentry_dsn.as_deref(),
+            environment: &config.environment,
+            role: config.roles(),
+            min_interval: config.sentry_min_interval,
+        },
+        &log,
+    );
     telemetry::log_panics(log.clone());
+    logging::bridge_log_crate(&root, config.log_level);
     match command {
         Command::Migrate => migrate(&config, &log),
-        Command::Run => ExitCode::from(actix::System::new().block_on(supervisor::run(config, log))),
+        Command::Run => ExitCode::from(actix::System::new().block_on(supervisor::run(config, root))),
     }
 }
 

@@ -312,6 +312,7 @@ impl Supervisor {
         let delay = policy.backoff.delay(child.consecutive);
         child.consecutive += 1;
         let count = self.counts.record(name, &exit.reason());
+        crate::metrics::METRICS.restarts.with_label_values(&[name]).inc();
         warn!(log, "actor restarting"; "labels.actor" => name, "labels.restart_count" => count,
             "labels.backoff_ms" => delay.as_millis() as u64, "error.type" => exit.kind(), "error.message" => exit.reason());
         let events = self.events_tx.clone();

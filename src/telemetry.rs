@@ -1,11 +1,34 @@
-//! Sentry, and panics made visible: every panic is logged as an ECS ERROR line (with the actor's
-//! thread and location) before Sentry's own hook reports it.
+//! Sentry, and panics made visible.
+//!
+//! - `SENTRY_DSN` empty: Sentry is off (said once at start). Set: panics (with stack trace) and
+//!   ERROR log lines become Sentry events, tagged with the actor, the role and the nasa_id.
+//! - One event per incident, not per retry: an outage opens an [incident](incident_failed) that
+//!   reports once, and once more when it is over ([incident_recovered]). Events with the same
+//!   fingerprint are at most one per `SENTRY_MIN_INTERVAL_SECS`.
+//! - Every panic is also logged as an ECS ERROR line before Sentry's own hook reports it.
 
 use slog::{error, info, Logger};
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
-/// Starts Sentry when `SENTRY_DSN` is set; keep the guard alive for the life of the process.
-pub fn init_sentry(dsn: Option<&str>, environment: &str, log: &Logger) -> Option<sentry::ClientInitGuard> {
-    let Some(dsn) = dsn else {
+static MIN_INTERVAL: OnceLock<Duration> = OnceLock::new();
+/// Fingerprint → when an event with it was last sent.
+static LAST_SENT: LazyLock<Mutex<HashMap<String, Instant>>> = LazyLock::new(Default::default);
+/// Incidents open now (fingerprints).
+static OPEN_INCIDENTS: LazyLock<Mutex<HashMap<String, Instant>>> = LazyLock::new(Default::default);
+
+pub struct SentrySettings<'a> {
+    pub dsn: Option<&'a str>,
+    pub environment: &'a str,
+    pub role: &'a str,
+    pub min_interval: Duration,
+}
+
+/// Starts Sentry when a DSN is set; keep the guard alive for the life of the process.
+pub fn init_sentry(s: SentrySettings<'_>, log: &Logger) -> Option<sentry::ClientInitGuard> {
+    let _ = MIN_INTERVAL.set(s.min_interval);
+    let Some(dsn) = s.dsn else {
         info!(log, "Sentry disabled (SENTRY_DSN is empty)");
         return None;
     };
@@ -13,16 +36,104 @@ pub fn init_sentry(dsn: Option<&str>, environment: &str, log: &Logger) -> Option
         dsn,
         sentry::ClientOptions {
             release: Some(concat!("nasa-ingest@", env!("CARGO_PKG_VERSION")).into()),
-            environment: Some(environment.to_owned().into()),
+            environment: Some(s.environment.to_owned().into()),
             attach_stacktrace: true,
             ..Default::default()
         },
     ));
-    info!(log, "Sentry enabled"; "labels.sentry_environment" => environment.to_owned());
+    sentry::configure_scope(|scope| scope.set_tag("role", s.role));
+    info!(log, "Sentry enabled"; "labels.sentry_environment" => s.environment.to_owned(),
+        "labels.sentry_min_interval_secs" => s.min_interval.as_secs());
     Some(guard)
 }
 
-/// Logs every panic as one ERROR line, then runs the hook that was there (Sentry's, if enabled).
+fn enabled() -> bool {
+    sentry::Hub::current().client().is_some_and(|c| c.is_enabled())
+}
+
+/// True when an event with `fingerprint` may be sent now (and records that it is).
+fn rate_allows(fingerprint: &str) -> bool {
+    let min = MIN_INTERVAL.get().copied().unwrap_or(Duration::from_secs(600));
+    let mut last = LAST_SENT.lock().unwrap_or_else(|e| e.into_inner());
+    match last.get(fingerprint) {
+        Some(t) if t.elapsed() < min => false,
+        _ => {
+            last.insert(fingerprint.to_owned(), Instant::now());
+            true
+        }
+    }
+}
+
+/// What an event is about: tags and the error, if any.
+#[derive(Default, Clone, Debug)]
+pub struct EventInfo {
+    pub actor: Option<String>,
+    pub nasa_id: Option<String>,
+    pub error_type: Option<String>,
+    pub error_message: Option<String>,
+}
+
+fn send(level: sentry::Level, message: &str, fingerprint: &str, info: &EventInfo) {
+    let mut event = sentry::protocol::Event {
+        level,
+        message: Some(message.to_owned()),
+        fingerprint: vec![fingerprint.to_owned().into()].into(),
+        ..Default::default()
+    };
+    if let Some(ty) = &info.error_type {
+        event.exception.values.push(sentry::protocol::Exception {
+            ty: ty.clone(),
+            value: Some(info.error_message.clone().unwrap_or_else(|| message.to_owned())),
+            stacktrace: sentry::integrations::backtrace::current_stacktrace(),
+            ..Default::default()
+        });
+    }
+    for (k, v) in [("actor", &info.actor), ("nasa_id", &info.nasa_id)] {
+        if let Some(v) = v {
+            event.tags.insert(k.into(), v.clone());
+        }
+    }
+    sentry::capture_event(event);
+}
+
+/// An ERROR line: one Sentry event per fingerprint (message + error type) per interval.
+pub fn report_error(message: &str, info: &EventInfo) {
+    if !enabled() {
+        return;
+    }
+    let fingerprint = format!("{}:{}", message, info.error_type.as_deref().unwrap_or(""));
+    if rate_allows(&fingerprint) {
+        send(sentry::Level::Error, message, &fingerprint, info);
+    }
+}
+
+/// Something is failing (an outage): reported once when the incident opens, not per retry.
+pub fn incident_failed(fingerprint: &str, message: &str, info: &EventInfo) {
+    let newly_open = OPEN_INCIDENTS.lock().unwrap_or_else(|e| e.into_inner()).insert(fingerprint.to_owned(), Instant::now()).is_none();
+    if newly_open && enabled() && rate_allows(fingerprint) {
+        send(sentry::Level::Error, message, fingerprint, info);
+    }
+}
+
+/// The incident is over: one event saying so, if it was open.
+pub fn incident_recovered(fingerprint: &str, message: &str, info: &EventInfo) {
+    let opened = OPEN_INCIDENTS.lock().unwrap_or_else(|e| e.into_inner()).remove(fingerprint);
+    if let Some(since) = opened {
+        if enabled() {
+            let info = EventInfo { error_type: None, ..info.clone() };
+            let message = format!("{message} (after {} s)", since.elapsed().as_secs());
+            send(sentry::Level::Info, &message, &format!("{fingerprint}:recovered"), &info);
+        }
+    }
+}
+
+/// The actor a panic belongs to, from where it happened: `src/actors/<actor>.rs`.
+pub fn actor_of_location(file: &str) -> Option<&str> {
+    file.split("src/actors/").nth(1)?.strip_suffix(".rs")
+}
+
+/// Logs every panic as one ERROR line, then runs the hook that was there (Sentry's, if enabled)
+/// with the panicking actor as a tag.
 pub fn log_panics(log: Logger) {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -32,11 +143,32 @@ pub fn log_panics(log: Logger) {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "panic".into());
+        let file = info.location().map(|l| l.file()).unwrap_or("");
         let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
-        let thread = std::thread::current().name().unwrap_or("unnamed").to_owned();
+        let actor = actor_of_location(file).unwrap_or("none").to_owned();
         crate::supervision::record_panic(format!("{message} at {location}"));
-        error!(log, "panic"; "error.type" => "panic", "error.message" => message,
-            "labels.location" => location, "labels.thread" => thread);
-        previous(info);
+        error!(log, "panic"; "error.type" => "panic", "error.message" => &message,
+            "labels.location" => &location, "labels.actor" => &actor);
+        sentry::with_scope(|scope| scope.set_tag("actor", &actor), || previous(info));
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panics_in_actor_files_name_the_actor() {
+        assert_eq!(actor_of_location("src/actors/fetcher.rs"), Some("fetcher"));
+        assert_eq!(actor_of_location("/build/src/actors/storer.rs"), Some("storer"));
+        assert_eq!(actor_of_location("src/nasa.rs"), None);
+    }
+
+    #[test]
+    fn one_event_per_fingerprint_per_interval() {
+        let _ = MIN_INTERVAL.set(Duration::from_secs(600));
+        assert!(rate_allows("test:a"));
+        assert!(!rate_allows("test:a"));
+        assert!(rate_allows("test:b"));
+    }
 }

@@ -100,6 +100,7 @@ async fn download(http: reqwest::Client, rules: Arc<Rules>, raw_url: String) -> 
         }
         bytes.extend_from_slice(&chunk);
     }
+    crate::metrics::METRICS.bytes_downloaded.inc_by(bytes.len() as u64);
     let content_type = sniff_content_type(&bytes).ok_or(Permanent::NotAnImage)?;
     let sha256 = hex::encode(Sha256::digest(&bytes));
     Ok(Downloaded { bytes, content_type, sha256 })

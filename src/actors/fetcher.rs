@@ -11,7 +11,11 @@ use crate::supervision::{Lifeline, Slot};
 use crate::backoff::Backoff;
 use crate::config::RANDOM_TOPICS;
 use crate::event::ImageEvent;
+use crate::metrics::METRICS;
+use crate::telemetry::{self, EventInfo};
 use crate::nasa::{NasaClient, NasaError};
+
+const NASA_INCIDENT: &str = "nasa_api_unavailable";
 
 pub struct Fetcher {
     nasa: NasaClient,
@@ -70,6 +74,9 @@ impl Fetcher {
         };
         match outcome {
             Cycle::Published => {
+                if self.failures > 0 {
+                    telemetry::incident_recovered(NASA_INCIDENT, "NASA API available again", &EventInfo::default());
+                }
                 self.failures = 0;
                 self.interval.saturating_sub(started.elapsed())
             }
@@ -79,6 +86,14 @@ impl Fetcher {
             }
             Cycle::NasaFailed(e) => {
                 let delay = retry(self);
+                METRICS.retries.with_label_values(&[e.kind()]).inc();
+                let info = EventInfo {
+                    actor: Some("fetcher".into()),
+                    error_type: Some(e.kind().into()),
+                    error_message: Some(e.to_string()),
+                    ..Default::default()
+                };
+                telemetry::incident_failed(NASA_INCIDENT, "NASA API unavailable", &info);
                 warn!(self.log, "NASA API request failed, will retry"; "error.type" => e.kind(), "error.message" => e.to_string(),
                     "labels.attempt" => self.failures, "labels.delay_ms" => delay.as_millis() as u64);
                 delay
@@ -109,7 +124,10 @@ async fn fetch_and_publish(
     let event = match unsent {
         Some(event) => event,
         None => match nasa.random_image(&query).await {
-            Ok(Some(found)) => ImageEvent::new(found, &query),
+            Ok(Some(found)) => {
+                METRICS.fetched.inc();
+                ImageEvent::new(found, &query)
+            }
             Ok(None) => return Cycle::NoHits(query),
             Err(e) => return Cycle::NasaFailed(e),
         },

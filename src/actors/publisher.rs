@@ -11,8 +11,12 @@ use std::time::Duration;
 use crate::backoff::Backoff;
 use crate::event::ImageEvent;
 use crate::kafka::LogContext;
+use crate::metrics::METRICS;
 use crate::outbox::{Outbox, OutboxError};
+use crate::telemetry::{self, EventInfo};
 use crate::supervision::Lifeline;
+
+const KAFKA_INCIDENT: &str = "kafka_unavailable";
 
 /// Makes a new producer. A failed send replaces the producer: a fresh one has no stale
 /// idempotence state (producer id, sequence numbers) from before a broker restart.
@@ -65,6 +69,11 @@ impl Publisher {
                 match producer.send(record, Duration::ZERO).await {
                     Ok(d) => {
                         outbox.clear()?;
+                        METRICS.outbox_pending.set(0);
+                        METRICS.published.inc();
+                        if attempt > 0 {
+                            telemetry::incident_recovered(KAFKA_INCIDENT, "Kafka available again", &EventInfo::default());
+                        }
                         info!(log, "sent"; "labels.nasa_id" => &event.nasa_id, "labels.event_id" => event.event_id.to_string(),
                             "labels.topic" => &topic, "labels.partition" => d.partition, "labels.offset" => d.offset,
                             "labels.attempts" => attempt + 1);
@@ -73,6 +82,14 @@ impl Publisher {
                     Err((e, _)) => {
                         let delay = backoff.delay(attempt);
                         attempt += 1;
+                        METRICS.retries.with_label_values(&["kafka"]).inc();
+                        let info = EventInfo {
+                            actor: Some("publisher".into()),
+                            nasa_id: Some(event.nasa_id.clone()),
+                            error_type: Some("kafka".into()),
+                            error_message: Some(e.to_string()),
+                        };
+                        telemetry::incident_failed(KAFKA_INCIDENT, "Kafka unavailable", &info);
                         warn!(log, "Kafka unavailable"; "labels.nasa_id" => &event.nasa_id,
                             "labels.event_id" => event.event_id.to_string(), "labels.attempt" => attempt,
                             "labels.delay_ms" => delay.as_millis() as u64, "error.type" => "kafka",
@@ -138,6 +155,9 @@ impl Handler<Publish> for Publisher {
         }
         // Durable first: once in the outbox, the event survives a crash before delivery.
         let stored = self.outbox.put(&event);
+        if stored.is_ok() {
+            METRICS.outbox_pending.set(1);
+        }
         let delivery = self.deliver(event);
         AtomicResponse::new(Box::pin(
             async move {

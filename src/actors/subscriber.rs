@@ -21,10 +21,14 @@ use crate::db::{clean_text, NewImage, Stored};
 use crate::errors::{EventError, Permanent, Transient};
 use crate::event::{self, IncomingEvent};
 use crate::kafka::{base_config, LogContext};
+use crate::metrics::METRICS;
 use crate::offsets::{OffsetTracker, Ticket};
+use crate::telemetry::{self, EventInfo};
 use crate::supervision::{Lifeline, Slot};
 
 type Tracker = Arc<Mutex<OffsetTracker>>;
+
+const CONSUMER_INCIDENT: &str = "consumer_retrying";
 
 /// librdkafka callbacks of the consumer: logs, and a final commit when partitions are revoked.
 pub struct SubscriberContext {
@@ -143,10 +147,34 @@ impl Actor for Subscriber {
         let s = &self.state;
         let reading = read_loop(s.consumer.clone(), s.tracker.clone(), self.pipeline.clone(), s.permits.clone());
         self.reading = Some(ctx.spawn(reading.into_actor(self)));
+        ctx.run_interval(LAG_EVERY, |act, _| {
+            let (consumer, topic) = (act.state.consumer.clone(), act.pipeline.topic.clone());
+            // Broker round trips: off the actor thread.
+            actix::spawn(async move {
+                let _ = tokio::task::spawn_blocking(move || update_lag(&consumer, &topic)).await;
+            });
+        });
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         self.lifeline.stopped();
+    }
+}
+
+const LAG_EVERY: Duration = Duration::from_secs(5);
+
+/// Lag per assigned partition: high watermark minus the group's committed offset.
+fn update_lag(consumer: &Consumer_, topic: &str) {
+    let timeout = Duration::from_secs(2);
+    let Ok(assignment) = consumer.assignment() else { return };
+    let Ok(committed) = consumer.committed_offsets(assignment, timeout) else { return };
+    for e in committed.elements_for_topic(topic) {
+        let Ok((low, high)) = consumer.fetch_watermarks(topic, e.partition(), timeout) else { continue };
+        let base = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => low,
+        };
+        METRICS.set_lag(e.partition(), (high - base).max(0));
     }
 }
 
@@ -159,6 +187,7 @@ async fn read_loop(consumer: Arc<Consumer_>, tracker: Tracker, pipeline: Pipelin
             Ok(m) => {
                 errors = 0;
                 let msg = m.detach();
+                METRICS.consumed.inc();
                 let ticket = tracker.lock().expect("tracker lock").begin(msg.partition(), msg.offset());
                 actix::spawn(handle_until_done(msg, ticket, consumer.clone(), tracker.clone(), pipeline.clone(), permit));
             }
@@ -184,6 +213,7 @@ async fn handle_until_done(
     _permit: OwnedSemaphorePermit,
 ) {
     let mut attempt: u32 = 0;
+    let started = Instant::now();
     loop {
         let result = match handle_once(&msg, &p).await {
             Err(EventError::Permanent(e)) => dead_letter(&msg, &e, &p).await,
@@ -193,10 +223,23 @@ async fn handle_until_done(
             }),
         };
         match result {
-            Ok(()) => break,
+            Ok(()) => {
+                if attempt > 0 {
+                    telemetry::incident_recovered(CONSUMER_INCIDENT, "events are handled again", &EventInfo::default());
+                }
+                break;
+            }
             Err(e) => {
                 let delay = p.backoff.delay(attempt);
                 attempt += 1;
+                METRICS.retries.with_label_values(&[e.kind()]).inc();
+                let info = EventInfo {
+                    actor: Some("subscriber".into()),
+                    nasa_id: None,
+                    error_type: Some(e.kind().into()),
+                    error_message: Some(e.to_string()),
+                };
+                telemetry::incident_failed(CONSUMER_INCIDENT, "events fail and are retried", &info);
                 warn!(p.log, "event failed, will retry the same message"; "error.type" => e.kind(),
                     "error.message" => e.to_string(), "labels.partition" => msg.partition(), "labels.offset" => msg.offset(),
                     "labels.attempt" => attempt, "labels.delay_ms" => delay.as_millis() as u64);
@@ -204,6 +247,7 @@ async fn handle_until_done(
             }
         }
     }
+    METRICS.processing_seconds.observe(started.elapsed().as_secs_f64());
     let commits = {
         let mut t = tracker.lock().expect("tracker lock");
         t.finish(ticket);
@@ -226,14 +270,21 @@ async fn handle_once(msg: &OwnedMessage, p: &Pipeline) -> Result<Stored, EventEr
     let log = labels(&p.log);
     if p.storer.send(IsStored(event.nasa_id.clone())).await?? {
         info!(log, "duplicate skipped"; "labels.stage" => "before download");
+        METRICS.duplicates.inc();
         return Ok(Stored::Duplicate);
     }
     let image = p.downloader.send(Download(event.image_url.clone())).await??;
     let bytes = image.bytes.len();
     let stored = p.storer.send(Store(new_row(&event, image, msg))).await??;
     match stored {
-        Stored::Inserted => info!(log, "saved to DB"; "labels.bytes" => bytes),
-        Stored::Duplicate => info!(log, "duplicate skipped"; "labels.stage" => "insert"),
+        Stored::Inserted => {
+            METRICS.stored.inc();
+            info!(log, "saved to DB"; "labels.bytes" => bytes)
+        }
+        Stored::Duplicate => {
+            METRICS.duplicates.inc();
+            info!(log, "duplicate skipped"; "labels.stage" => "insert")
+        }
     }
     Ok(stored)
 }
@@ -270,6 +321,7 @@ async fn dead_letter(msg: &OwnedMessage, reason: &Permanent, p: &Pipeline) -> Re
         record = record.key(key);
     }
     p.dlq.send(record, Duration::ZERO).await.map_err(|(e, _)| Transient::Kafka(format!("dead-letter topic: {e}")))?;
+    METRICS.dead_lettered.with_label_values(&[reason.kind()]).inc();
     warn!(p.log, "sent to dead-letter topic"; "error.type" => reason.kind(), "error.message" => error,
         "labels.topic" => &p.dlq_topic, "labels.partition" => msg.partition(), "labels.offset" => msg.offset());
     Ok(())

@@ -7,6 +7,7 @@ use actix::prelude::*;
 use slog::{info, warn, Logger};
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -19,7 +20,7 @@ use super::subscriber::{ConsumerState, Drain, Pipeline, Subscriber};
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::db;
-use crate::http::{self, AppState, CrashFn};
+use crate::http::{self, AppState, CrashFn, RunningFn};
 use crate::kafka;
 use crate::logging::for_component;
 use crate::nasa::NasaClient;
@@ -63,6 +64,22 @@ impl Slots {
         }
     }
 
+    /// (name, is it running?) of the actors of the enabled roles, in start order.
+    fn running_fns(&self, config: &Config) -> Vec<(&'static str, RunningFn)> {
+        fn running<A: Actor<Context = Context<A>>>(slot: &Slot<A>) -> (&'static str, RunningFn) {
+            let slot = slot.clone();
+            (slot.name(), Box::new(move || slot.current().is_some()))
+        }
+        let mut out = Vec::new();
+        if config.consumer_enabled {
+            out.extend([running(&self.storer), running(&self.downloader), running(&self.subscriber)]);
+        }
+        if config.producer_enabled {
+            out.extend([running(&self.publisher), running(&self.fetcher)]);
+        }
+        out
+    }
+
     fn crash_fns(&self) -> HashMap<&'static str, CrashFn> {
         fn crash_fn<A>(slot: &Slot<A>) -> (&'static str, CrashFn)
         where
@@ -94,9 +111,22 @@ pub async fn run(config: Config, root: Logger) -> u8 {
         }
     };
     let slots = Slots::new();
-    let mut supervisor = Supervisor::new(log.clone(), RestartCounts::default());
+    let restarts = RestartCounts::default();
+    let mut supervisor = Supervisor::new(log.clone(), restarts.clone());
+    let pool = config.database_url.as_ref().filter(|_| config.consumer_enabled).map(|u| db::pool(u.expose(), config.download_concurrency as u32 + 2));
+    let app = match app_state(&config, &root, &slots, restarts, pool.clone()) {
+        Ok(app) => app,
+        Err(e) => {
+            slog::error!(log, "cannot start"; "error.type" => "start", "error.message" => e.to_string());
+            return 1;
+        }
+    };
+    if let Err(e) = http::start(config.http_addr, app.clone()) {
+        slog::error!(log, "cannot listen on HTTP_ADDR"; "error.type" => "start", "error.message" => e.to_string());
+        return 1;
+    }
     let started = tokio::select! {
-        r = prepare(&config, &root, &slots, &mut supervisor) => r,
+        r = prepare(&config, &root, &slots, &mut supervisor, pool) => r,
         _ = wait_stop() => { info!(log, "signal received during start-up; exiting"); return 0; }
     };
     if let Err(e) = started {
@@ -104,6 +134,7 @@ pub async fn run(config: Config, root: Logger) -> u8 {
         return 1;
     }
     info!(log, "started"; "labels.roles" => config.roles());
+    app.started.store(true, std::sync::atomic::Ordering::SeqCst);
     let outcome = supervisor.run(wait_stop()).await;
     stop(&slots, &log).await;
     match outcome {
@@ -113,12 +144,39 @@ pub async fn run(config: Config, root: Logger) -> u8 {
 }
 
 /// Waits for Kafka and Postgres, then registers the children of the enabled roles.
-async fn prepare(config: &Config, root: &Logger, slots: &Slots, supervisor: &mut Supervisor) -> Result<(), StartError> {
-    http::start(config.http_addr, AppState {
+fn app_state(
+    config: &Config,
+    root: &Logger,
+    slots: &Slots,
+    restarts: RestartCounts,
+    pool: Option<db::PgPool>,
+) -> Result<Arc<AppState>, StartError> {
+    let http_log = for_component(root, "http");
+    let kafka = kafka::base_config(&config.kafka_brokers).create_with_context(kafka::LogContext { log: http_log.clone() })?;
+    let outbox = if config.producer_enabled { Some(Outbox::open(&config.data_dir)?) } else { None };
+    Ok(Arc::new(AppState {
+        log: http_log,
+        roles: config.roles(),
+        actors: slots.running_fns(config),
         crash: slots.crash_fns(),
         admin_token: config.admin_token.clone(),
-        log: for_component(root, "http"),
-    })?;
+        restarts,
+        pool,
+        outbox,
+        kafka,
+        topic: config.kafka_topic.clone(),
+        started: AtomicBool::new(false),
+        since: std::time::Instant::now(),
+    }))
+}
+
+async fn prepare(
+    config: &Config,
+    root: &Logger,
+    slots: &Slots,
+    supervisor: &mut Supervisor,
+    pool: Option<db::PgPool>,
+) -> Result<(), StartError> {
     let log = &for_component(root, "startup");
     let retry = Backoff::new(config.retry_min_backoff, config.retry_max_backoff, 0.2);
     let topics = [config.kafka_topic.as_str(), config.kafka_dlq_topic.as_str()];
@@ -133,7 +191,8 @@ async fn prepare(config: &Config, root: &Logger, slots: &Slots, supervisor: &mut
         supervisor.add(ChildSpec { name, restart: RestartType::Permanent, policy, start })
     };
     if config.consumer_enabled {
-        for (name, start) in consumer_children(config, root, slots, retry).await? {
+        let pool = pool.expect("the consumer role has a pool");
+        for (name, start) in consumer_children(config, root, slots, retry, pool).await? {
             add(name, start);
         }
     }
@@ -148,10 +207,14 @@ async fn prepare(config: &Config, root: &Logger, slots: &Slots, supervisor: &mut
 type Children = Vec<(&'static str, Box<dyn FnMut(Lifeline) -> Result<(), String>>)>;
 
 /// Storer, Downloader and Subscriber. The pool and the consumer outlive their restarts.
-async fn consumer_children(config: &Config, root: &Logger, slots: &Slots, retry: Backoff) -> Result<Children, StartError> {
+async fn consumer_children(
+    config: &Config,
+    root: &Logger,
+    slots: &Slots,
+    retry: Backoff,
+    pool: db::PgPool,
+) -> Result<Children, StartError> {
     let log = &for_component(root, "startup");
-    let url = config.database_url.as_ref().expect("validated: the consumer role has a DATABASE_URL");
-    let pool = db::pool(url.expose(), config.download_concurrency as u32 + 2);
     let migrations = || {
         let pool = pool.clone();
         async move { tokio::task::spawn_blocking(move || db::migrate(&pool)).await.expect("migrations do not panic") }

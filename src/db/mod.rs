@@ -87,3 +87,49 @@ pub fn insert(pool: &PgPool, row: &NewImage) -> Result<Stored, Transient> {
 pub fn clean_text(s: &str) -> String {
     s.replace('\0', "")
 }
+
+/// What the status page shows of a stored image.
+#[derive(QueryableByName, Debug, Clone)]
+pub struct ImageSummary {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub nasa_id: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub title: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub query: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub content_type: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub byte_size: i64,
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Content types a browser shows in an <img>.
+pub const BROWSER_IMAGE_TYPES: [&str; 4] = ["image/jpeg", "image/png", "image/gif", "image/webp"];
+
+/// The latest stored images a browser can show, newest first.
+pub fn latest_images(pool: &PgPool, limit: i64) -> Result<Vec<ImageSummary>, Transient> {
+    diesel::sql_query(
+        "SELECT nasa_id, title, query, content_type, byte_size, created_at FROM images \
+         WHERE content_type = ANY($1) ORDER BY id DESC LIMIT $2",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(BROWSER_IMAGE_TYPES.to_vec())
+    .bind::<diesel::sql_types::BigInt, _>(limit)
+    .load(&mut conn(pool)?)
+    .map_err(|e| Transient::Database(e.to_string()))
+}
+
+pub fn count_images(pool: &PgPool) -> Result<i64, Transient> {
+    images::table.count().get_result(&mut conn(pool)?).map_err(|e| Transient::Database(e.to_string()))
+}
+
+/// (content_type, sha256, bytes) of a stored image.
+pub fn image_bytes(pool: &PgPool, nasa_id: &str) -> Result<Option<(String, String, Vec<u8>)>, Transient> {
+    images::table
+        .filter(images::nasa_id.eq(nasa_id))
+        .select((images::content_type, images::sha256, images::image_bytes))
+        .first(&mut conn(pool)?)
+        .optional()
+        .map_err(|e| Transient::Database(e.to_string()))
+}

@@ -509,3 +509,114 @@ impl Daemon {
         }
     }
 }
+
+/// A JSON request; returns (status, parsed body or Null).
+pub fn http_json(addr: &str, method: &str, path: &str, body: Option<&serde_json::Value>) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}",
+        payload.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let body = if text.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
+    (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+// ---------------------------------------------------------------- a Sentry ingest endpoint
+
+/// Accepts Sentry envelopes over HTTP and keeps the events in them.
+pub struct FakeSentry {
+    pub port: u16,
+    events: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl FakeSentry {
+    pub fn start() -> FakeSentry {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let events: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+        let sink = events.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().map_while(Result::ok) {
+                let sink = sink.clone();
+                std::thread::spawn(move || serve_sentry(conn, sink));
+            }
+        });
+        FakeSentry { port, events }
+    }
+
+    pub fn dsn(&self) -> String {
+        format!("http://publickey@127.0.0.1:{}/42", self.port)
+    }
+
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.events.lock().unwrap().clone()
+    }
+}
+
+fn serve_sentry(conn: std::net::TcpStream, sink: Arc<Mutex<Vec<serde_json::Value>>>) {
+    use std::io::{Read, Write};
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut writer = conn;
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let lower = head.to_ascii_lowercase();
+        let len = lower
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        // An envelope: a header line, then (item header, payload) line pairs.
+        let text = String::from_utf8_lossy(&body).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        let mut i = 1;
+        while i + 1 < lines.len() {
+            let item: serde_json::Value = serde_json::from_str(lines[i]).unwrap_or_default();
+            if item["type"] == "event" {
+                if let Ok(event) = serde_json::from_str(lines[i + 1]) {
+                    sink.lock().unwrap().push(event);
+                }
+            }
+            i += 2;
+        }
+        let reply = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+        if writer.write_all(reply.as_bytes()).is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Counters for `/metrics` (Prometheus text format). One process-wide registry: every actor
+//! counts what it does, the HTTP endpoint renders it.
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use std::sync::LazyLock;
+
+pub struct Metrics {
+    registry: Registry,
+    pub fetched: IntCounter,
+    pub published: IntCounter,
+    pub consumed: IntCounter,
+    pub stored: IntCounter,
+    pub duplicates: IntCounter,
+    pub dead_lettered: IntCounterVec,
+    pub bytes_downloaded: IntCounter,
+    pub retries: IntCounterVec,
+    pub restarts: IntCounterVec,
+    pub outbox_pending: IntGauge,
+    pub consumer_lag: IntGaugeVec,
+    pub processing_seconds: Histogram,
+    /// The same lag, for the status page.
+    pub lag_by_partition: std::sync::Mutex<std::collections::BTreeMap<i32, i64>>,
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(format!("nasa_ingest_{name}"), help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(format!("nasa_ingest_{name}"), help), &[label]).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let r = Registry::new();
+        let outbox_pending = IntGauge::new("nasa_ingest_outbox_pending_events", "Events written to the outbox, not yet acknowledged by Kafka").unwrap();
+        r.register(Box::new(outbox_pending.clone())).unwrap();
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new("nasa_ingest_consumer_lag", "High watermark minus the group's committed offset"),
+            &["partition"],
+        )
+        .unwrap();
+        r.register(Box::new(consumer_lag.clone())).unwrap();
+        let processing_seconds = Histogram::with_opts(
+            HistogramOpts::new("nasa_ingest_processing_seconds", "From reading a message to finishing it (stored, skipped or dead-lettered)")
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+        )
+        .unwrap();
+        r.register(Box::new(processing_seconds.clone())).unwrap();
+        Metrics {
+            fetched: counter(&r, "events_fetched_total", "Images found on the NASA API and turned into events"),
+            published: counter(&r, "events_published_total", "Events acknowledged by Kafka"),
+            consumed: counter(&r, "events_consumed_total", "Messages read from the images topic"),
+            stored: counter(&r, "events_stored_total", "Images inserted into Postgres"),
+            duplicates: counter(&r, "events_duplicate_total", "Events skipped because their nasa_id was stored already"),
+            dead_lettered: counter_vec(&r, "events_dead_lettered_total", "Messages sent to the dead-letter topic", "reason"),
+            bytes_downloaded: counter(&r, "bytes_downloaded_total", "Image bytes downloaded"),
+            retries: counter_vec(&r, "retries_total", "Retries after a transient failure", "cause"),
+            restarts: counter_vec(&r, "actor_restarts_total", "Restarts of an actor by the supervisor", "actor"),
+            outbox_pending,
+            consumer_lag,
+            processing_seconds,
+            lag_by_partition: Default::default(),
+            registry: r,
+        }
+    }
+
+    /// Dead letters over every reason.
+    pub fn dead_lettered_total(&self) -> u64 {
+        use prometheus::core::Collector;
+        self.dead_lettered.collect().iter().flat_map(|f| f.get_metric()).map(|m| m.get_counter().get_value() as u64).sum()
+    }
+
+    pub fn set_lag(&self, partition: i32, lag: i64) {
+        self.consumer_lag.with_label_values(&[&partition.to_string()]).set(lag);
+        self.lag_by_partition.lock().unwrap_or_else(|e| e.into_inner()).insert(partition, lag);
+    }
+
+    pub fn lag(&self) -> std::collections::BTreeMap<i32, i64> {
+        self.lag_by_partition.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding never fails");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}

@@ -1,0 +1,212 @@
+//! Logs in ECS for ELK, Sentry per incident, and the HTTP endpoint, against a running daemon.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+/// The ECS logging spec (elastic/ecs-logging spec/spec.json): required fields and their order.
+fn ecs_spec() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixtures_dir().join("../ecs-logging-spec.json")).unwrap()).unwrap()
+}
+
+fn check_ecs_line(line: &str, spec: &serde_json::Value, environment: &str) {
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    let obj = v.as_object().unwrap();
+    for (name, field) in spec["fields"].as_object().unwrap() {
+        if field["required"] == true {
+            assert!(obj.contains_key(name), "required {name} missing: {line}");
+        }
+        if let (Some(index), true) = (field["index"].as_u64(), obj.contains_key(name)) {
+            // Key order of the raw line: the spec's index.
+            let pos = line.find(&format!("\"{name}\":")).unwrap();
+            let before = line[..pos].matches("\":").count();
+            assert_eq!(before as u64, index, "{name} at position {before}, spec says {index}: {line}");
+        }
+    }
+    let ts = v["@timestamp"].as_str().unwrap();
+    assert!(ts.ends_with('Z') && ts.len() == 24 && chrono::DateTime::parse_from_rfc3339(ts).is_ok(), "{ts}");
+    assert!(["trace", "debug", "info", "warn", "error", "critical"].contains(&v["log.level"].as_str().unwrap()), "{line}");
+    assert!(v["message"].is_string());
+    assert_eq!(v["service.name"], "nasa-ingest");
+    assert_eq!(v["service.version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["service.environment"], environment);
+    assert_eq!(v["event.dataset"], "nasa-ingest.log");
+    assert!(v["log.logger"].as_str().is_some_and(|l| !l.is_empty()), "every line names its logger: {line}");
+    assert!(!obj.contains_key("error"), "a plain error key clashes with ECS's error object: {line}");
+    for (k, val) in obj {
+        if k.starts_with("error.") {
+            assert!(val.is_string(), "{k} is a string: {line}");
+        }
+        if let Some(label) = k.strip_prefix("labels.") {
+            assert!(!label.contains(['.', '*', '\\']), "label keys are sanitised: {k}");
+            assert!(val.is_string() || val.is_number() || val.is_boolean() || val.is_null(), "{k} is a scalar: {line}");
+        }
+    }
+}
+
+/// TC-08: every line the daemon writes during an end-to-end run is an ECS JSON object with the
+/// required fields first, typed right, and the database password appears nowhere.
+#[test]
+fn every_log_line_is_ecs_json_and_secrets_stay_out() {
+    let (broker, db, nasa, dir) = (Broker::start(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    let mut env = daemon_env(&broker, &db, &nasa, dir.path());
+    set(&mut env, "DATABASE_URL", &db.url.replace("postgres@", "postgres:hunter2-db-secret@"));
+    set(&mut env, "SENTRY_DSN", "http://sentry-key-secret@127.0.0.1:9/1");
+    let mut daemon = Daemon::spawn(&env);
+    wait_until(Duration::from_secs(90), "3 images stored", || db.rows().len() >= 3);
+    daemon.terminate();
+    let spec = ecs_spec();
+    let lines = daemon.lines();
+    assert!(lines.len() > 10);
+    for line in &lines {
+        check_ecs_line(line, &spec, "test");
+        assert!(!line.contains("hunter2-db-secret") && !line.contains("sentry-key-secret"), "secret in the log: {line}");
+    }
+    let loggers: std::collections::BTreeSet<String> =
+        lines.iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["log.logger"].as_str().unwrap().to_owned()).collect();
+    for actor in ["supervisor", "fetcher", "publisher", "subscriber"] {
+        assert!(loggers.contains(actor), "{actor} logs as itself: {loggers:?}");
+    }
+}
+
+/// LOG_LEVEL filters what is written.
+#[test]
+fn log_level_filters() {
+    let (broker, db, dir) = (Broker::start(), TestDb::create(), tempfile::tempdir().unwrap());
+    let nasa = fake_nasa();
+    let mut env = daemon_env(&broker, &db, &nasa, dir.path());
+    set(&mut env, "LOG_LEVEL", "warn");
+    set(&mut env, "CONSUMER_ENABLED", "false");
+    set(&mut env, "NASA_API_URL", &format!("http://127.0.0.1:{}", free_port()));
+    let daemon = Daemon::spawn(&env);
+    daemon.wait_for_log("NASA API request failed, will retry", 2, Duration::from_secs(30));
+    for line in daemon.lines() {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert!(["warn", "error", "critical"].contains(&v["log.level"].as_str().unwrap()), "{line}");
+    }
+}
+
+/// TC-07: a panic reaches Sentry with exception type, message, stack trace, environment,
+/// release and tags.
+#[test]
+fn tc07_a_panic_reaches_sentry_with_its_context() {
+    let (broker, db, nasa, dir, sentry) = (Broker::start(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap(), FakeSentry::start());
+    let mut env = daemon_env(&broker, &db, &nasa, dir.path());
+    set(&mut env, "SENTRY_DSN", &sentry.dsn());
+    set(&mut env, "ADMIN_TOKEN", "t0ken");
+    let daemon = Daemon::spawn(&env);
+    let addr = daemon.http_addr();
+    daemon.wait_for_log("actor started", 5, Duration::from_secs(60));
+    assert_eq!(http(&addr, "POST", "/admin/actors/fetcher/crash", &[("Authorization", "Bearer t0ken")]).0, 202);
+
+    wait_until(Duration::from_secs(30), "the panic event in Sentry", || {
+        sentry.events().iter().any(|e| e["exception"]["values"][0]["type"] == "panic")
+    });
+    let events = sentry.events();
+    let event = events.iter().find(|e| e["exception"]["values"][0]["type"] == "panic").unwrap();
+    let exception = &event["exception"]["values"][0];
+    assert!(exception["value"].as_str().unwrap().contains("crash of Fetcher"), "{exception}");
+    assert!(exception["stacktrace"]["frames"].as_array().is_some_and(|f| !f.is_empty()), "a stack trace: {exception}");
+    assert_eq!(event["environment"], "test");
+    assert_eq!(event["release"], concat!("nasa-ingest@", env!("CARGO_PKG_VERSION")));
+    assert_eq!(event["tags"]["actor"], "fetcher");
+    assert_eq!(event["tags"]["role"], "producer+consumer");
+    assert!(event["timestamp"].is_number() || event["timestamp"].is_string(), "{event}");
+    assert_eq!(event["level"], "fatal");
+}
+
+/// A Kafka outage with many retries is one Sentry event, plus one when it is over.
+#[test]
+fn a_kafka_outage_is_one_sentry_event_not_one_per_retry() {
+    let (mut broker, db, nasa, dir, sentry) =
+        (Broker::start_persistent(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap(), FakeSentry::start());
+    let mut env = daemon_env(&broker, &db, &nasa, dir.path());
+    set(&mut env, "CONSUMER_ENABLED", "false");
+    set(&mut env, "SENTRY_DSN", &sentry.dsn());
+    set(&mut env, "PUBLISH_TIMEOUT_MS", "1000");
+    set(&mut env, "PUBLISH_MAX_BACKOFF_MS", "400");
+    let daemon = Daemon::spawn(&env);
+    daemon.wait_for_log("sent", 1, Duration::from_secs(60));
+    let before = daemon.logs_with("Kafka unavailable").len();
+    broker.kill();
+    daemon.wait_for_log("Kafka unavailable", before + 8, Duration::from_secs(90));
+    broker.resume();
+    let sent = daemon.logs_with("sent").len();
+    daemon.wait_for_log("sent", sent + 1, Duration::from_secs(60));
+    wait_until(Duration::from_secs(20), "the recovery reported", || {
+        sentry.events().iter().any(|e| e["message"].as_str().is_some_and(|m| m.starts_with("Kafka available again")))
+    });
+    let events = sentry.events();
+    let outage: Vec<_> = events.iter().filter(|e| e["message"] == "Kafka unavailable").collect();
+    assert_eq!(outage.len(), 1, "one event for {} retries: {events:?}", daemon.logs_with("Kafka unavailable").len());
+    assert_eq!(outage[0]["exception"]["values"][0]["type"], "kafka");
+    assert_eq!(outage[0]["tags"]["actor"], "publisher");
+    let recovered = events.iter().filter(|e| e["message"].as_str().is_some_and(|m| m.starts_with("Kafka available again"))).count();
+    assert_eq!(recovered, 1);
+}
+
+/// The HTTP endpoint: health, readiness, metrics, status, the page and the stored images.
+#[test]
+fn http_endpoint_serves_health_metrics_status_page_and_images() {
+    let (mut broker, db, nasa, dir) = (Broker::start(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    let daemon = Daemon::spawn(&daemon_env(&broker, &db, &nasa, dir.path()));
+    let addr = daemon.http_addr();
+    assert_eq!(http(&addr, "GET", "/healthz", &[]).0, 200);
+    wait_until(Duration::from_secs(90), "3 images stored", || db.rows().len() >= 3);
+    let (status, body) = http(&addr, "GET", "/readyz", &[]);
+    assert_eq!(status, 200, "{body}");
+
+    let (status, metrics) = http(&addr, "GET", "/metrics", &[]);
+    assert_eq!(status, 200);
+    let value = |name: &str| -> f64 {
+        metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(-1.0)
+    };
+    assert!(value("nasa_ingest_events_stored_total") >= 3.0, "{metrics}");
+    assert!(value("nasa_ingest_events_published_total") >= 3.0);
+    assert!(value("nasa_ingest_events_consumed_total") >= 3.0);
+    assert!(value("nasa_ingest_bytes_downloaded_total") > 1000.0);
+    assert!(value("nasa_ingest_processing_seconds_count") >= 3.0);
+    assert_eq!(value("nasa_ingest_outbox_pending_events"), value("nasa_ingest_outbox_pending_events").clamp(0.0, 1.0));
+    for name in ["nasa_ingest_events_fetched_total", "nasa_ingest_events_duplicate_total", "nasa_ingest_processing_seconds_bucket"] {
+        assert!(metrics.contains(name), "{name} exposed");
+    }
+
+    let (status, st) = http_json(&addr, "GET", "/status", None);
+    assert_eq!(status, 200);
+    assert_eq!(st["roles"], "producer+consumer");
+    let actors: Vec<&str> = st["actors"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+    assert_eq!(actors, vec!["storer", "downloader", "subscriber", "publisher", "fetcher"]);
+    assert!(st["actors"].as_array().unwrap().iter().all(|a| a["state"] == "running" && a["restarts"] == 0));
+    assert!(st["counts"]["stored"].as_u64().unwrap() >= 3);
+
+    // A title with markup, as the API could send: it is shown as text.
+    let row = &db.rows()[0];
+    use diesel::RunQueryDsl;
+    diesel::sql_query("UPDATE images SET title = '<script>alert(1)</script> & \"x\"' WHERE nasa_id = $1")
+        .bind::<diesel::sql_types::Text, _>(&row.nasa_id)
+        .execute(&mut db.conn())
+        .unwrap();
+    let (status, page) = http(&addr, "GET", "/", &[]);
+    assert_eq!(status, 200);
+    assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;x&quot;"), "escaped");
+    assert!(!page.contains("<script>alert(1)"), "never raw");
+    assert!(page.matches("<img src=\"/images/").count() >= 2, "the gallery shows the stored images");
+
+    let path = format!("/images/{}", url::form_urlencoded::byte_serialize(row.nasa_id.as_bytes()).collect::<String>());
+    let (status, resp) = http(&addr, "GET", &path, &[]);
+    assert_eq!(status, 200);
+    let lower = resp.to_ascii_lowercase();
+    assert!(lower.contains(&format!("content-type: {}", row.content_type)), "{}", &resp[..300.min(resp.len())]);
+    assert!(lower.contains("cache-control: public, max-age=31536000, immutable"));
+    assert!(lower.contains(&format!("etag: \"{}\"", row.sha256)));
+    let etag = format!("\"{}\"", row.sha256);
+    assert_eq!(http(&addr, "GET", &path, &[("If-None-Match", &etag)]).0, 304);
+    assert_eq!(http(&addr, "GET", "/images/no-such-id", &[]).0, 404);
+    assert_eq!(http(&addr, "POST", "/admin/actors/fetcher/crash", &[]).0, 404, "no ADMIN_TOKEN: no admin route");
+
+    broker.kill();
+    let (status, body) = http(&addr, "GET", "/readyz", &[]);
+    assert_eq!(status, 503);
+    assert!(body.contains("Kafka unreachable"), "{body}");
+}
