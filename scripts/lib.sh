@@ -43,6 +43,12 @@ ensure_postgres() {
     return 1
 }
 
+# Headless Chromium and its WebDriver, for the status page's browser test.
+ensure_chromium() {
+    if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then return; fi
+    apt_install chromium chromium-driver
+}
+
 # tansu, the Kafka-compatible broker the tests and the local run use (about 15 minutes to build once).
 ensure_tansu() {
     if command -v tansu >/dev/null && cargo install --list | grep -q "^tansu v$TANSU_VERSION:"; then return; fi
