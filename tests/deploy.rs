@@ -1,0 +1,181 @@
+//! Checks of deploy/ that run without Docker: the files parse, name only services and files
+//! that exist, and the settings the daemon reads, `.env.example` and the README table agree.
+
+use clap::CommandFactory;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use yaml_rust2::{Yaml, YamlLoader};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn yaml(rel: &str) -> Yaml {
+    let text = std::fs::read_to_string(root().join(rel)).unwrap();
+    merge_keys(YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{rel}: {e}")).remove(0))
+}
+
+/// Applies YAML merge keys (`<<: *anchor`), as Compose does; the parser leaves them as keys.
+fn merge_keys(y: Yaml) -> Yaml {
+    match y {
+        Yaml::Hash(h) => {
+            let merge = Yaml::String("<<".into());
+            let mut out = yaml_rust2::yaml::Hash::new();
+            if let Some(Yaml::Hash(base)) = h.get(&merge).cloned().map(merge_keys) {
+                out.extend(base);
+            }
+            for (k, v) in h {
+                if k != merge {
+                    out.insert(k, merge_keys(v));
+                }
+            }
+            Yaml::Hash(out)
+        }
+        Yaml::Array(a) => Yaml::Array(a.into_iter().map(merge_keys).collect()),
+        other => other,
+    }
+}
+
+fn keys(y: &Yaml) -> Vec<String> {
+    y.as_hash().map(|h| h.keys().filter_map(|k| k.as_str().map(str::to_owned)).collect()).unwrap_or_default()
+}
+
+/// The variables the daemon reads (from its command line definition).
+fn daemon_vars() -> BTreeSet<String> {
+    nasa_ingest::config::Cli::command()
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn compose_names_only_services_and_files_that_exist() {
+    let compose = yaml("deploy/docker-compose.yml");
+    let services = &compose["services"];
+    let names: BTreeSet<String> = keys(services).into_iter().collect();
+    for needed in ["kafka", "kafka-init", "postgres", "nasa-ingest", "elasticsearch", "kibana", "filebeat", "kibana-setup", "kafka-ui"] {
+        assert!(names.contains(needed), "service {needed}");
+    }
+    let volumes: BTreeSet<String> = keys(&compose["volumes"]).into_iter().collect();
+    let deploy = root().join("deploy");
+    for name in &names {
+        let svc = &services[name.as_str()];
+        for dep in keys(&svc["depends_on"]) {
+            assert!(names.contains(&dep), "{name} depends on unknown service {dep}");
+        }
+        for v in svc["volumes"].as_vec().into_iter().flatten() {
+            let source = v.as_str().unwrap().split(':').next().unwrap();
+            if source.starts_with('.') {
+                assert!(deploy.join(source).exists(), "{name} mounts missing {source}");
+            } else if !source.starts_with('/') {
+                assert!(volumes.contains(source), "{name} uses undeclared volume {source}");
+            }
+        }
+        if let Some(context) = svc["build"]["context"].as_str() {
+            let dockerfile = svc["build"]["dockerfile"].as_str().unwrap();
+            assert!(deploy.join(context).join(dockerfile).exists(), "{name}: {context}/{dockerfile}");
+        }
+        if !svc["healthcheck"].is_badvalue() {
+            assert!(svc["healthcheck"]["test"].as_vec().is_some(), "{name}: healthcheck test");
+        }
+    }
+    // Cold start order: the daemon waits for its topics and a healthy Postgres.
+    let daemon = &services["nasa-ingest"];
+    assert_eq!(daemon["depends_on"]["kafka-init"]["condition"].as_str(), Some("service_completed_successfully"));
+    assert_eq!(daemon["depends_on"]["postgres"]["condition"].as_str(), Some("service_healthy"));
+    assert_eq!(services["kafka-ui"]["ports"][0].as_str(), Some("8080:8080"));
+    assert_eq!(services["postgres"]["image"].as_str(), Some("postgres:16"));
+    let init = services["kafka-init"]["command"][0].as_str().unwrap();
+    assert!(init.contains("--create") && init.contains(".dlq"), "the init service creates images and images.dlq");
+    // The split profile: same image, one role each.
+    for (svc, producer, consumer) in [("nasa-producer", "true", "false"), ("nasa-consumer", "false", "true")] {
+        let s = &services[svc];
+        assert_eq!(s["profiles"][0].as_str(), Some("split"));
+        assert_eq!(s["image"].as_str(), daemon["image"].as_str());
+        assert_eq!(s["environment"]["PRODUCER_ENABLED"].as_str(), Some(producer));
+        assert_eq!(s["environment"]["CONSUMER_ENABLED"].as_str(), Some(consumer));
+    }
+    let vars = daemon_vars();
+    for svc in ["nasa-ingest", "nasa-producer", "nasa-consumer"] {
+        for var in keys(&services[svc]["environment"]) {
+            assert!(vars.contains(&var), "{svc} sets {var}, which the daemon does not read");
+        }
+    }
+}
+
+#[test]
+fn filebeat_parses_container_logs_as_ecs_json_with_docker_metadata() {
+    let fb = yaml("deploy/filebeat.yml");
+    let input = &fb["filebeat.inputs"][0];
+    assert_eq!(input["type"].as_str(), Some("filestream"));
+    let parsers = input["parsers"].as_vec().unwrap();
+    assert!(!parsers[0]["container"].is_badvalue(), "container parser first");
+    let ndjson = &parsers[1]["ndjson"];
+    assert_eq!(ndjson["target"].as_str(), Some(""));
+    for flag in ["overwrite_keys", "expand_keys", "add_error_key"] {
+        assert_eq!(ndjson[flag].as_bool(), Some(true), "{flag}");
+    }
+    let processors = input["processors"].as_vec().unwrap();
+    assert!(processors.iter().any(|p| !p["add_docker_metadata"].is_badvalue()));
+    assert!(fb["output.elasticsearch"]["hosts"].as_vec().is_some());
+}
+
+#[test]
+fn kibana_saved_objects_give_a_data_view_and_a_saved_search() {
+    let text = std::fs::read_to_string(root().join("deploy/kibana/saved-objects.ndjson")).unwrap();
+    let objects: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let view = objects.iter().find(|o| o["type"] == "index-pattern").expect("a data view");
+    assert_eq!(view["attributes"]["title"], "filebeat-*");
+    let search = objects.iter().find(|o| o["type"] == "search").expect("a saved search");
+    let columns: Vec<&str> = search["attributes"]["columns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert_eq!(columns[..3], ["log.level", "message", "labels.actor"]);
+    assert_eq!(search["references"][0]["id"], view["id"]);
+}
+
+#[test]
+fn dockerfile_copies_what_exists_runs_as_non_root_with_a_healthcheck() {
+    let text = std::fs::read_to_string(root().join("deploy/Dockerfile")).unwrap();
+    for line in text.lines().filter(|l| l.starts_with("COPY ") && !l.contains("--from")) {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        for source in &parts[1..parts.len() - 1] {
+            assert!(root().join(source).exists(), "COPY source {source} missing");
+        }
+    }
+    assert!(text.contains("cargo build --release --locked"), "built as the README builds it");
+    assert!(text.lines().any(|l| l.starts_with("USER ") && !l.contains("root")));
+    assert!(text.contains("HEALTHCHECK") && text.contains("/healthz"));
+    assert!(text.contains("VOLUME [\"/data\"]") && text.contains("DATA_DIR=/data"));
+    assert!(Path::new(&root().join(".gitignore")).exists());
+    assert!(std::fs::read_to_string(root().join(".gitignore")).unwrap().lines().any(|l| l == "deploy/.env"));
+}
+
+#[test]
+fn env_example_readme_and_the_daemon_agree_on_every_variable() {
+    let vars = daemon_vars();
+    let example = std::fs::read_to_string(root().join("deploy/.env.example")).unwrap();
+    let listed: BTreeSet<String> = example
+        .lines()
+        .map(|l| l.trim_start_matches('#'))
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k.to_owned()))
+        .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit()))
+        .filter(|k| k != "POSTGRES_PASSWORD")
+        .collect();
+    assert_eq!(listed, vars, ".env.example vs the daemon");
+    // Each variable has its comment line right above it.
+    let lines: Vec<&str> = example.lines().collect();
+    for (i, l) in lines.iter().enumerate() {
+        if l.trim_start_matches('#').split('=').next().is_some_and(|k| vars.contains(k)) {
+            assert!(i > 0 && lines[i - 1].starts_with("# "), "comment above {l}");
+        }
+    }
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let table: BTreeSet<String> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .filter(|n| n.chars().all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit()))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(table, vars, "README table vs the daemon");
+}
