@@ -215,7 +215,7 @@ async fn handle_until_done(
     let mut attempt: u32 = 0;
     let started = Instant::now();
     loop {
-        let result = match handle_once(&msg, &p).await {
+        let result = match handle_once(&msg, &p, started).await {
             Err(EventError::Permanent(e)) => dead_letter(&msg, &e, &p).await,
             other => other.map(drop).map_err(|e| match e {
                 EventError::Transient(t) => t,
@@ -261,7 +261,7 @@ async fn handle_until_done(
 }
 
 /// One try: skip what is stored, else download and store.
-async fn handle_once(msg: &OwnedMessage, p: &Pipeline) -> Result<Stored, EventError> {
+async fn handle_once(msg: &OwnedMessage, p: &Pipeline, read_at: Instant) -> Result<Stored, EventError> {
     let event = event::decode(msg.payload())?;
     let labels = |log: &Logger| {
         log.new(slog::o!("labels.nasa_id" => event.nasa_id.clone(), "labels.partition" => msg.partition(),
@@ -279,7 +279,7 @@ async fn handle_once(msg: &OwnedMessage, p: &Pipeline) -> Result<Stored, EventEr
     match stored {
         Stored::Inserted => {
             METRICS.stored.inc();
-            info!(log, "saved to DB"; "labels.bytes" => bytes)
+            info!(log, "saved to DB"; "labels.bytes" => bytes, "labels.latency_ms" => read_at.elapsed().as_millis() as u64)
         }
         Stored::Duplicate => {
             METRICS.duplicates.inc();

@@ -43,7 +43,7 @@ pub fn ping(pool: &PgPool) -> Result<(), Transient> {
 }
 
 #[derive(Insertable, Debug, Clone)]
-#[diesel(table_name = images)]
+#[diesel(table_name = images, treat_none_as_default_value = false)]
 pub struct NewImage {
     pub nasa_id: String,
     pub title: Option<String>,

@@ -66,6 +66,9 @@ pub struct Broker {
     dir: tempfile::TempDir,
     persistent: bool,
     child: Option<Child>,
+    /// One client per group for reading committed offsets: a client made and closed per query
+    /// would leave the group each time, which makes the broker rebalance the real members.
+    offset_readers: Mutex<std::collections::HashMap<String, Arc<BaseConsumer>>>,
 }
 
 impl Broker {
@@ -79,7 +82,14 @@ impl Broker {
 
     fn launch(persistent: bool) -> Broker {
         let port = free_port();
-        let mut b = Broker { addr: format!("127.0.0.1:{port}"), port, dir: tempfile::tempdir().unwrap(), persistent, child: None };
+        let mut b = Broker {
+            addr: format!("127.0.0.1:{port}"),
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            persistent,
+            child: None,
+            offset_readers: Default::default(),
+        };
         b.resume();
         b
     }
@@ -174,8 +184,15 @@ impl Broker {
 
     /// The group's committed offset per partition of `topic` (None where nothing is committed).
     pub fn committed(&self, group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
-        let consumer: BaseConsumer =
-            ClientConfig::new().set("bootstrap.servers", &self.addr).set("group.id", group).create().unwrap();
+        let consumer = self
+            .offset_readers
+            .lock()
+            .unwrap()
+            .entry(group.to_owned())
+            .or_insert_with(|| {
+                Arc::new(ClientConfig::new().set("bootstrap.servers", &self.addr).set("group.id", group).create().unwrap())
+            })
+            .clone();
         let mut tpl = TopicPartitionList::new();
         for p in 0..partitions {
             tpl.add_partition(topic, p);
@@ -196,6 +213,8 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        // Close the offset readers while the broker still answers.
+        self.offset_readers.lock().unwrap().clear();
         self.kill();
     }
 }
@@ -225,6 +244,18 @@ impl TestDb {
         let mut admin = PgConnection::establish(ADMIN_URL).expect("Postgres on 127.0.0.1:5432: run scripts/test");
         diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut admin).unwrap();
         TestDb { url: format!("postgres://postgres@127.0.0.1:5432/{name}"), name }
+    }
+
+    pub fn rows_count(&self) -> usize {
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        diesel::sql_query("SELECT count(*) AS n FROM images")
+            .get_result::<Count>(&mut self.conn())
+            .map(|c| c.n as usize)
+            .unwrap_or(0)
     }
 
     pub fn conn(&self) -> PgConnection {
@@ -278,8 +309,13 @@ pub struct ImageRow {
 
 // ---------------------------------------------------------------- the daemon
 
-pub fn daemon_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_nasa-ingest")
+/// The daemon binary: cargo's for tests, else `DAEMON_BIN` or the release build (benchmarks).
+pub fn daemon_bin() -> String {
+    match option_env!("CARGO_BIN_EXE_nasa-ingest") {
+        Some(bin) => bin.to_owned(),
+        None => std::env::var("DAEMON_BIN")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/nasa-ingest").to_owned()),
+    }
 }
 
 /// The daemon as a child process; its stdout lines are collected as they come.

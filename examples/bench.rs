@@ -1,0 +1,259 @@
+//! Throughput benchmark of the consumer role: `scripts/bench` runs it for several image sizes.
+//!
+//! It starts its own tansu broker, Postgres database and nginx (serving generated, incompressible
+//! "JPEG" files), checks that nginx alone is far faster than the daemon, pre-loads N events into
+//! Kafka, runs the daemon's consumer side, and measures until every row is stored and every offset
+//! committed: images/s, MB/s, p50/p99 event latency, idle and peak RSS, and this Postgres's own
+//! binary COPY limit for the same rows in the same run.
+//!
+//! cargo run --release --example bench -- --count 2000 --size 200000 [--concurrency 8]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::*;
+use diesel::prelude::*;
+use rand::RngCore;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Args {
+    count: usize,
+    size: usize,
+    concurrency: usize,
+    partitions: i32,
+}
+
+fn args() -> Args {
+    let mut a = Args { count: 2000, size: 200_000, concurrency: 8, partitions: 3 };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    for pair in argv.chunks(2) {
+        let v = pair.get(1).map(String::as_str).unwrap_or("");
+        match pair[0].as_str() {
+            "--count" => a.count = v.parse().expect("--count N"),
+            "--size" => a.size = v.parse().expect("--size BYTES"),
+            "--concurrency" => a.concurrency = v.parse().expect("--concurrency N"),
+            "--partitions" => a.partitions = v.parse().expect("--partitions N"),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    a
+}
+
+/// nginx serving `root` on a free port, one worker (the machine has 2 cores to share).
+struct Nginx {
+    addr: String,
+    child: std::process::Child,
+}
+
+impl Nginx {
+    fn start(dir: &std::path::Path) -> Nginx {
+        let port = free_port();
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+                 events {{ worker_connections 4096; }}\n\
+                 http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 1000000; keepalive_timeout 120s;\n\
+                   types {{ image/jpeg jpg; }}\n\
+                   client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n\
+                   server {{ listen 127.0.0.1:{port}; root {d}/www; }} }}\n",
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
+        let child = Command::new("nginx")
+            .args(["-c", conf.to_str().unwrap(), "-p", dir.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("nginx (Debian package nginx-light; scripts/bench installs it)");
+        let addr = format!("127.0.0.1:{port}");
+        wait_until(Duration::from_secs(10), "nginx listening", || std::net::TcpStream::connect(&addr).is_ok());
+        Nginx { addr, child }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn id(i: usize) -> String {
+    format!("bench-{i:06}")
+}
+
+/// N files of `size` bytes: JPEG magic, then random (incompressible) bytes.
+fn write_images(root: &std::path::Path, count: usize, size: usize) {
+    let mut body = vec![0u8; size];
+    rand::rng().fill_bytes(&mut body);
+    body[..4].copy_from_slice(b"\xFF\xD8\xFF\xE0");
+    for i in 0..count {
+        let dir = root.join("www/image").join(id(i));
+        std::fs::create_dir_all(&dir).unwrap();
+        body[4..16].copy_from_slice(format!("{i:012}").as_bytes());
+        std::fs::write(dir.join(format!("{}~orig.jpg", id(i))), &body).unwrap();
+    }
+}
+
+/// How fast nginx alone serves the files with the daemon's concurrency.
+async fn nginx_alone(addr: &str, count: usize, concurrency: usize) -> f64 {
+    use futures::StreamExt;
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let n = count.min(2000);
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let (client, url) = (client.clone(), format!("http://{addr}/image/{}/{}~orig.jpg", id(i), id(i)));
+            async move { client.get(url).send().await.unwrap().bytes().await.unwrap().len() }
+        })
+        .buffer_unordered(concurrency)
+        .for_each(|_| async {})
+        .await;
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Rows per second of binary COPY into a fresh `images` table, batches of 50, one connection.
+fn copy_limit(count: usize, size: usize) -> f64 {
+    use nasa_ingest::db::{schema::images, NewImage};
+    let db = TestDb::create();
+    let pool = nasa_ingest::db::pool(&db.url, 1);
+    nasa_ingest::db::migrate(&pool).unwrap();
+    let mut conn = db.conn();
+    let mut bytes = vec![0u8; size];
+    rand::rng().fill_bytes(&mut bytes);
+    let row = |i: usize| NewImage {
+        nasa_id: format!("copy-{i}"),
+        title: Some("title".into()),
+        query: Some("bench".into()),
+        image_url: format!("http://x/{i}.jpg"),
+        content_type: "image/jpeg".into(),
+        byte_size: size as i64,
+        sha256: "0".repeat(64),
+        image_bytes: bytes.clone(),
+        event_id: Some(uuid::Uuid::new_v4()),
+        kafka_partition: Some(0),
+        kafka_offset: Some(i as i64),
+    };
+    let started = Instant::now();
+    for batch in (0..count).collect::<Vec<_>>().chunks(50) {
+        let rows: Vec<NewImage> = batch.iter().map(|&i| row(i)).collect();
+        diesel::copy_from(images::table).from_insertable(&rows).execute(&mut conn).unwrap();
+    }
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let a = args();
+    let work = tempfile::tempdir().unwrap();
+    eprintln!("bench: {} images of {} bytes, DOWNLOAD_CONCURRENCY={}", a.count, a.size, a.concurrency);
+    write_images(work.path(), a.count, a.size);
+    let nginx = Nginx::start(work.path());
+    let server_rate = nginx_alone(&nginx.addr, a.count, a.concurrency).await;
+
+    let broker = Broker::start();
+    broker.create_topic("images", a.partitions);
+    broker.create_topic("idle", 1);
+    let db = TestDb::create();
+    let data = tempfile::tempdir().unwrap();
+    let base_url = format!("http://{}", nginx.addr);
+    let fake = common::FakeNasa::start(&fixtures_dir()).unwrap();
+    let mut env = daemon_env(&broker, &db, &fake, data.path());
+    set(&mut env, "PRODUCER_ENABLED", "false");
+    set(&mut env, "DOWNLOAD_CONCURRENCY", &a.concurrency.to_string());
+    set(&mut env, "MAX_IMAGE_BYTES", &(a.size * 2).max(1 << 20).to_string());
+
+    // Idle RSS: the consumer role on an empty topic.
+    let mut idle_env = env.clone();
+    set(&mut idle_env, "KAFKA_TOPIC", "idle");
+    // A group of its own: a member killed without leaving would hold up the next join for a session timeout.
+    set(&mut idle_env, "KAFKA_GROUP_ID", "bench-idle");
+    let idle = Daemon::spawn(&idle_env);
+    idle.wait_for_log("started", 1, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(3)); // settle, then read: this is a measurement, not a wait for a condition
+    let idle_rss = rss_kib(idle.pid(), "VmRSS:");
+    drop(idle);
+
+    let producer: rdkafka::producer::BaseProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", &broker.addr).set("linger.ms", "20").create().unwrap();
+    for i in 0..a.count {
+        let event = serde_json::json!({
+            "schema_version": 1, "event_id": uuid::Uuid::new_v4(), "event_type": "image_discovered",
+            "nasa_id": id(i), "image_url": format!("{base_url}/image/{}/{}~orig.jpg", id(i), id(i)),
+            "title": format!("bench image {i}"), "query": "bench", "center": "JSC",
+            "date_created": "2020-01-01T00:00:00Z", "produced_at": chrono::Utc::now(),
+        })
+        .to_string();
+        let key = id(i);
+        loop {
+            match producer.send(rdkafka::producer::BaseRecord::to("images").key(&key).payload(&event)) {
+                Ok(()) => break,
+                Err(_) => {
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(60)).unwrap();
+    let group = get(&env, "KAFKA_GROUP_ID").to_owned();
+
+    let started = Instant::now();
+    let daemon = Daemon::spawn(&env);
+    let mut peak = 0;
+    wait_until(Duration::from_secs(3600), "every offset committed", || {
+        peak = peak.max(rss_kib(daemon.pid(), "VmHWM:"));
+        let committed: i64 = broker.committed(&group, "images", a.partitions).iter().map(|o| o.unwrap_or(0)).sum();
+        committed as usize == a.count
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let finished = chrono::Utc::now();
+    peak = peak.max(rss_kib(daemon.pid(), "VmHWM:"));
+    let mut latencies: Vec<u64> =
+        daemon.logs_with("saved to DB").iter().filter_map(|l| l["labels.latency_ms"].as_u64()).collect();
+    latencies.sort_unstable();
+    let rows = db.rows_count();
+    assert_eq!(rows, a.count, "every image stored once");
+    // The steady rate: from the partition assignment (the group join is start-up cost) to the last commit.
+    let assigned = daemon.logs_with("partitions assigned").first().and_then(|l| l["@timestamp"].as_str().map(str::to_owned));
+    let assigned = assigned.and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok()).expect("an assignment");
+    let steady = (finished - assigned.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1000.0;
+    if let Ok(path) = std::env::var("BENCH_DAEMON_LOG") {
+        std::fs::write(path, daemon.lines().join("\n")).unwrap();
+    }
+    drop(daemon);
+
+    let copy = copy_limit(a.count.min(2000), a.size);
+    let rate = a.count as f64 / steady;
+    println!("size_bytes={} count={} concurrency={}", a.size, a.count, a.concurrency);
+    println!(
+        "images_per_s={rate:.0} mb_per_s={:.1} steady_s={steady:.2} (partitions assigned -> all committed); with start-up: {:.0}/s over {elapsed:.1} s",
+        rate * a.size as f64 / 1e6,
+        a.count as f64 / elapsed
+    );
+    println!("latency_ms p50={} p99={} (read from Kafka -> row committed; {} events)", percentile(&latencies, 0.5), percentile(&latencies, 0.99), latencies.len());
+    println!("rss_kib idle={idle_rss} peak={peak}");
+    println!("postgres_copy_rows_per_s={copy:.0} ratio={:.2}", rate / copy);
+    println!("nginx_alone_images_per_s={server_rate:.0} (same concurrency; the server is not the bottleneck when this is well above images_per_s)");
+}
