@@ -20,12 +20,30 @@ pub struct Cli {
     pub settings: Settings,
 }
 
-#[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Run the daemon (the default).
     Run,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Publish one event per image of a search, through the outbox; resumable.
+    Backfill(BackfillArgs),
+}
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct BackfillArgs {
+    /// The search term.
+    #[arg(long)]
+    pub query: String,
+    /// Publish at most this many new images in this run.
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// First year of the search (with --year-end); past 10,000 results the range is split.
+    #[arg(long, requires = "year_end")]
+    pub year_start: Option<u32>,
+    /// Last year of the search (with --year-start).
+    #[arg(long, requires = "year_start")]
+    pub year_end: Option<u32>,
 }
 
 /// The raw settings, as given. Every field is a string so that validation can name the variable.
@@ -204,14 +222,18 @@ pub enum ConfigError {
 
 impl Config {
     /// Validates the raw settings. `command` decides which settings are required.
-    pub fn from_settings(s: &Settings, command: Command) -> Result<Config, ConfigError> {
-        let producer_enabled = parse_bool("PRODUCER_ENABLED", &s.producer_enabled, true)?;
-        let consumer_enabled = parse_bool("CONSUMER_ENABLED", &s.consumer_enabled, true)?;
+    pub fn from_settings(s: &Settings, command: &Command) -> Result<Config, ConfigError> {
+        let mut producer_enabled = parse_bool("PRODUCER_ENABLED", &s.producer_enabled, true)?;
+        let mut consumer_enabled = parse_bool("CONSUMER_ENABLED", &s.consumer_enabled, true)?;
+        if matches!(command, Command::Backfill(_)) {
+            // A backfill only publishes.
+            (producer_enabled, consumer_enabled) = (true, false);
+        }
         if !producer_enabled && !consumer_enabled {
             return Err(ConfigError::NoRole);
         }
         let database_url = parse_database_url(&s.database_url)?;
-        if database_url.is_none() && (consumer_enabled || command == Command::Migrate) {
+        if database_url.is_none() && (consumer_enabled || *command == Command::Migrate) {
             return Err(ConfigError::Missing { var: "DATABASE_URL", accepted: DATABASE_URL_FORM.into() });
         }
         let kafka_topic = parse_name("KAFKA_TOPIC", &s.kafka_topic, "images")?;
@@ -426,7 +448,7 @@ mod tests {
 
     #[test]
     fn defaults_are_the_documented_ones() {
-        let c = Config::from_settings(&base(), Command::Run).unwrap();
+        let c = Config::from_settings(&base(), &Command::Run).unwrap();
         assert_eq!(c.kafka_topic, "images");
         assert_eq!(c.kafka_dlq_topic, "images.dlq");
         assert_eq!(c.kafka_group_id, "images-writer");
@@ -440,7 +462,7 @@ mod tests {
 
     #[test]
     fn database_url_never_shows_its_password() {
-        let c = Config::from_settings(&base(), Command::Run).unwrap();
+        let c = Config::from_settings(&base(), &Command::Run).unwrap();
         let shown = format!("{:?} {}", c.database_url, c.database_url.as_ref().unwrap().redacted());
         assert!(!shown.contains("secret"), "{shown}");
         assert!(shown.contains("db:5433/images"), "{shown}");
@@ -449,7 +471,7 @@ mod tests {
     #[test]
     fn bad_number_names_variable_value_and_range() {
         let s = Settings { interval_seconds: Some("soon".into()), ..base() };
-        let msg = Config::from_settings(&s, Command::Run).unwrap_err().to_string();
+        let msg = Config::from_settings(&s, &Command::Run).unwrap_err().to_string();
         assert_eq!(msg, "INTERVAL_SECONDS=\"soon\" is not valid: expected a whole number from 1 to 86400");
     }
 
@@ -475,8 +497,8 @@ mod tests {
     #[test]
     fn consumer_needs_a_database_but_producer_alone_does_not() {
         let s = Settings::default();
-        assert!(matches!(Config::from_settings(&s, Command::Run), Err(ConfigError::Missing { var: "DATABASE_URL", .. })));
+        assert!(matches!(Config::from_settings(&s, &Command::Run), Err(ConfigError::Missing { var: "DATABASE_URL", .. })));
         let s = Settings { consumer_enabled: Some("false".into()), ..Default::default() };
-        assert!(Config::from_settings(&s, Command::Run).is_ok());
+        assert!(Config::from_settings(&s, &Command::Run).is_ok());
     }
 }

@@ -29,6 +29,8 @@ pub struct FakeState {
     fixtures: PathBuf,
     origin: Mutex<String>,
     pub api_mode: Mutex<ApiMode>,
+    /// Delay before each API answer.
+    pub api_delay: Mutex<Duration>,
     /// Delay before each image is served.
     pub image_delay: Mutex<Duration>,
     /// Status to answer for image paths containing the key (e.g. an id), instead of the image.
@@ -85,6 +87,7 @@ impl FakeNasa {
             fixtures: fixtures.to_owned(),
             origin: Mutex::new(String::new()),
             api_mode: Mutex::new(*state.api_mode.lock().unwrap()),
+            api_delay: Mutex::new(*state.api_delay.lock().unwrap()),
             image_delay: Mutex::new(*state.image_delay.lock().unwrap()),
             image_status: Mutex::new(state.image_status.lock().unwrap().clone()),
             slow_images: Mutex::new(state.slow_images.lock().unwrap().clone()),
@@ -168,6 +171,10 @@ fn json(status: u16, body: String) -> HttpResponse {
 
 /// The API's misbehaviour, if one is set.
 async fn api_fault(state: &FakeState) -> Option<HttpResponse> {
+    let delay = *state.api_delay.lock().unwrap();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let mode = *state.api_mode.lock().unwrap();
     match mode {
         ApiMode::Normal => None,

@@ -4,6 +4,7 @@
 //! the composition root). Everything else in this crate is plain code the actors call.
 
 pub mod actors;
+pub mod backfill;
 pub mod backoff;
 pub mod config;
 pub mod db;

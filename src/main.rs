@@ -3,19 +3,23 @@ use slog::{error, info};
 use std::process::ExitCode;
 
 use nasa_ingest::config::{Cli, Command, Config};
-use nasa_ingest::{actors::supervisor, db, logging, telemetry};
+use nasa_ingest::{actors::supervisor, backfill, db, logging, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run);
-    let config = match Config::from_settings(&cli.settings, command) {
+    let config = match Config::from_settings(&cli.settings, &command) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("nasa-ingest: {e}");
             return ExitCode::from(2);
         }
     };
-    let root = logging::stdout_logger(config.log_level, &config.environment);
+    // A backfill keeps stdout for its progress; its logs go to stderr.
+    let root = match command {
+        Command::Backfill(_) => logging::logger(std::io::stderr(), config.log_level, &config.environment),
+        _ => logging::stdout_logger(config.log_level, &config.environment),
+    };
     let log = logging::for_component(&root, "main");
     let _sentry = telemetry::init_sentry(
         telemetry::SentrySettings {
@@ -31,6 +35,10 @@ fn main() -> ExitCode {
     match command {
         Command::Migrate => migrate(&config, &log),
         Command::Run => ExitCode::from(actix::System::new().block_on(supervisor::run(config, root))),
+        Command::Backfill(args) => {
+            let log = logging::for_component(&root, "backfill");
+            ExitCode::from(actix::System::new().block_on(backfill::run(config, args, log)))
+        }
     }
 }
 

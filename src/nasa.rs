@@ -61,6 +61,24 @@ pub struct SearchCollection {
     pub items: Vec<Item>,
     #[serde(default)]
     pub metadata: Metadata,
+    #[serde(default)]
+    pub links: Vec<Link>,
+}
+
+impl SearchCollection {
+    /// Whether the API says there is a next page.
+    pub fn has_next(&self) -> bool {
+        self.links.iter().any(|l| l.rel.as_deref() == Some("next"))
+    }
+}
+
+/// One search: the query, optionally narrowed to years, at a page and page size.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Search<'a> {
+    pub query: &'a str,
+    pub years: Option<(u32, u32)>,
+    pub page: u64,
+    pub page_size: Option<u32>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -89,6 +107,8 @@ pub struct ItemData {
 #[derive(Deserialize, Debug, Clone)]
 pub struct Link {
     pub href: String,
+    #[serde(default)]
+    pub rel: Option<String>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -207,9 +227,27 @@ impl NasaClient {
     }
 
     pub async fn search(&self, query: &str, page: u64) -> Result<SearchCollection, NasaError> {
+        self.search_with(&Search { query, years: None, page, page_size: None }).await
+    }
+
+    pub async fn search_with(&self, s: &Search<'_>) -> Result<SearchCollection, NasaError> {
         let mut url = self.endpoint(&["search"]);
-        url.query_pairs_mut().append_pair("q", query).append_pair("media_type", "image").append_pair("page", &page.to_string());
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("q", s.query).append_pair("media_type", "image").append_pair("page", &s.page.to_string());
+            if let Some(size) = s.page_size {
+                q.append_pair("page_size", &size.to_string());
+            }
+            if let Some((start, end)) = s.years {
+                q.append_pair("year_start", &start.to_string()).append_pair("year_end", &end.to_string());
+            }
+        }
         parse_search(&self.get(url).await?)
+    }
+
+    /// The image of a search item, resolved like the Fetcher does.
+    pub async fn found_image(&self, item: &Item) -> Result<FoundImage, NasaError> {
+        self.resolve(item).await
     }
 
     pub async fn asset_hrefs(&self, nasa_id: &str) -> Result<Vec<String>, NasaError> {

@@ -87,12 +87,17 @@ fn take_unreported_panic() -> Option<String> {
 pub struct Lifeline {
     name: &'static str,
     generation: u64,
-    events: mpsc::UnboundedSender<Event>,
+    events: Option<mpsc::UnboundedSender<Event>>,
     failure: Option<String>,
     stopped_cleanly: bool,
 }
 
 impl Lifeline {
+    /// For an actor that runs without a supervisor (the `backfill` command): reports nothing.
+    pub fn unsupervised(name: &'static str) -> Lifeline {
+        Lifeline { name, generation: 0, events: None, failure: None, stopped_cleanly: false }
+    }
+
     /// Declares why the actor is about to stop with an error (call before `ctx.stop()`).
     pub fn fail(&mut self, reason: impl Into<String>) {
         self.failure = Some(reason.into());
@@ -112,7 +117,9 @@ impl Drop for Lifeline {
             (None, None, true) => Exit::Normal,
             (None, None, false) => Exit::Panicked("the actor's task ended without stopping".into()),
         };
-        let _ = self.events.send(Event::Exited { name: self.name, generation: self.generation, exit });
+        if let Some(events) = &self.events {
+            let _ = events.send(Event::Exited { name: self.name, generation: self.generation, exit });
+        }
     }
 }
 
@@ -272,7 +279,7 @@ impl Supervisor {
         let lifeline = Lifeline {
             name: child.spec.name,
             generation: child.generation,
-            events: self.events_tx.clone(),
+            events: Some(self.events_tx.clone()),
             failure: None,
             stopped_cleanly: false,
         };

@@ -22,6 +22,11 @@ const KAFKA_INCIDENT: &str = "kafka_unavailable";
 /// idempotence state (producer id, sequence numbers) from before a broker restart.
 pub type ProducerFactory = Arc<dyn Fn() -> rdkafka::error::KafkaResult<FutureProducer<LogContext>> + Send + Sync>;
 
+/// A factory of idempotent producers for `brokers`.
+pub fn producer_factory(brokers: String, timeout: Duration, log: Logger) -> ProducerFactory {
+    Arc::new(move || crate::kafka::producer(&brokers, timeout, log.clone()))
+}
+
 pub struct Publisher {
     producer: Arc<Mutex<FutureProducer<LogContext>>>,
     new_producer: ProducerFactory,

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use super::downloader::Downloader;
 use super::fetcher::{Fetcher, FetcherSettings, StopFetching};
-use super::publisher::{Flush, ProducerFactory, Publisher};
+use super::publisher::{self, Flush, Publisher};
 use super::storer::Storer;
 use super::subscriber::{ConsumerState, Drain, Pipeline, Subscriber};
 use crate::backoff::Backoff;
@@ -268,8 +268,7 @@ fn producer_children(config: &Config, root: &Logger, slots: &Slots, retry: Backo
         (
             "publisher",
             Box::new(move |l| {
-                let (brokers, kafka_log) = (brokers.clone(), pub_log.clone());
-                let new_producer: ProducerFactory = Arc::new(move || kafka::producer(&brokers, publish_timeout, kafka_log.clone()));
+                let new_producer = publisher::producer_factory(brokers.clone(), publish_timeout, pub_log.clone());
                 let actor = Publisher::new(new_producer, topic.clone(), outbox.clone(), publish_backoff, pub_log.clone(), l)
                     .map_err(|e| e.to_string())?;
                 publisher_slot.set(Some(actor.start()));

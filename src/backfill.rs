@@ -1,0 +1,358 @@
+//! `nasa-ingest backfill --query Q [--limit N] [--year-start Y --year-end Y]`: pages through the
+//! search results and publishes one event per image through the same Publisher and outbox as the
+//! daemon.
+//!
+//! - The API serves at most 10,000 results per search: a larger search is split by year ranges.
+//! - Resumable: every nasa_id published is appended (fsync'd) to `DATA_DIR/backfill/<query>.ids`;
+//!   a later run skips them. Ctrl-C stops after the event being published; nothing is sent twice.
+//!   (After a kill -9 between the broker's acknowledgement and that append, one event can be sent
+//!   again; the consumer skips it as a duplicate.)
+//! - Progress: a bar with rate and ETA on a terminal, plain lines otherwise.
+
+use actix::prelude::*;
+use indicatif::{ProgressBar, ProgressStyle};
+use slog::{info, warn, Logger};
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::actors::publisher::{self, Publish, Publisher};
+use crate::backoff::Backoff;
+use crate::config::{BackfillArgs, Config};
+use crate::event::ImageEvent;
+use crate::kafka;
+use crate::nasa::{image_items, NasaClient, NasaError, Search, MAX_RESULTS};
+use crate::outbox::Outbox;
+use crate::supervision::Lifeline;
+
+/// The API's largest page.
+const PAGE_SIZE: u32 = 100;
+/// Years NASA's library covers, when a search without years must be split.
+const FIRST_YEAR: u32 = 1920;
+
+/// Exit code after Ctrl-C (128 + SIGINT), as shells expect.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// The nasa_ids a backfill of one search has published, kept on disk.
+pub struct Published {
+    ids: HashSet<String>,
+    file: File,
+}
+
+impl Published {
+    pub fn open(data_dir: &std::path::Path, args: &BackfillArgs) -> std::io::Result<Published> {
+        let dir = data_dir.join("backfill");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(state_file_name(args));
+        let ids = std::fs::read_to_string(&path).unwrap_or_default().lines().map(str::to_owned).collect();
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Published { ids, file })
+    }
+
+    pub fn contains(&self, nasa_id: &str) -> bool {
+        self.ids.contains(nasa_id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Records a published id durably before the next one is taken.
+    pub fn record(&mut self, nasa_id: &str) -> std::io::Result<()> {
+        if self.ids.insert(nasa_id.to_owned()) {
+            writeln!(self.file, "{nasa_id}")?;
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+}
+
+/// One state file per search: the query (made file-safe) and the years.
+fn state_file_name(args: &BackfillArgs) -> PathBuf {
+    let safe: String = args.query.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    let years = match (args.year_start, args.year_end) {
+        (Some(s), Some(e)) => format!("-{s}-{e}"),
+        _ => String::new(),
+    };
+    PathBuf::from(format!("{safe}{years}.ids"))
+}
+
+/// Splits `years` until each range has at most 10,000 hits (or is a single year).
+/// `hits(range)` answers how many results a range has.
+pub async fn plan_ranges<F, Fut>(years: (u32, u32), mut hits: F) -> Result<Vec<((u32, u32), u64)>, NasaError>
+where
+    F: FnMut((u32, u32)) -> Fut,
+    Fut: Future<Output = Result<u64, NasaError>>,
+{
+    let mut todo = vec![years];
+    let mut out = Vec::new();
+    while let Some((start, end)) = todo.pop() {
+        let n = hits((start, end)).await?;
+        if n > MAX_RESULTS && start < end {
+            let mid = start + (end - start) / 2;
+            // Pushed in reverse so that ranges come out oldest first.
+            todo.push((mid + 1, end));
+            todo.push((start, mid));
+        } else if n > 0 {
+            out.push(((start, end), n));
+        }
+    }
+    Ok(out)
+}
+
+/// Shows progress: a bar on a terminal, else a plain line every 2 s and at the end.
+struct Progress {
+    bar: Option<ProgressBar>,
+    total: u64,
+    done: u64,
+    skipped: u64,
+    started: Instant,
+    last_line: Instant,
+}
+
+impl Progress {
+    fn new(total: u64) -> Progress {
+        let bar = std::io::stdout().is_terminal().then(|| {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} [{bar:40}] {pos}/{len} images · {per_sec} · ETA {eta} {msg}")
+                    .expect("a valid template")
+                    .progress_chars("=> "),
+            );
+            bar
+        });
+        let now = Instant::now();
+        Progress { bar, total, done: 0, skipped: 0, started: now, last_line: now }
+    }
+
+    fn published(&mut self) {
+        self.done += 1;
+        self.show();
+    }
+
+    fn skipped(&mut self) {
+        self.skipped += 1;
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!("({} published before)", self.skipped));
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        self.done as f64 / self.started.elapsed().as_secs_f64().max(0.001)
+    }
+
+    fn line(&self) -> String {
+        let left = self.total.saturating_sub(self.done + self.skipped);
+        let eta = if self.rate() > 0.0 { format!("{:.0} s", left as f64 / self.rate()) } else { "?".into() };
+        format!(
+            "backfill: {} published, {} published before, of {} · {:.1}/s · ETA {eta}",
+            self.done,
+            self.skipped,
+            self.total,
+            self.rate()
+        )
+    }
+
+    fn show(&mut self) {
+        match &self.bar {
+            Some(bar) => bar.set_position(self.done),
+            None if self.last_line.elapsed() >= Duration::from_secs(2) => {
+                println!("{}", self.line());
+                self.last_line = Instant::now();
+            }
+            None => {}
+        }
+    }
+
+    fn finish(&self, outcome: &str) {
+        match &self.bar {
+            Some(bar) => bar.finish_with_message(outcome.to_owned()),
+            None => println!("{} · {outcome}", self.line()),
+        }
+    }
+}
+
+/// Retries `attempt` with backoff until it succeeds or `stop` is set.
+async fn retry<T, F, Fut>(log: &Logger, what: &str, backoff: Backoff, stop: &AtomicBool, mut attempt: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, NasaError>>,
+{
+    let mut n = 0;
+    loop {
+        match attempt().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                let delay = backoff.delay(n);
+                n += 1;
+                warn!(log, "NASA API request failed, will retry"; "labels.what" => what.to_owned(), "error.type" => e.kind(),
+                    "error.message" => e.to_string(), "labels.attempt" => n, "labels.delay_ms" => delay.as_millis() as u64);
+                if stop.load(Ordering::SeqCst) {
+                    return None;
+                }
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Runs a backfill; returns the exit code.
+pub async fn run(config: Config, args: BackfillArgs, log: Logger) -> u8 {
+    match backfill(&config, &args, &log).await {
+        Ok(code) => code,
+        Err(e) => {
+            slog::error!(log, "backfill failed"; "error.type" => "backfill", "error.message" => e.clone());
+            eprintln!("nasa-ingest backfill: {e}");
+            1
+        }
+    }
+}
+
+async fn backfill(config: &Config, args: &BackfillArgs, log: &Logger) -> Result<u8, String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    listen_for_interrupt(stop.clone(), log.clone());
+    let outbox = Outbox::open(&config.data_dir).map_err(|e| e.to_string())?;
+    let mut published = Published::open(&config.data_dir, args).map_err(|e| format!("cannot open the backfill state: {e}"))?;
+    // An event of this search left pending by an interrupted run: the Publisher sends it first.
+    if let Ok(Some(pending)) = outbox.pending() {
+        if pending.query.as_deref() == Some(args.query.as_str()) {
+            published.record(&pending.nasa_id).map_err(|e| e.to_string())?;
+        }
+    }
+    let retry_backoff = Backoff::new(config.retry_min_backoff, config.retry_max_backoff, 0.2);
+    let topics = [config.kafka_topic.as_str(), config.kafka_dlq_topic.as_str()];
+    let mut n = 0;
+    while let Err(e) = kafka::ensure_topics(&config.kafka_brokers, &topics, log).await {
+        let delay = retry_backoff.delay(n);
+        n += 1;
+        warn!(log, "Kafka unavailable"; "error.message" => e.to_string(), "labels.attempt" => n, "labels.delay_ms" => delay.as_millis() as u64);
+        if stop.load(Ordering::SeqCst) {
+            return Ok(EXIT_INTERRUPTED);
+        }
+        tokio::time::sleep(delay).await;
+    }
+    let factory = publisher::producer_factory(config.kafka_brokers.clone(), config.publish_timeout, log.clone());
+    let publish_backoff = Backoff::new(config.publish_min_backoff, config.publish_max_backoff, 0.2);
+    let publisher = Publisher::new(factory, config.kafka_topic.clone(), outbox, publish_backoff, log.clone(), Lifeline::unsupervised("publisher"))
+        .map_err(|e| format!("cannot create a Kafka producer: {e}; check KAFKA_BROKERS"))?
+        .start();
+    let nasa = NasaClient::new(config.nasa_api_url.clone(), config.image_variant, config.nasa_timeout);
+
+    // Which searches to page through: one, or year ranges of at most 10,000 results each.
+    let query = args.query.as_str();
+    let hits = |years: Option<(u32, u32)>| {
+        let nasa = nasa.clone();
+        async move { nasa.search_with(&Search { query, years, page: 1, page_size: Some(PAGE_SIZE) }).await.map(|c| c.metadata.total_hits) }
+    };
+    let asked = args.year_start.zip(args.year_end);
+    let Some(total) = retry(log, "search", retry_backoff, &stop, || hits(asked)).await else { return Ok(EXIT_INTERRUPTED) };
+    let ranges: Vec<(Option<(u32, u32)>, u64)> = if total <= MAX_RESULTS {
+        vec![(asked, total)]
+    } else {
+        let years = asked.unwrap_or((FIRST_YEAR, chrono::Datelike::year(&chrono::Utc::now()) as u32));
+        let planned = plan_ranges(years, |r| hits(Some(r))).await.map_err(|e| e.to_string())?;
+        planned.into_iter().map(|(r, n)| (Some(r), n)).collect()
+    };
+    let reachable: u64 = ranges.iter().map(|(_, n)| (*n).min(MAX_RESULTS)).sum();
+    let goal = args.limit.map_or(reachable, |l| l.min(reachable.saturating_sub(published.len() as u64)) + published.len() as u64);
+    info!(log, "backfill planned"; "labels.query" => query, "labels.total_hits" => total, "labels.ranges" => ranges.len(),
+        "labels.published_before" => published.len());
+
+    let mut progress = Progress::new(goal);
+    let mut new_ones: u64 = 0;
+    'ranges: for (years, _) in &ranges {
+        for page in 1..=(MAX_RESULTS / PAGE_SIZE as u64) {
+            let search = Search { query, years: *years, page, page_size: Some(PAGE_SIZE) };
+            let Some(results) = retry(log, "search", retry_backoff, &stop, || nasa.search_with(&search)).await else { break 'ranges };
+            for item in image_items(&results) {
+                if stop.load(Ordering::SeqCst) || args.limit.is_some_and(|l| new_ones >= l) {
+                    break 'ranges;
+                }
+                let id = &item.data[0].nasa_id;
+                if published.contains(id) {
+                    progress.skipped();
+                    continue;
+                }
+                let Some(found) = retry(log, "asset", retry_backoff, &stop, || nasa.found_image(item)).await else { break 'ranges };
+                let event = ImageEvent::new(found, query);
+                match publisher.send(Publish(event)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(format!("cannot write the outbox: {e}")),
+                    Err(e) => return Err(format!("the publisher stopped: {e}")),
+                }
+                published.record(id).map_err(|e| format!("cannot record {id} as published: {e}"))?;
+                new_ones += 1;
+                progress.published();
+            }
+            if !results.has_next() || results.items.is_empty() {
+                break;
+            }
+        }
+    }
+    let interrupted = stop.load(Ordering::SeqCst);
+    progress.finish(if interrupted { "interrupted: run the same command again to resume" } else { "done" });
+    info!(log, "backfill finished"; "labels.published" => new_ones, "labels.interrupted" => interrupted);
+    Ok(if interrupted { EXIT_INTERRUPTED } else { 0 })
+}
+
+/// Sets `stop` on SIGINT or SIGTERM: the event being published is finished first.
+fn listen_for_interrupt(stop: Arc<AtomicBool>, log: Logger) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).expect("can listen for SIGINT");
+    let mut term = signal(SignalKind::terminate()).expect("can listen for SIGTERM");
+    actix::spawn(async move {
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
+        }
+        info!(log, "stopping after the event being published");
+        stop.store(true, Ordering::SeqCst);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_searches_are_split_by_years_until_each_part_fits() {
+        // 3,000 results a year: 1990..=2009 has 60,000.
+        let hits = |(s, e): (u32, u32)| std::future::ready(Ok::<u64, NasaError>((e - s + 1) as u64 * 3_000));
+        let ranges = futures::executor::block_on(plan_ranges((1990, 2009), hits)).unwrap();
+        assert!(ranges.iter().all(|(_, n)| *n <= MAX_RESULTS), "{ranges:?}");
+        assert_eq!(ranges.iter().map(|(_, n)| n).sum::<u64>(), 60_000, "nothing lost in the split");
+        assert_eq!(ranges.first().unwrap().0 .0, 1990);
+        assert_eq!(ranges.last().unwrap().0 .1, 2009);
+        for w in ranges.windows(2) {
+            assert_eq!(w[0].0 .1 + 1, w[1].0 .0, "contiguous, oldest first");
+        }
+    }
+
+    #[test]
+    fn a_single_year_over_the_cap_is_kept_as_is() {
+        let hits = |_: (u32, u32)| std::future::ready(Ok::<u64, NasaError>(50_000));
+        let ranges = futures::executor::block_on(plan_ranges((2000, 2000), hits)).unwrap();
+        assert_eq!(ranges, vec![((2000, 2000), 50_000)]);
+    }
+
+    #[test]
+    fn published_ids_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = BackfillArgs { query: "Moon rocks!".into(), limit: None, year_start: None, year_end: None };
+        let mut p = Published::open(dir.path(), &args).unwrap();
+        p.record("as11-40-5874").unwrap();
+        p.record("as11-40-5874").unwrap();
+        let again = Published::open(dir.path(), &args).unwrap();
+        assert!(again.contains("as11-40-5874") && again.len() == 1);
+        assert!(dir.path().join("backfill/moon_rocks_.ids").exists());
+    }
+}

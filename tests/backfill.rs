@@ -1,0 +1,97 @@
+//! `nasa-ingest backfill`: pages through a search, publishes each image once, resumes.
+
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+fn backfill_cmd(broker: &Broker, nasa: &FakeNasa, data: &std::path::Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(daemon_bin());
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KAFKA_BROKERS", &broker.addr)
+        .env("NASA_API_URL", &nasa.url)
+        .env("DATA_DIR", data)
+        .env("RETRY_MIN_BACKOFF_MS", "100")
+        .env("PUBLISH_MIN_BACKOFF_MS", "200")
+        .arg("backfill")
+        .args(args);
+    cmd
+}
+
+/// nasa_id → how often it is on the topic.
+fn ids_on_topic(broker: &Broker, at_least: usize) -> HashMap<String, usize> {
+    let mut ids = HashMap::new();
+    for r in broker.read_all("images", at_least, Duration::from_secs(20)) {
+        let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+        assert_eq!(v["query"], "moon");
+        assert_eq!(r.key.as_deref(), v["nasa_id"].as_str());
+        *ids.entry(v["nasa_id"].as_str().unwrap().to_owned()).or_insert(0) += 1;
+    }
+    ids
+}
+
+#[test]
+fn backfill_publishes_every_image_once_across_runs() {
+    let (broker, nasa, data) = (Broker::start(), fake_nasa(), tempfile::tempdir().unwrap());
+
+    let out = backfill_cmd(&broker, &nasa, data.path(), &["--query", "moon", "--limit", "4"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("backfill: 4 published, 0 published before, of 4"), "plain progress when not a terminal: {stdout}");
+    assert_eq!(ids_on_topic(&broker, 4).len(), 4);
+
+    let out = backfill_cmd(&broker, &nasa, data.path(), &["--query", "moon"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout.contains("backfill: 3 published, 4 published before, of 7"), "{stdout}");
+
+    let out = backfill_cmd(&broker, &nasa, data.path(), &["--query", "moon"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("backfill: 0 published, 7 published before"));
+
+    let ids = ids_on_topic(&broker, 7);
+    assert_eq!(ids.len(), 7, "all 7 moon images: {ids:?}");
+    assert!(ids.values().all(|n| *n == 1), "none twice: {ids:?}");
+    // The logs are ECS lines on stderr.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "{stderr}");
+}
+
+#[test]
+fn an_interrupted_backfill_resumes_without_duplicates() {
+    let (broker, nasa, data) = (Broker::start(), fake_nasa(), tempfile::tempdir().unwrap());
+    // Slow API answers leave time to interrupt in the middle.
+    *nasa.state.api_delay.lock().unwrap() = Duration::from_millis(300);
+    let mut child = backfill_cmd(&broker, &nasa, data.path(), &["--query", "moon"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut published = 0;
+    for line in stderr.lines().map_while(Result::ok) {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["message"] == "sent" {
+            published += 1;
+            if published == 2 {
+                Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+            }
+        }
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "Ctrl-C exits 130");
+    let sent_before = broker.read_all("images", 2, Duration::from_secs(10)).len();
+    assert!((2..7).contains(&sent_before), "interrupted part-way: {sent_before}");
+
+    *nasa.state.api_delay.lock().unwrap() = Duration::ZERO;
+    let out = backfill_cmd(&broker, &nasa, data.path(), &["--query", "moon"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let ids = ids_on_topic(&broker, 7);
+    assert_eq!(ids.len(), 7);
+    assert!(ids.values().all(|n| *n == 1), "resumed without duplicates: {ids:?}");
+    assert!(nasa.state.searches.load(Ordering::SeqCst) >= 4);
+}
