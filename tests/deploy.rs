@@ -1,7 +1,6 @@
 //! Checks of deploy/ that run without Docker: the files parse, name only services and files
 //! that exist, and the settings the daemon reads, `.env.example` and the README table agree.
 
-use clap::CommandFactory;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use yaml_rust2::{Yaml, YamlLoader};
@@ -42,11 +41,7 @@ fn keys(y: &Yaml) -> Vec<String> {
 
 /// The variables the daemon reads (from its command line definition).
 fn daemon_vars() -> BTreeSet<String> {
-    nasa_ingest::config::Cli::command()
-        .get_arguments()
-        .filter_map(|a| a.get_env())
-        .map(|e| e.to_string_lossy().into_owned())
-        .collect()
+    nasa_ingest::config::env_var_names()
 }
 
 #[test]

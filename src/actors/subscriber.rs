@@ -134,6 +134,8 @@ impl ConsumerState {
             .set("enable.partition.eof", "false")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
+            // librdkafka's prefetch is bounded too: memory never grows with the backlog.
+            .set("queued.max.messages.kbytes", "16384")
             .create_with_context(context)?;
         consumer.subscribe(&[topic])?;
         Ok(ConsumerState { consumer: Arc::new(consumer), tracker, permits: Arc::new(Semaphore::new(concurrency)) })
