@@ -26,7 +26,7 @@ pub enum ApiMode {
 
 #[derive(Default)]
 pub struct FakeState {
-    fixtures: PathBuf,
+    fixtures: Mutex<PathBuf>,
     origin: Mutex<String>,
     pub api_mode: Mutex<ApiMode>,
     /// Delay before each API answer.
@@ -81,22 +81,11 @@ impl FakeNasa {
         Self::start_on(fixtures, "127.0.0.1:0".parse().unwrap(), Arc::new(FakeState::default()))
     }
 
-    /// Serves on `addr` with `state` (pass the old state to restart on the same port).
+    /// Serves on `addr` with `state` (pass the old state to restart on the same port: its
+    /// counters and faults carry over).
     pub fn start_on(fixtures: &Path, addr: SocketAddr, state: Arc<FakeState>) -> std::io::Result<FakeNasa> {
-        let state = Arc::new(FakeState {
-            fixtures: fixtures.to_owned(),
-            origin: Mutex::new(String::new()),
-            api_mode: Mutex::new(*state.api_mode.lock().unwrap()),
-            api_delay: Mutex::new(*state.api_delay.lock().unwrap()),
-            image_delay: Mutex::new(*state.image_delay.lock().unwrap()),
-            image_status: Mutex::new(state.image_status.lock().unwrap().clone()),
-            slow_images: Mutex::new(state.slow_images.lock().unwrap().clone()),
-            searches: AtomicUsize::new(state.searches.load(Ordering::SeqCst)),
-            image_requests: AtomicUsize::new(state.image_requests.load(Ordering::SeqCst)),
-            images_in_flight: AtomicUsize::new(0),
-            max_images_in_flight: AtomicUsize::new(state.max_images_in_flight.load(Ordering::SeqCst)),
-            served: Mutex::new(state.served.lock().unwrap().clone()),
-        });
+        *state.fixtures.lock().unwrap() = fixtures.to_owned();
+        state.images_in_flight.store(0, Ordering::SeqCst);
         let (tx, rx) = std::sync::mpsc::channel();
         let server_state = state.clone();
         let thread = std::thread::Builder::new().name("fake-nasa".into()).spawn(move || {
@@ -156,7 +145,7 @@ impl Drop for FakeNasa {
 }
 
 fn fixture(state: &FakeState, rel: &str) -> Option<String> {
-    let text = std::fs::read_to_string(state.fixtures.join(rel)).ok()?;
+    let text = std::fs::read_to_string(state.fixtures.lock().unwrap().join(rel)).ok()?;
     let origin = state.origin.lock().unwrap().clone();
     Some(
         text.replace("https://images-api.nasa.gov", &origin)

@@ -118,7 +118,7 @@ fn status_json(state: &AppState) -> serde_json::Value {
             json!({"name": name, "state": if running() { "running" } else { "down" }, "restarts": restarts, "last_error": last_error})
         })
         .collect();
-    let pending = state.outbox.as_ref().map(|o| o.pending().ok().flatten().map(|e| e.event_id.to_string()));
+    let pending_id = state.outbox.as_ref().and_then(|o| o.pending().ok().flatten()).map(|e| e.event_id.to_string());
     let lag: serde_json::Map<String, serde_json::Value> = METRICS.lag().into_iter().map(|(p, l)| (p.to_string(), l.into())).collect();
     json!({
         "service": "nasa-ingest",
@@ -127,8 +127,8 @@ fn status_json(state: &AppState) -> serde_json::Value {
         "started": state.started.load(Ordering::SeqCst),
         "uptime_seconds": state.since.elapsed().as_secs(),
         "actors": actors,
-        "pending_events": pending.as_ref().map(|p| p.iter().count()).unwrap_or(0),
-        "pending_event_id": pending.flatten(),
+        "pending_events": usize::from(pending_id.is_some()),
+        "pending_event_id": pending_id,
         "consumer_lag": lag,
         "counts": {
             "fetched": METRICS.fetched.get(), "published": METRICS.published.get(), "consumed": METRICS.consumed.get(),

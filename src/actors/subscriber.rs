@@ -218,11 +218,9 @@ async fn handle_until_done(
     let started = Instant::now();
     loop {
         let result = match handle_once(&msg, &p, started).await {
+            Ok(_) => Ok(()),
             Err(EventError::Permanent(e)) => dead_letter(&msg, &e, &p).await,
-            other => other.map(drop).map_err(|e| match e {
-                EventError::Transient(t) => t,
-                EventError::Permanent(_) => unreachable!("handled above"),
-            }),
+            Err(EventError::Transient(e)) => Err(e),
         };
         match result {
             Ok(()) => {

@@ -39,8 +39,6 @@ pub enum StartError {
     Outbox(#[from] crate::outbox::OutboxError),
     #[error("cannot create a Kafka client: {0}; check KAFKA_BROKERS")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("cannot listen on HTTP_ADDR: {0}")]
-    Http(#[from] std::io::Error),
 }
 
 /// The stable addresses of every actor.
