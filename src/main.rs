@@ -34,7 +34,15 @@ fn main() -> ExitCode {
     logging::bridge_log_crate(&root, config.log_level);
     match command {
         Command::Migrate => migrate(&config, &log),
-        Command::Run => ExitCode::from(actix::System::new().block_on(supervisor::run(config, root))),
+        Command::Run => {
+            let system = actix::System::new();
+            let code = system.block_on(supervisor::run(config, root));
+            // Everything that matters is flushed and committed by now. Exit without running the
+            // Kafka clients' destructors: with the broker down they can wait far past the 10 s a
+            // SIGTERM allows.
+            drop(_sentry);
+            std::process::exit(code.into());
+        }
         Command::Backfill(args) => {
             let log = logging::for_component(&root, "backfill");
             ExitCode::from(actix::System::new().block_on(backfill::run(config, args, log)))

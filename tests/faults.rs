@@ -359,3 +359,20 @@ fn each_role_runs_only_its_own_actors() {
     assert_eq!(consumer.started_actors(), vec!["storer", "downloader", "subscriber"]);
     assert_eq!(nasa.state.searches.load(Ordering::SeqCst), searches, "the consumer role asks the API nothing");
 }
+
+/// SIGTERM while Kafka is down still exits 0 within 10 s; the pending event stays in the outbox.
+#[test]
+fn sigterm_while_kafka_is_down_is_still_prompt() {
+    let (mut broker, db, nasa, dir) = (Broker::start(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    let mut env = daemon_env(&broker, &db, &nasa, dir.path());
+    set(&mut env, "PUBLISH_TIMEOUT_MS", "1000");
+    let mut daemon = Daemon::spawn(&env);
+    wait_until(Duration::from_secs(60), "an image stored", || !db.rows().is_empty());
+    let earlier = daemon.logs_with("Kafka unavailable").len();
+    broker.kill();
+    daemon.wait_for_log("Kafka unavailable", earlier + 1, Duration::from_secs(30));
+    let (status, took) = daemon.terminate();
+    assert_eq!(status.code(), Some(0));
+    assert!(took < Duration::from_secs(10), "exit took {took:?}");
+    assert!(dir.path().join("outbox/pending.json").exists(), "the undelivered event waits in the outbox");
+}

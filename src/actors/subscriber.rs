@@ -164,6 +164,8 @@ impl Actor for Subscriber {
 }
 
 const LAG_EVERY: Duration = Duration::from_secs(5);
+/// The last commit at shutdown may take this long.
+const FINAL_COMMIT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Lag per assigned partition: high watermark minus the group's committed offset.
 fn update_lag(consumer: &Consumer_, topic: &str) {
@@ -348,10 +350,19 @@ impl Handler<Drain> for Subscriber {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 let commits = tracker.lock().expect("tracker lock").all_commits(None);
-                if !commits.is_empty() {
-                    log_commit(&log, "shutdown", &commits, consumer.commit(&offsets_list(&topic, &commits), CommitMode::Sync));
+                let final_log = log.clone();
+                // librdkafka's sync commit waits without limit while Kafka is down: bound it.
+                let close = tokio::task::spawn_blocking(move || {
+                    if !commits.is_empty() {
+                        let result = consumer.commit(&offsets_list(&topic, &commits), CommitMode::Sync);
+                        log_commit(&final_log, "shutdown", &commits, result);
+                    }
+                    consumer.unsubscribe();
+                });
+                if tokio::time::timeout(FINAL_COMMIT_TIMEOUT, close).await.is_err() {
+                    warn!(log, "final commit did not finish (is Kafka down?); unfinished events will be read again";
+                        "labels.timeout_ms" => FINAL_COMMIT_TIMEOUT.as_millis() as u64);
                 }
-                consumer.unsubscribe();
             }
             .into_actor(self),
         )
