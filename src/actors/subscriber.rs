@@ -149,6 +149,10 @@ impl Actor for Subscriber {
         let s = &self.state;
         let reading = read_loop(s.consumer.clone(), s.tracker.clone(), self.pipeline.clone(), s.permits.clone());
         self.reading = Some(ctx.spawn(reading.into_actor(self)));
+        // One commit request for many finished events, not one per event.
+        ctx.run_interval(COMMIT_EVERY, |act, _| {
+            commit_finished(&act.state.consumer, &act.state.tracker, &act.pipeline.topic, &act.pipeline.log)
+        });
         ctx.run_interval(LAG_EVERY, |act, _| {
             let (consumer, topic) = (act.state.consumer.clone(), act.pipeline.topic.clone());
             // Broker round trips: off the actor thread.
@@ -164,6 +168,8 @@ impl Actor for Subscriber {
 }
 
 const LAG_EVERY: Duration = Duration::from_secs(5);
+/// How often finished events are committed.
+const COMMIT_EVERY: Duration = Duration::from_millis(200);
 /// The last commit at shutdown may take this long.
 const FINAL_COMMIT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -193,7 +199,7 @@ async fn read_loop(consumer: Arc<Consumer_>, tracker: Tracker, pipeline: Pipelin
                 let msg = m.detach();
                 METRICS.consumed.inc();
                 let ticket = tracker.lock().expect("tracker lock").begin(msg.partition(), msg.offset());
-                actix::spawn(handle_until_done(msg, ticket, consumer.clone(), tracker.clone(), pipeline.clone(), permit));
+                actix::spawn(handle_until_done(msg, ticket, tracker.clone(), pipeline.clone(), permit));
             }
             Err(e) => {
                 let delay = pipeline.backoff.delay(errors);
@@ -211,7 +217,6 @@ async fn read_loop(consumer: Arc<Consumer_>, tracker: Tracker, pipeline: Pipelin
 async fn handle_until_done(
     msg: OwnedMessage,
     ticket: Ticket,
-    consumer: Arc<Consumer_>,
     tracker: Tracker,
     p: Pipeline,
     _permit: OwnedSemaphorePermit,
@@ -250,14 +255,16 @@ async fn handle_until_done(
         }
     }
     METRICS.processing_seconds.observe(started.elapsed().as_secs_f64());
-    let commits = {
-        let mut t = tracker.lock().expect("tracker lock");
-        t.finish(ticket);
-        t.take_commits()
-    };
+    // Committed by the Subscriber's next tick (COMMIT_EVERY), together with its neighbours.
+    tracker.lock().expect("tracker lock").finish(ticket);
+}
+
+/// Commits, asynchronously, every partition whose committable offset moved since the last time.
+fn commit_finished(consumer: &Consumer_, tracker: &Tracker, topic: &str, log: &Logger) {
+    let commits = tracker.lock().expect("tracker lock").take_commits();
     if !commits.is_empty() {
-        if let Err(e) = consumer.commit(&offsets_list(&p.topic, &commits), CommitMode::Async) {
-            warn!(p.log, "offset commit failed; will commit again later"; "error.type" => "kafka", "error.message" => e.to_string());
+        if let Err(e) = consumer.commit(&offsets_list(topic, &commits), CommitMode::Async) {
+            warn!(log, "offset commit failed; will commit again later"; "error.type" => "kafka", "error.message" => e.to_string());
         }
     }
 }
