@@ -11,7 +11,7 @@
 
 use actix::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
-use slog::{info, warn, Logger};
+use slog::{info, Logger};
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::future::Future;
@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::actors::publisher::{self, Publish, Publisher};
-use crate::backoff::Backoff;
+use crate::backoff::{retry, Backoff};
 use crate::config::{BackfillArgs, Config};
 use crate::event::ImageEvent;
 use crate::kafka;
@@ -34,6 +34,8 @@ use crate::supervision::Lifeline;
 const PAGE_SIZE: u32 = 100;
 /// Years NASA's library covers, when a search without years must be split.
 const FIRST_YEAR: u32 = 1920;
+
+const NASA_RETRY: &str = "NASA API request failed, will retry";
 
 /// Exit code after Ctrl-C (128 + SIGINT), as shells expect.
 pub const EXIT_INTERRUPTED: u8 = 130;
@@ -181,30 +183,6 @@ impl Progress {
     }
 }
 
-/// Retries `attempt` with backoff until it succeeds or `stop` is set.
-async fn retry<T, F, Fut>(log: &Logger, what: &str, backoff: Backoff, stop: &AtomicBool, mut attempt: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, NasaError>>,
-{
-    let mut n = 0;
-    loop {
-        match attempt().await {
-            Ok(v) => return Some(v),
-            Err(e) => {
-                let delay = backoff.delay(n);
-                n += 1;
-                warn!(log, "NASA API request failed, will retry"; "labels.what" => what.to_owned(), "error.type" => e.kind(),
-                    "error.message" => e.to_string(), "labels.attempt" => n, "labels.delay_ms" => delay.as_millis() as u64);
-                if stop.load(Ordering::SeqCst) {
-                    return None;
-                }
-                tokio::time::sleep(delay).await;
-            }
-        }
-    }
-}
-
 /// Runs a backfill; returns the exit code.
 pub async fn run(config: Config, args: BackfillArgs, log: Logger) -> u8 {
     match backfill(&config, &args, &log).await {
@@ -230,15 +208,8 @@ async fn backfill(config: &Config, args: &BackfillArgs, log: &Logger) -> Result<
     }
     let retry_backoff = Backoff::new(config.retry_min_backoff, config.retry_max_backoff, 0.2);
     let topics = [config.kafka_topic.as_str(), config.kafka_dlq_topic.as_str()];
-    let mut n = 0;
-    while let Err(e) = kafka::ensure_topics(&config.kafka_brokers, &topics, log).await {
-        let delay = retry_backoff.delay(n);
-        n += 1;
-        warn!(log, "Kafka unavailable"; "error.message" => e.to_string(), "labels.attempt" => n, "labels.delay_ms" => delay.as_millis() as u64);
-        if stop.load(Ordering::SeqCst) {
-            return Ok(EXIT_INTERRUPTED);
-        }
-        tokio::time::sleep(delay).await;
+    if retry(log, "Kafka unavailable", retry_backoff, &stop, || kafka::ensure_topics(&config.kafka_brokers, &topics, log)).await.is_none() {
+        return Ok(EXIT_INTERRUPTED);
     }
     let factory = publisher::producer_factory(config.kafka_brokers.clone(), config.publish_timeout, log.clone());
     let publish_backoff = Backoff::new(config.publish_min_backoff, config.publish_max_backoff, 0.2);
@@ -254,7 +225,7 @@ async fn backfill(config: &Config, args: &BackfillArgs, log: &Logger) -> Result<
         async move { nasa.search_with(&Search { query, years, page: 1, page_size: Some(PAGE_SIZE) }).await.map(|c| c.metadata.total_hits) }
     };
     let asked = args.year_start.zip(args.year_end);
-    let Some(total) = retry(log, "search", retry_backoff, &stop, || hits(asked)).await else { return Ok(EXIT_INTERRUPTED) };
+    let Some(total) = retry(log, NASA_RETRY, retry_backoff, &stop, || hits(asked)).await else { return Ok(EXIT_INTERRUPTED) };
     let ranges: Vec<(Option<(u32, u32)>, u64)> = if total <= MAX_RESULTS {
         vec![(asked, total)]
     } else {
@@ -272,7 +243,7 @@ async fn backfill(config: &Config, args: &BackfillArgs, log: &Logger) -> Result<
     'ranges: for (years, _) in &ranges {
         for page in 1..=(MAX_RESULTS / PAGE_SIZE as u64) {
             let search = Search { query, years: *years, page, page_size: Some(PAGE_SIZE) };
-            let Some(results) = retry(log, "search", retry_backoff, &stop, || nasa.search_with(&search)).await else { break 'ranges };
+            let Some(results) = retry(log, NASA_RETRY, retry_backoff, &stop, || nasa.search_with(&search)).await else { break 'ranges };
             for item in image_items(&results) {
                 if stop.load(Ordering::SeqCst) || args.limit.is_some_and(|l| new_ones >= l) {
                     break 'ranges;
@@ -282,7 +253,7 @@ async fn backfill(config: &Config, args: &BackfillArgs, log: &Logger) -> Result<
                     progress.skipped();
                     continue;
                 }
-                let Some(found) = retry(log, "asset", retry_backoff, &stop, || nasa.found_image(item)).await else { break 'ranges };
+                let Some(found) = retry(log, NASA_RETRY, retry_backoff, &stop, || nasa.found_image(item)).await else { break 'ranges };
                 let event = ImageEvent::new(found, query);
                 match publisher.send(Publish(event)).await {
                     Ok(Ok(_)) => {}

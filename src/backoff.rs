@@ -1,6 +1,9 @@
 //! Exponential backoff with jitter, shared by every retry loop in the daemon.
 
 use rand::Rng;
+use slog::{warn, Logger};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// `min(max, min·2^attempt) · (1 + rand·jitter)`, the formula of Akka's backoff supervisor.
@@ -28,6 +31,32 @@ impl Backoff {
     pub fn base_delay(&self, attempt: u32) -> Duration {
         let doubled = self.min.saturating_mul(2u32.saturating_pow(attempt.min(31)));
         doubled.min(self.max)
+    }
+}
+
+/// Retries `attempt` with backoff until it succeeds (`Some`) or `stop` is set (`None`), logging
+/// each failure as one WARN line whose message is `what`, with the attempt and the next delay.
+pub async fn retry<T, E, F, Fut>(log: &Logger, what: &str, backoff: Backoff, stop: &AtomicBool, mut attempt: F) -> Option<T>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut n: u32 = 0;
+    loop {
+        match attempt().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                let delay = backoff.delay(n);
+                n += 1;
+                warn!(log, "{}", what; "error.message" => e.to_string(), "labels.attempt" => n,
+                    "labels.delay_ms" => delay.as_millis() as u64);
+                if stop.load(Ordering::SeqCst) {
+                    return None;
+                }
+                tokio::time::sleep(delay).await;
+            }
+        }
     }
 }
 

@@ -4,9 +4,8 @@
 //! actor passes its restart limit.
 
 use actix::prelude::*;
-use slog::{info, warn, Logger};
+use slog::{info, Logger};
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +16,7 @@ use super::fetcher::{Fetcher, FetcherSettings, StopFetching};
 use super::publisher::{self, Flush, Publisher};
 use super::storer::Storer;
 use super::subscriber::{ConsumerState, Drain, Pipeline, Subscriber};
-use crate::backoff::Backoff;
+use crate::backoff::{self, Backoff};
 use crate::config::Config;
 use crate::db;
 use crate::http::{self, AppState, CrashFn, RunningFn};
@@ -178,7 +177,9 @@ async fn prepare(
     let log = &for_component(root, "startup");
     let retry = Backoff::new(config.retry_min_backoff, config.retry_max_backoff, 0.2);
     let topics = [config.kafka_topic.as_str(), config.kafka_dlq_topic.as_str()];
-    retry_until_ok(log, "Kafka unavailable", retry, || kafka::ensure_topics(&config.kafka_brokers, &topics, log)).await;
+    // Start-up itself is raced against the signals by the caller: this retry need not watch them.
+    let never = AtomicBool::new(false);
+    backoff::retry(log, "Kafka unavailable", retry, &never, || kafka::ensure_topics(&config.kafka_brokers, &topics, log)).await;
     let policy = Policy {
         backoff: Backoff::new(config.supervisor_min_backoff, config.supervisor_max_backoff, 0.2),
         stable_after: config.supervisor_restart_window,
@@ -217,7 +218,9 @@ async fn consumer_children(
         let pool = pool.clone();
         async move { tokio::task::spawn_blocking(move || db::migrate(&pool)).await.expect("migrations do not panic") }
     };
-    let applied = retry_until_ok(log, "Postgres unavailable", retry, migrations).await;
+    // Start-up is raced against the signals by the caller: this retry need not watch them.
+    let never = AtomicBool::new(false);
+    let applied = backoff::retry(log, "Postgres unavailable", retry, &never, migrations).await.expect("never stopped");
     info!(log, "database ready"; "labels.migrations_applied" => applied.len());
 
     let sub_log = for_component(root, "subscriber");
@@ -299,28 +302,6 @@ async fn stop(slots: &Slots, log: &Logger) {
         let _ = tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(1), s.send(Drain(DRAIN_TIMEOUT))).await;
     }
     info!(log, "stopped");
-}
-
-/// Retries `attempt` with backoff until it succeeds, logging each failure as a WARN.
-async fn retry_until_ok<T, E, F, Fut>(log: &Logger, what: &'static str, backoff: Backoff, mut attempt: F) -> T
-where
-    E: std::fmt::Display,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-{
-    let mut n: u32 = 0;
-    loop {
-        match attempt().await {
-            Ok(v) => return v,
-            Err(e) => {
-                let delay = backoff.delay(n);
-                n += 1;
-                warn!(log, "{}", what; "error.message" => e.to_string(), "labels.attempt" => n,
-                    "labels.delay_ms" => delay.as_millis() as u64);
-                tokio::time::sleep(delay).await;
-            }
-        }
-    }
 }
 
 /// A flag that turns true on SIGTERM or SIGINT.
