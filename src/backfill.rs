@@ -10,7 +10,7 @@
 //! - Progress: a bar with rate and ETA on a terminal, plain lines otherwise.
 
 use actix::prelude::*;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use slog::{info, Logger};
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -124,7 +124,7 @@ struct Progress {
 impl Progress {
     fn new(total: u64) -> Progress {
         let bar = std::io::stdout().is_terminal().then(|| {
-            let bar = ProgressBar::new(total);
+            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stdout());
             bar.set_style(
                 ProgressStyle::with_template("{spinner} [{bar:40}] {pos}/{len} images · {per_sec} · ETA {eta} {msg}")
                     .expect("a valid template")
