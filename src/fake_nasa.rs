@@ -208,14 +208,12 @@ async fn image(state: web::Data<FakeState>, req: HttpRequest) -> HttpResponse {
     state.image_requests.fetch_add(1, Ordering::SeqCst);
     let now = state.images_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     state.max_images_in_flight.fetch_max(now, Ordering::SeqCst);
-    let slow = state.slow_images.lock().unwrap().iter().find(|(k, _)| path.contains(k.as_str())).map(|(_, d)| *d);
-    let delay = slow.unwrap_or(*state.image_delay.lock().unwrap());
+    let delay = for_path(&state.slow_images, &path).unwrap_or(*state.image_delay.lock().unwrap());
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
     state.images_in_flight.fetch_sub(1, Ordering::SeqCst);
-    let forced = state.image_status.lock().unwrap().iter().find(|(k, _)| path.contains(k.as_str())).map(|(_, s)| *s);
-    if let Some(status) = forced {
+    if let Some(status) = for_path(&state.image_status, &path) {
         return HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).body("fake failure");
     }
     if path.ends_with(".json") {
@@ -231,6 +229,11 @@ async fn image(state: web::Data<FakeState>, req: HttpRequest) -> HttpResponse {
     }
     state.served.lock().unwrap().insert(path, bytes.clone());
     HttpResponse::Ok().content_type(content_type).body(bytes)
+}
+
+/// The value set for the first key that `path` contains.
+fn for_path<T: Copy>(map: &Mutex<HashMap<String, T>>, path: &str) -> Option<T> {
+    map.lock().unwrap().iter().find(|(k, _)| path.contains(k.as_str())).map(|(_, v)| *v)
 }
 
 /// Real, decodable image bytes, different for each path: PNG for NASA's `PIA` ids, TIFF for

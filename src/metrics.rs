@@ -18,8 +18,6 @@ pub struct Metrics {
     pub outbox_pending: IntGauge,
     pub consumer_lag: IntGaugeVec,
     pub processing_seconds: Histogram,
-    /// The same lag, for the status page.
-    pub lag_by_partition: std::sync::Mutex<std::collections::BTreeMap<i32, i64>>,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -66,7 +64,6 @@ impl Metrics {
             outbox_pending,
             consumer_lag,
             processing_seconds,
-            lag_by_partition: Default::default(),
             registry: r,
         }
     }
@@ -79,11 +76,20 @@ impl Metrics {
 
     pub fn set_lag(&self, partition: i32, lag: i64) {
         self.consumer_lag.with_label_values(&[&partition.to_string()]).set(lag);
-        self.lag_by_partition.lock().unwrap_or_else(|e| e.into_inner()).insert(partition, lag);
     }
 
+    /// Lag per partition, read back from the gauge (for the status page).
     pub fn lag(&self) -> std::collections::BTreeMap<i32, i64> {
-        self.lag_by_partition.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        use prometheus::core::Collector;
+        let families = self.consumer_lag.collect();
+        families
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .filter_map(|m| {
+                let partition = m.get_label().iter().find(|l| l.name() == "partition")?.value().parse().ok()?;
+                Some((partition, m.get_gauge().get_value() as i64))
+            })
+            .collect()
     }
 
     /// The Prometheus text exposition of every metric.
@@ -91,5 +97,18 @@ impl Metrics {
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding never fails");
         String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_reads_back_what_the_gauge_holds() {
+        METRICS.set_lag(7, 42);
+        METRICS.set_lag(7, 3);
+        assert_eq!(METRICS.lag().get(&7), Some(&3));
+        assert!(METRICS.render().contains("nasa_ingest_consumer_lag{partition=\"7\"} 3"));
     }
 }

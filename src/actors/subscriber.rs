@@ -49,7 +49,7 @@ impl ClientContext for SubscriberContext {
 impl ConsumerContext for SubscriberContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            let partitions: Vec<i32> = tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect();
+            let partitions = topic_partitions(tpl, &self.topic);
             let commits = self.tracker.lock().expect("tracker lock").all_commits(Some(&partitions));
             if !commits.is_empty() {
                 let result = consumer.commit(&offsets_list(&self.topic, &commits), CommitMode::Sync);
@@ -62,10 +62,14 @@ impl ConsumerContext for SubscriberContext {
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
-            let partitions: Vec<i32> = tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect();
+            let partitions = topic_partitions(tpl, &self.topic);
             info!(self.logs.log, "partitions assigned"; "labels.partitions" => format!("{partitions:?}"));
         }
     }
+}
+
+fn topic_partitions(tpl: &TopicPartitionList, topic: &str) -> Vec<i32> {
+    tpl.elements_for_topic(topic).iter().map(|e| e.partition()).collect()
 }
 
 fn offsets_list(topic: &str, commits: &[(i32, i64)]) -> TopicPartitionList {

@@ -29,6 +29,10 @@ use crate::supervision::{ChildSpec, Crash, Lifeline, Outcome, Policy, RestartCou
 /// In-flight events get this long to finish at shutdown (the whole exit stays under 10 s).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(6);
 
+/// The stop flag of start-up's retries: start-up itself is raced against the signals by the
+/// caller, so those retries need not watch them.
+static NEVER: AtomicBool = AtomicBool::new(false);
+
 /// Exit code when an actor passed its restart limit: a container orchestrator restarts the process.
 pub const EXIT_RESTART_LIMIT: u8 = 1;
 
@@ -123,7 +127,7 @@ pub async fn run(config: Config, root: Logger) -> u8 {
         return 1;
     }
     let started = tokio::select! {
-        r = prepare(&config, &root, &slots, &mut supervisor, pool) => r,
+        r = prepare(&config, &root, &slots, &mut supervisor, pool, app.outbox.clone()) => r,
         _ = wait_stop() => { info!(log, "signal received during start-up; exiting"); return 0; }
     };
     if let Err(e) = started {
@@ -173,13 +177,12 @@ async fn prepare(
     slots: &Slots,
     supervisor: &mut Supervisor,
     pool: Option<db::PgPool>,
+    outbox: Option<Outbox>,
 ) -> Result<(), StartError> {
     let log = &for_component(root, "startup");
     let retry = Backoff::new(config.retry_min_backoff, config.retry_max_backoff, 0.2);
     let topics = [config.kafka_topic.as_str(), config.kafka_dlq_topic.as_str()];
-    // Start-up itself is raced against the signals by the caller: this retry need not watch them.
-    let never = AtomicBool::new(false);
-    backoff::retry(log, "Kafka unavailable", retry, &never, || kafka::ensure_topics(&config.kafka_brokers, &topics, log)).await;
+    backoff::retry(log, "Kafka unavailable", retry, &NEVER, || kafka::ensure_topics(&config.kafka_brokers, &topics, log)).await;
     let policy = Policy {
         backoff: Backoff::new(config.supervisor_min_backoff, config.supervisor_max_backoff, 0.2),
         stable_after: config.supervisor_restart_window,
@@ -196,7 +199,8 @@ async fn prepare(
         }
     }
     if config.producer_enabled {
-        for (name, start) in producer_children(config, root, slots, retry)? {
+        let outbox = outbox.expect("the producer role has an outbox");
+        for (name, start) in producer_children(config, root, slots, retry, outbox) {
             add(name, start);
         }
     }
@@ -218,9 +222,7 @@ async fn consumer_children(
         let pool = pool.clone();
         async move { tokio::task::spawn_blocking(move || db::migrate(&pool)).await.expect("migrations do not panic") }
     };
-    // Start-up is raced against the signals by the caller: this retry need not watch them.
-    let never = AtomicBool::new(false);
-    let applied = backoff::retry(log, "Postgres unavailable", retry, &never, migrations).await.expect("never stopped");
+    let applied = backoff::retry(log, "Postgres unavailable", retry, &NEVER, migrations).await.expect("never stopped");
     info!(log, "database ready"; "labels.migrations_applied" => applied.len());
 
     let sub_log = for_component(root, "subscriber");
@@ -256,8 +258,7 @@ async fn consumer_children(
 }
 
 /// Publisher and Fetcher. Each Publisher incarnation has a fresh producer; the outbox is on disk.
-fn producer_children(config: &Config, root: &Logger, slots: &Slots, retry: Backoff) -> Result<Children, StartError> {
-    let outbox = Outbox::open(&config.data_dir)?;
+fn producer_children(config: &Config, root: &Logger, slots: &Slots, retry: Backoff, outbox: Outbox) -> Children {
     let (brokers, topic) = (config.kafka_brokers.clone(), config.kafka_topic.clone());
     let publish_backoff = Backoff::new(config.publish_min_backoff, config.publish_max_backoff, 0.2);
     let (pub_log, fetch_log) = (for_component(root, "publisher"), for_component(root, "fetcher"));
@@ -265,7 +266,7 @@ fn producer_children(config: &Config, root: &Logger, slots: &Slots, retry: Backo
     let (query, interval, publish_timeout) = (config.query.clone(), config.interval, config.publish_timeout);
     let (publisher_slot, fetcher_slot, publisher_for_fetcher) =
         (slots.publisher.clone(), slots.fetcher.clone(), slots.publisher.clone());
-    Ok(vec![
+    vec![
         (
             "publisher",
             Box::new(move |l| {
@@ -285,7 +286,7 @@ fn producer_children(config: &Config, root: &Logger, slots: &Slots, retry: Backo
                 Ok(())
             }),
         ),
-    ])
+    ]
 }
 
 /// Stop fetching, flush the producer, let in-flight events finish and commit them.

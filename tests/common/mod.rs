@@ -400,14 +400,8 @@ impl Daemon {
     pub fn terminate(&mut self) -> (ExitStatus, Duration) {
         let started = Instant::now();
         Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (status, started.elapsed());
-            }
-            assert!(Instant::now() < deadline, "daemon ignored SIGTERM for 30 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let status = self.wait_exit(Duration::from_secs(30));
+        (status, started.elapsed())
     }
 
     /// kill -9.
