@@ -1,6 +1,6 @@
 //! Throughput benchmark of the consumer role: `scripts/bench` runs it for several image sizes.
 //!
-//! It starts its own tansu broker, Postgres database and nginx (serving generated, incompressible
+//! It starts its own Apache Kafka broker, Postgres database and nginx (serving generated, incompressible
 //! "JPEG" files), checks that nginx alone is far faster than the daemon, pre-loads N events into
 //! Kafka, runs the daemon's consumer side, and measures until every row is stored and every offset
 //! committed: images/s, MB/s, p50/p99 event latency, idle and peak RSS, and this Postgres's own
@@ -173,8 +173,8 @@ async fn main() {
     let nginx = Nginx::start(work.path());
     let server_rate = nginx_alone(&nginx.addr, a.count, a.concurrency).await;
 
-    let broker = Broker::start();
-    broker.create_topic("images", a.partitions);
+    let broker = Broker::shared();
+    broker.create_topic(&broker.topic, a.partitions);
     broker.create_topic("idle", 1);
     let db = TestDb::create();
     let data = tempfile::tempdir().unwrap();
@@ -208,7 +208,7 @@ async fn main() {
         .to_string();
         let key = id(i);
         loop {
-            match producer.send(rdkafka::producer::BaseRecord::to("images").key(&key).payload(&event)) {
+            match producer.send(rdkafka::producer::BaseRecord::to(&broker.topic).key(&key).payload(&event)) {
                 Ok(()) => break,
                 Err(_) => {
                     producer.poll(Duration::from_millis(10));
@@ -224,7 +224,7 @@ async fn main() {
     let mut peak = 0;
     wait_until(Duration::from_secs(3600), "every offset committed", || {
         peak = peak.max(rss_kib(daemon.pid(), "VmHWM:"));
-        let committed: i64 = broker.committed(&group, "images", a.partitions).iter().map(|o| o.unwrap_or(0)).sum();
+        let committed: i64 = broker.committed(&group, &broker.topic, a.partitions).iter().map(|o| o.unwrap_or(0)).sum();
         committed as usize == a.count
     });
     let elapsed = started.elapsed().as_secs_f64();

@@ -49,9 +49,35 @@ ensure_chromium() {
     apt_install chromium chromium-driver
 }
 
-# tansu, the Kafka-compatible broker the tests and the local run use (about 15 minutes to build once).
-ensure_tansu() {
-    if command -v tansu >/dev/null && cargo install --list | grep -q "^tansu v$TANSU_VERSION:"; then return; fi
-    say "installing tansu $TANSU_VERSION (a Kafka-compatible broker; takes about 15 minutes the first time)"
-    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
+# Java 17 and Maven, from Debian's packages, where either is missing.
+ensure_java() {
+    local missing=()
+    command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+    command -v mvn >/dev/null || missing+=(maven)
+    if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+}
+
+# Apache Kafka's broker: the version named in scripts/kafka/pom.xml, its runtime classpath copied
+# from Maven Central into .kafka/<version>/libs once. scripts/kafka/broker runs it.
+KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' scripts/kafka/pom.xml)
+export KAFKA_LIBS="${KAFKA_LIBS:-$PWD/.kafka/$KAFKA_VERSION/libs}"
+ensure_kafka() {
+    ensure_java
+    if [ -e "$KAFKA_LIBS/kafka_2.13-$KAFKA_VERSION.jar" ]; then return; fi
+    say "fetching Apache Kafka $KAFKA_VERSION from Maven Central into $KAFKA_LIBS (once)"
+    local tmp="$KAFKA_LIBS.tmp"
+    rm -rf "$tmp"
+    mvn -q -B -f scripts/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp"
+    mv "$tmp" "$KAFKA_LIBS"
+}
+
+# Waits until a broker listens on 127.0.0.1:$1 and its log ($2) says it started.
+wait_for_kafka() {
+    local port="$1" log="$2"
+    for _ in $(seq 1 600); do
+        if grep -q "Kafka Server started" "$log" 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return; fi
+        sleep 0.1
+    done
+    echo "Kafka did not start on 127.0.0.1:$port within 60 s; its log: $log" >&2
+    return 1
 }

@@ -14,6 +14,7 @@ fn backfill_cmd(broker: &Broker, nasa: &FakeNasa, data: &std::path::Path, args: 
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("KAFKA_BROKERS", &broker.addr)
+        .env("KAFKA_TOPIC", &broker.topic)
         .env("NASA_API_URL", &nasa.url)
         .env("DATA_DIR", data)
         .env("RETRY_MIN_BACKOFF_MS", "100")
@@ -26,7 +27,7 @@ fn backfill_cmd(broker: &Broker, nasa: &FakeNasa, data: &std::path::Path, args: 
 /// nasa_id → how often it is on the topic.
 fn ids_on_topic(broker: &Broker, at_least: usize) -> HashMap<String, usize> {
     let mut ids = HashMap::new();
-    for r in broker.read_all("images", at_least, Duration::from_secs(20)) {
+    for r in broker.read_all(&broker.topic, at_least, Duration::from_secs(20)) {
         let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
         assert_eq!(v["query"], "moon");
         assert_eq!(r.key.as_deref(), v["nasa_id"].as_str());
@@ -37,7 +38,7 @@ fn ids_on_topic(broker: &Broker, at_least: usize) -> HashMap<String, usize> {
 
 #[test]
 fn backfill_publishes_every_image_once_across_runs() {
-    let (broker, nasa, data) = (Broker::start(), fake_nasa(), tempfile::tempdir().unwrap());
+    let (broker, nasa, data) = (Broker::shared(), fake_nasa(), tempfile::tempdir().unwrap());
 
     let out = backfill_cmd(&broker, &nasa, data.path(), &["--query", "moon", "--limit", "4"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -63,7 +64,7 @@ fn backfill_publishes_every_image_once_across_runs() {
 
 #[test]
 fn an_interrupted_backfill_resumes_without_duplicates() {
-    let (broker, nasa, data) = (Broker::start(), fake_nasa(), tempfile::tempdir().unwrap());
+    let (broker, nasa, data) = (Broker::shared(), fake_nasa(), tempfile::tempdir().unwrap());
     // Slow API answers leave time to interrupt in the middle.
     *nasa.state.api_delay.lock().unwrap() = Duration::from_millis(300);
     let mut child = backfill_cmd(&broker, &nasa, data.path(), &["--query", "moon"])
@@ -84,7 +85,7 @@ fn an_interrupted_backfill_resumes_without_duplicates() {
     }
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "Ctrl-C exits 130");
-    let sent_before = broker.read_all("images", 2, Duration::from_secs(10)).len();
+    let sent_before = broker.read_all(&broker.topic, 2, Duration::from_secs(10)).len();
     assert!((2..7).contains(&sent_before), "interrupted part-way: {sent_before}");
 
     *nasa.state.api_delay.lock().unwrap() = Duration::ZERO;

@@ -59,7 +59,7 @@ impl Drop for ChromeDriver {
 
 #[test]
 fn status_page_gallery_images_decode_in_chromium() {
-    let (broker, db, nasa, dir) = (Broker::start(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    let (broker, db, nasa, dir) = (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
     let daemon = Daemon::spawn(&daemon_env(&broker, &db, &nasa, dir.path()));
     let addr = daemon.http_addr();
     wait_until(Duration::from_secs(90), "4 images stored", || db.rows().len() >= 4);

@@ -25,7 +25,7 @@ fn consumer_env(broker: &Broker, db: &TestDb, nasa: &FakeNasa, dir: &std::path::
 /// event_id → how often it is on the topic.
 fn event_ids(broker: &Broker, at_least: usize) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
-    for r in broker.read_all("images", at_least, Duration::from_secs(20)) {
+    for r in broker.read_all(&broker.topic, at_least, Duration::from_secs(20)) {
         let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
         *seen.entry(v["event_id"].as_str().unwrap().to_owned()).or_insert(0) += 1;
     }
@@ -41,7 +41,7 @@ fn label_u64(v: &serde_json::Value, key: &str) -> u64 {
 /// sends that same event, which is then on the topic exactly once.
 #[test]
 fn tc04_kafka_outage_keeps_the_same_event_until_the_broker_is_back() {
-    let (mut broker, db, nasa, dir) = (Broker::start_persistent(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    let (broker, db, nasa, dir) = (Broker::own(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
     let daemon = Daemon::spawn(&producer_env(&broker, &db, &nasa, dir.path()));
     daemon.wait_for_log("sent", 1, Duration::from_secs(60));
     // Warnings from before the outage (a first send can time out while the new topic settles) are not the point.
@@ -78,7 +78,7 @@ fn tc04_kafka_outage_keeps_the_same_event_until_the_broker_is_back() {
 /// WARN with backoff, and stores images again once the API is back.
 #[test]
 fn tc05_nasa_api_outage_is_ridden_out() {
-    let (broker, db, nasa, dir) = (Broker::start(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    let (broker, db, nasa, dir) = (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
     let mut env = daemon_env(&broker, &db, &nasa, dir.path());
     set(&mut env, "NASA_TIMEOUT_SECONDS", "1");
     set(&mut env, "QUERY", "moon");
@@ -111,57 +111,57 @@ fn tc05_nasa_api_outage_is_ridden_out() {
 /// it); after a restart of the daemon it is read again and stored once.
 #[test]
 fn tc06_transient_failure_is_not_committed_and_is_processed_after_restart() {
-    let (broker, db, nasa, dir) = (Broker::start(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
-    broker.create_topic("images", 1);
+    let (broker, db, nasa, dir) = (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    broker.create_topic(&broker.topic, 1);
     let env = consumer_env(&broker, &db, &nasa, dir.path());
     let group = get(&env, "KAFKA_GROUP_ID").to_owned();
     nasa.state.set_image_status("as17-134-20384", 503);
-    broker.produce("images", Some("as17-134-20384"), event_json(&nasa, "as17-134-20384").as_bytes());
+    broker.produce(&broker.topic, Some("as17-134-20384"), event_json(&nasa, "as17-134-20384").as_bytes());
 
     let mut daemon = Daemon::spawn(&env);
     let retries = |d: &Daemon| d.logs_with("event failed, will retry the same message");
     wait_until(Duration::from_secs(60), "three retries", || retries(&daemon).len() >= 3);
     assert!(retries(&daemon).iter().all(|l| l["labels.offset"] == 0 && l["error.type"] == "image_http_5xx"));
-    assert_eq!(broker.committed(&group, "images", 1)[0].unwrap_or(0), 0, "nothing committed past it: lag 1");
+    assert_eq!(broker.committed(&group, &broker.topic, 1)[0].unwrap_or(0), 0, "nothing committed past it: lag 1");
     let (status, _) = daemon.terminate();
     assert_eq!(status.code(), Some(0));
-    assert_eq!(broker.committed(&group, "images", 1)[0].unwrap_or(0), 0, "not committed past it at shutdown either");
+    assert_eq!(broker.committed(&group, &broker.topic, 1)[0].unwrap_or(0), 0, "not committed past it at shutdown either");
     assert!(db.rows().is_empty());
 
     nasa.state.image_status.lock().unwrap().clear();
     let daemon = Daemon::spawn(&env);
     wait_until(Duration::from_secs(60), "stored after the restart", || db.rows().len() == 1);
-    wait_until(Duration::from_secs(20), "committed", || broker.committed(&group, "images", 1) == vec![Some(1)]);
+    wait_until(Duration::from_secs(20), "committed", || broker.committed(&group, &broker.topic, 1) == vec![Some(1)]);
     assert_eq!(daemon.logs_with("saved to DB").len(), 1);
 }
 
 /// Postgres cut off for a while: nothing is committed meanwhile; everything is stored after.
 #[test]
 fn postgres_outage_commits_nothing_and_loses_nothing() {
-    let (broker, db, nasa, dir) = (Broker::start(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
-    broker.create_topic("images", 1);
+    let (broker, db, nasa, dir) = (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    broker.create_topic(&broker.topic, 1);
     let proxy = TcpProxy::start("127.0.0.1:5432");
     let mut env = consumer_env(&broker, &db, &nasa, dir.path());
     set(&mut env, "DATABASE_URL", &db.url.replace(":5432/", &format!(":{}/", proxy.port)));
     let group = get(&env, "KAFKA_GROUP_ID").to_owned();
     let ids = ["as11-40-5874", "as12-46-6749", "as17-134-20384", "as17-148-22727", "iss026-s-001", "iss042e340851"];
     for id in &ids[..2] {
-        broker.produce("images", Some(id), event_json(&nasa, id).as_bytes());
+        broker.produce(&broker.topic, Some(id), event_json(&nasa, id).as_bytes());
     }
     let daemon = Daemon::spawn(&env);
-    wait_until(Duration::from_secs(60), "2 stored, 2 committed", || broker.committed(&group, "images", 1) == vec![Some(2)]);
+    wait_until(Duration::from_secs(60), "2 stored, 2 committed", || broker.committed(&group, &broker.topic, 1) == vec![Some(2)]);
 
     proxy.cut();
     for id in &ids[2..] {
-        broker.produce("images", Some(id), event_json(&nasa, id).as_bytes());
+        broker.produce(&broker.topic, Some(id), event_json(&nasa, id).as_bytes());
     }
     wait_until(Duration::from_secs(60), "Postgres failures retried", || {
         daemon.logs_with("event failed, will retry the same message").iter().filter(|l| l["error.type"] == "postgres").count() >= 4
     });
-    assert_eq!(broker.committed(&group, "images", 1), vec![Some(2)], "nothing committed while Postgres is down");
+    assert_eq!(broker.committed(&group, &broker.topic, 1), vec![Some(2)], "nothing committed while Postgres is down");
 
     proxy.restore();
-    wait_until(Duration::from_secs(90), "all stored and committed", || broker.committed(&group, "images", 1) == vec![Some(6)]);
+    wait_until(Duration::from_secs(90), "all stored and committed", || broker.committed(&group, &broker.topic, 1) == vec![Some(6)]);
     let mut stored: Vec<String> = db.rows().into_iter().map(|r| r.nasa_id).collect();
     stored.sort();
     let mut expected: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
@@ -174,23 +174,23 @@ fn postgres_outage_commits_nothing_and_loses_nothing() {
 /// the earlier one is stored. No duplicate row, nothing missing.
 #[test]
 fn kill_9_between_store_and_commit_leaves_no_duplicate_and_no_gap() {
-    let (broker, db, nasa, dir) = (Broker::start(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
-    broker.create_topic("images", 1);
+    let (broker, db, nasa, dir) = (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    broker.create_topic(&broker.topic, 1);
     let env = consumer_env(&broker, &db, &nasa, dir.path());
     let group = get(&env, "KAFKA_GROUP_ID").to_owned();
     nasa.state.slow_image("as11-40-5874", Duration::from_secs(30));
-    broker.produce("images", Some("as11-40-5874"), event_json(&nasa, "as11-40-5874").as_bytes());
-    broker.produce("images", Some("PIA00407"), event_json(&nasa, "PIA00407").as_bytes());
+    broker.produce(&broker.topic, Some("as11-40-5874"), event_json(&nasa, "as11-40-5874").as_bytes());
+    broker.produce(&broker.topic, Some("PIA00407"), event_json(&nasa, "PIA00407").as_bytes());
 
     let mut daemon = Daemon::spawn(&env);
     wait_until(Duration::from_secs(60), "the second event stored", || db.rows().iter().any(|r| r.nasa_id == "PIA00407"));
-    let committed = broker.committed(&group, "images", 1)[0];
+    let committed = broker.committed(&group, &broker.topic, 1)[0];
     assert!(committed.unwrap_or(0) == 0, "offset 0 is unfinished: the commit cannot pass it ({committed:?})");
     daemon.kill();
 
     nasa.state.slow_images.lock().unwrap().clear();
     let daemon = Daemon::spawn(&env);
-    wait_until(Duration::from_secs(60), "both committed", || broker.committed(&group, "images", 1) == vec![Some(2)]);
+    wait_until(Duration::from_secs(60), "both committed", || broker.committed(&group, &broker.topic, 1) == vec![Some(2)]);
     let mut ids: Vec<String> = db.rows().into_iter().map(|r| r.nasa_id).collect();
     ids.sort();
     assert_eq!(ids, vec!["PIA00407", "as11-40-5874"]);
@@ -201,7 +201,7 @@ fn kill_9_between_store_and_commit_leaves_no_duplicate_and_no_gap() {
 /// kill -9 while the broker is down and an event is pending: the next run delivers it.
 #[test]
 fn kill_9_with_a_pending_event_during_an_outage_still_delivers_it() {
-    let (mut broker, db, nasa, dir) = (Broker::start_persistent(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    let (broker, db, nasa, dir) = (Broker::own(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
     let env = producer_env(&broker, &db, &nasa, dir.path());
     let mut daemon = Daemon::spawn(&env);
     daemon.wait_for_log("sent", 1, Duration::from_secs(60));
@@ -227,9 +227,9 @@ fn kill_9_with_a_pending_event_during_an_outage_still_delivers_it() {
 /// Each kind of poison message ends in images.dlq with its reason; good events are still stored.
 #[test]
 fn poison_messages_go_to_the_dead_letter_topic_and_the_pipeline_goes_on() {
-    let (broker, db, nasa, dir) = (Broker::start(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
-    broker.create_topic("images", 1);
-    broker.create_topic("images.dlq", 1);
+    let (broker, db, nasa, dir) = (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    broker.create_topic(&broker.topic, 1);
+    broker.create_topic(&broker.dlq, 1);
     let mut env = consumer_env(&broker, &db, &nasa, dir.path());
     set(&mut env, "MAX_IMAGE_BYTES", "1048576");
     let group = get(&env, "KAFKA_GROUP_ID").to_owned();
@@ -248,17 +248,17 @@ fn poison_messages_go_to_the_dead_letter_topic_and_the_pipeline_goes_on() {
         ("host_not_allowed", with_url("elsewhere", format!("http://localhost:{}/image/x/x~orig.jpg", nasa.addr.port()))),
     ];
     for (_, payload) in &poison {
-        broker.produce("images", Some("poison"), payload.as_bytes());
+        broker.produce(&broker.topic, Some("poison"), payload.as_bytes());
     }
-    broker.produce("images", Some("as11-40-5874"), event_json(&nasa, "as11-40-5874").as_bytes());
+    broker.produce(&broker.topic, Some("as11-40-5874"), event_json(&nasa, "as11-40-5874").as_bytes());
 
     let daemon = Daemon::spawn(&env);
-    wait_until(Duration::from_secs(60), "all 7 committed", || broker.committed(&group, "images", 1) == vec![Some(7)]);
+    wait_until(Duration::from_secs(60), "all 7 committed", || broker.committed(&group, &broker.topic, 1) == vec![Some(7)]);
     let rows = db.rows();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].nasa_id, "as11-40-5874");
 
-    let dlq = broker.read_all("images.dlq", poison.len(), Duration::from_secs(20));
+    let dlq = broker.read_all(&broker.dlq, poison.len(), Duration::from_secs(20));
     assert_eq!(dlq.len(), poison.len());
     let header = |r: &Record, k: &str| r.headers.iter().find(|(h, _)| h == k).map(|(_, v)| v.clone()).unwrap_or_default();
     for (i, (reason, payload)) in poison.iter().enumerate() {
@@ -276,7 +276,7 @@ fn poison_messages_go_to_the_dead_letter_topic_and_the_pipeline_goes_on() {
 /// A panicking actor is restarted after its backoff, visibly; the admin route needs the token.
 #[test]
 fn a_panicking_actor_is_restarted_after_its_backoff() {
-    let (broker, db, nasa, dir) = (Broker::start(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    let (broker, db, nasa, dir) = (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
     let mut env = daemon_env(&broker, &db, &nasa, dir.path());
     set(&mut env, "ADMIN_TOKEN", "s3cret");
     set(&mut env, "SUPERVISOR_MIN_BACKOFF_MS", "500");
@@ -317,7 +317,7 @@ fn a_panicking_actor_is_restarted_after_its_backoff() {
 /// An actor that keeps failing past its restart limit stops the process with a non-zero code.
 #[test]
 fn an_actor_failing_past_its_limit_stops_the_process_non_zero() {
-    let (broker, db, nasa, dir) = (Broker::start(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    let (broker, db, nasa, dir) = (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
     let mut env = producer_env(&broker, &db, &nasa, dir.path());
     set(&mut env, "ADMIN_TOKEN", "s3cret");
     set(&mut env, "SUPERVISOR_MIN_BACKOFF_MS", "100");
@@ -346,7 +346,7 @@ fn an_actor_failing_past_its_limit_stops_the_process_non_zero() {
 /// The role flags: only the enabled role's actors run.
 #[test]
 fn each_role_runs_only_its_own_actors() {
-    let (broker, db, nasa, dir) = (Broker::start(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    let (broker, db, nasa, dir) = (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
     let producer = Daemon::spawn(&producer_env(&broker, &db, &nasa, dir.path()));
     producer.wait_for_log("sent", 1, Duration::from_secs(60));
     assert_eq!(producer.started_actors(), vec!["publisher", "fetcher"]);
@@ -363,7 +363,7 @@ fn each_role_runs_only_its_own_actors() {
 /// SIGTERM while Kafka is down still exits 0 within 10 s; the pending event stays in the outbox.
 #[test]
 fn sigterm_while_kafka_is_down_is_still_prompt() {
-    let (mut broker, db, nasa, dir) = (Broker::start(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    let (broker, db, nasa, dir) = (Broker::own(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
     let mut env = daemon_env(&broker, &db, &nasa, dir.path());
     set(&mut env, "PUBLISH_TIMEOUT_MS", "1000");
     let mut daemon = Daemon::spawn(&env);

@@ -49,7 +49,7 @@ fn check_ecs_line(line: &str, spec: &serde_json::Value, environment: &str) {
 /// required fields first, typed right, and the database password appears nowhere.
 #[test]
 fn every_log_line_is_ecs_json_and_secrets_stay_out() {
-    let (broker, db, nasa, dir) = (Broker::start(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    let (broker, db, nasa, dir) = (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
     let mut env = daemon_env(&broker, &db, &nasa, dir.path());
     set(&mut env, "DATABASE_URL", &db.url.replace("postgres@", "postgres:hunter2-db-secret@"));
     set(&mut env, "SENTRY_DSN", "http://sentry-key-secret@127.0.0.1:9/1");
@@ -73,7 +73,7 @@ fn every_log_line_is_ecs_json_and_secrets_stay_out() {
 /// LOG_LEVEL filters what is written.
 #[test]
 fn log_level_filters() {
-    let (broker, db, dir) = (Broker::start(), TestDb::create(), tempfile::tempdir().unwrap());
+    let (broker, db, dir) = (Broker::shared(), TestDb::create(), tempfile::tempdir().unwrap());
     let nasa = fake_nasa();
     let mut env = daemon_env(&broker, &db, &nasa, dir.path());
     set(&mut env, "LOG_LEVEL", "warn");
@@ -91,7 +91,7 @@ fn log_level_filters() {
 /// release and tags.
 #[test]
 fn tc07_a_panic_reaches_sentry_with_its_context() {
-    let (broker, db, nasa, dir, sentry) = (Broker::start(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap(), FakeSentry::start());
+    let (broker, db, nasa, dir, sentry) = (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap(), FakeSentry::start());
     let mut env = daemon_env(&broker, &db, &nasa, dir.path());
     set(&mut env, "SENTRY_DSN", &sentry.dsn());
     set(&mut env, "ADMIN_TOKEN", "t0ken");
@@ -119,8 +119,8 @@ fn tc07_a_panic_reaches_sentry_with_its_context() {
 /// A Kafka outage with many retries is one Sentry event, plus one when it is over.
 #[test]
 fn a_kafka_outage_is_one_sentry_event_not_one_per_retry() {
-    let (mut broker, db, nasa, dir, sentry) =
-        (Broker::start_persistent(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap(), FakeSentry::start());
+    let (broker, db, nasa, dir, sentry) =
+        (Broker::own(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap(), FakeSentry::start());
     let mut env = daemon_env(&broker, &db, &nasa, dir.path());
     set(&mut env, "CONSUMER_ENABLED", "false");
     set(&mut env, "SENTRY_DSN", &sentry.dsn());
@@ -149,7 +149,7 @@ fn a_kafka_outage_is_one_sentry_event_not_one_per_retry() {
 /// The HTTP endpoint: health, readiness, metrics, status, the page and the stored images.
 #[test]
 fn http_endpoint_serves_health_metrics_status_page_and_images() {
-    let (mut broker, db, nasa, dir) = (Broker::start(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    let (broker, db, nasa, dir) = (Broker::own(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
     let daemon = Daemon::spawn(&daemon_env(&broker, &db, &nasa, dir.path()));
     let addr = daemon.http_addr();
     assert_eq!(http(&addr, "GET", "/healthz", &[]).0, 200);

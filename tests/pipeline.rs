@@ -15,7 +15,7 @@ const DOCUMENTED_EVENT_FIELDS: [&str; 10] = [
 /// stored byte for byte; the messages follow the documented schema; SIGTERM exits 0 within 10 s.
 #[test]
 fn end_to_end_stores_what_the_api_served() {
-    let (broker, db, nasa, dir) = (Broker::start(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    let (broker, db, nasa, dir) = (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
     let mut daemon = Daemon::spawn(&daemon_env(&broker, &db, &nasa, dir.path()));
 
     wait_until(Duration::from_secs(120), "at least 5 stored images", || db.rows().len() >= 5);
@@ -36,7 +36,7 @@ fn end_to_end_stores_what_the_api_served() {
     assert!(!daemon.logs_with("sent").is_empty(), "TC-01: the producer logs \"sent\"");
     assert!(daemon.logs_with("saved to DB").len() >= 5, "TC-01: the consumer logs \"saved to DB\"");
 
-    let messages = broker.read_all("images", 5, Duration::from_secs(20));
+    let messages = broker.read_all(&broker.topic, 5, Duration::from_secs(20));
     assert!(messages.len() >= 5);
     for m in &messages {
         let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
@@ -63,17 +63,17 @@ fn end_to_end_stores_what_the_api_served() {
 /// TC-03: the same nasa_id published twice is stored once, and the log says so.
 #[test]
 fn same_nasa_id_twice_is_stored_once() {
-    let (broker, db, nasa, dir) = (Broker::start(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
-    broker.create_topic("images", 1);
+    let (broker, db, nasa, dir) = (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    broker.create_topic(&broker.topic, 1);
     let mut env = daemon_env(&broker, &db, &nasa, dir.path());
     set(&mut env, "PRODUCER_ENABLED", "false");
     let group = get(&env, "KAFKA_GROUP_ID").to_owned();
     let daemon = Daemon::spawn(&env);
 
-    broker.produce("images", Some("as11-40-5874"), event_json(&nasa, "as11-40-5874").as_bytes());
-    broker.produce("images", Some("as11-40-5874"), event_json(&nasa, "as11-40-5874").as_bytes());
+    broker.produce(&broker.topic, Some("as11-40-5874"), event_json(&nasa, "as11-40-5874").as_bytes());
+    broker.produce(&broker.topic, Some("as11-40-5874"), event_json(&nasa, "as11-40-5874").as_bytes());
     daemon.wait_for_log("duplicate skipped", 1, Duration::from_secs(60));
-    wait_until(Duration::from_secs(20), "both offsets committed", || broker.committed(&group, "images", 1) == vec![Some(2)]);
+    wait_until(Duration::from_secs(20), "both offsets committed", || broker.committed(&group, &broker.topic, 1) == vec![Some(2)]);
     let rows = db.rows();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].nasa_id, "as11-40-5874");
@@ -85,8 +85,8 @@ fn same_nasa_id_twice_is_stored_once() {
 /// earlier version's name for the brokers variable still works.
 #[test]
 fn earlier_versions_event_is_stored() {
-    let (broker, db, nasa, dir) = (Broker::start(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
-    broker.create_topic("images", 1);
+    let (broker, db, nasa, dir) = (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    broker.create_topic(&broker.topic, 1);
     let mut env = daemon_env(&broker, &db, &nasa, dir.path());
     env.retain(|(k, _)| k != "KAFKA_BROKERS");
     set(&mut env, "KAFKA_BOOTSTRAP_SERVERS", &broker.addr);
@@ -95,7 +95,7 @@ fn earlier_versions_event_is_stored() {
 
     let legacy = serde_json::json!({"event_type": "image_saved", "nasa_id": "PIA00405",
         "image_url": format!("{}/image/PIA00405/PIA00405~orig.jpg", nasa.url)});
-    broker.produce("images", None, legacy.to_string().as_bytes());
+    broker.produce(&broker.topic, None, legacy.to_string().as_bytes());
     wait_until(Duration::from_secs(60), "the legacy event stored", || db.rows().len() == 1);
     let row = &db.rows()[0];
     assert_eq!((row.nasa_id.as_str(), row.event_id.as_deref()), ("PIA00405", None));
@@ -108,12 +108,12 @@ fn earlier_versions_event_is_stored() {
 /// committed offset never passes an event that is not stored yet.
 #[test]
 fn in_flight_work_is_bounded_and_commits_wait_for_unfinished_events() {
-    let (broker, db, nasa, dir) = (Broker::start(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
-    broker.create_topic("images", 1);
+    let (broker, db, nasa, dir) = (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    broker.create_topic(&broker.topic, 1);
     let ids = ["as11-40-5874", "as12-46-6749", "as17-134-20384", "as17-148-22727", "iss026-s-001", "iss042e340851",
         "KSC-2011-1500", "PIA00407"];
     for id in ids {
-        broker.produce("images", Some(id), event_json(&nasa, id).as_bytes());
+        broker.produce(&broker.topic, Some(id), event_json(&nasa, id).as_bytes());
     }
     nasa.state.set_image_delay(Duration::from_millis(400));
     // The first event's image is the slowest: later ones finish before it.
@@ -127,7 +127,7 @@ fn in_flight_work_is_bounded_and_commits_wait_for_unfinished_events() {
 
     let mut saw_commit_held_back = false;
     wait_until(Duration::from_secs(60), "all 8 events stored", || {
-        let committed = broker.committed(&group, "images", 1)[0].unwrap_or(0);
+        let committed = broker.committed(&group, &broker.topic, 1)[0].unwrap_or(0);
         let stored: Vec<i64> = db.rows().iter().filter_map(|r| r.kafka_offset).collect();
         for offset in 0..committed {
             assert!(stored.contains(&offset), "committed {committed} but offset {offset} is not stored: {stored:?}");
@@ -137,7 +137,7 @@ fn in_flight_work_is_bounded_and_commits_wait_for_unfinished_events() {
         }
         stored.len() == ids.len()
     });
-    wait_until(Duration::from_secs(20), "offset 8 committed", || broker.committed(&group, "images", 1) == vec![Some(8)]);
+    wait_until(Duration::from_secs(20), "offset 8 committed", || broker.committed(&group, &broker.topic, 1) == vec![Some(8)]);
     assert!(saw_commit_held_back, "later events finished while the first was still downloading");
     let max = nasa.state.max_images_in_flight.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(max, 2, "downloads at once: at most DOWNLOAD_CONCURRENCY, and that many were used");

@@ -1,4 +1,5 @@
-//! The test harness: a real tansu broker per test on a free port, a Postgres database per test
+//! The test harness: Apache Kafka (one broker shared by the tests of a binary, or one of a test's
+//! own to stop and kill, or a three-node cluster), a Postgres database per test
 //! (dropped after), the fake NASA API over HTTP, and the daemon as a child process whose JSON
 //! log lines are collected. Everything is waited for by polling with a deadline.
 #![allow(dead_code, unused_imports)]
@@ -45,96 +46,240 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
 
-// ---------------------------------------------------------------- Kafka (tansu)
+// ---------------------------------------------------------------- Kafka (Apache Kafka, KRaft)
 
-fn tansu_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("TANSU_BIN") {
-        return p.into();
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One Apache Kafka node (broker and controller in one process), run by `scripts/kafka/broker`
+/// on its own storage, which outlives a stop or a kill so that it can start again on it.
+struct Node {
+    id: u32,
+    port: u16,
+    controller_port: u16,
+    dir: PathBuf,
+    child: Mutex<Option<Child>>,
+}
+
+impl Node {
+    fn spawn(&self, voters: &str, replicas: usize) {
+        let mut child = self.child.lock().unwrap();
+        assert!(child.is_none(), "node {} is already running", self.id);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("broker.log")).unwrap();
+        let started = Command::new(repo_root().join("scripts/kafka/broker"))
+            .args(["--dir", &self.dir.display().to_string()])
+            .args(["--port", &self.port.to_string(), "--controller-port", &self.controller_port.to_string()])
+            .args(["--node-id", &self.id.to_string(), "--voters", voters, "--replicas", &replicas.to_string()])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("scripts/kafka/broker starts (run scripts/test, which installs Java and Kafka)");
+        SHARED_PIDS.lock().unwrap().push(started.id());
+        *child = Some(started);
     }
-    let home_bin = PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/tansu");
-    if home_bin.exists() {
-        home_bin
-    } else {
-        "tansu".into()
+
+    fn signal(&self, signal: i32) {
+        let mut child = self.child.lock().unwrap();
+        if let Some(mut c) = child.take() {
+            unsafe { libc::kill(c.id() as i32, signal) };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while c.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    c.kill().ok();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            SHARED_PIDS.lock().unwrap().retain(|p| *p != c.id());
+        }
+    }
+
+    fn running(&self) -> bool {
+        self.child.lock().unwrap().is_some()
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
     }
 }
 
-/// A tansu broker in its own temp dir. `persistent` keeps data in sqlite across restarts.
+/// Every broker process this test binary started, killed when it exits (a broker shared by the
+/// tests of one binary has no owner whose drop could stop it).
+static SHARED_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+extern "C" fn kill_brokers_at_exit() {
+    if let Ok(pids) = SHARED_PIDS.lock() {
+        for pid in pids.iter() {
+            unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+/// A broker or a three-node cluster of this process.
+struct Kafka {
+    nodes: Vec<Node>,
+    replicas: usize,
+    _dir: tempfile::TempDir,
+}
+
+impl Kafka {
+    fn launch(nodes: usize) -> Arc<Kafka> {
+        static AT_EXIT: std::sync::Once = std::sync::Once::new();
+        AT_EXIT.call_once(|| unsafe {
+            libc::atexit(kill_brokers_at_exit);
+        });
+        let dir = tempfile::Builder::new().prefix("kafka").tempdir().unwrap();
+        let nodes: Vec<Node> = (1..=nodes as u32)
+            .map(|id| Node {
+                id,
+                port: free_port(),
+                controller_port: free_port(),
+                dir: dir.path().join(format!("node{id}")),
+                child: Mutex::new(None),
+            })
+            .collect();
+        let kafka = Arc::new(Kafka { replicas: nodes.len().min(3), nodes, _dir: dir });
+        for n in &kafka.nodes {
+            std::fs::create_dir_all(&n.dir).unwrap();
+            n.spawn(&kafka.voters(), kafka.replicas);
+        }
+        kafka.wait_ready(kafka.nodes.len());
+        kafka
+    }
+
+    fn voters(&self) -> String {
+        self.nodes.iter().map(|n| format!("{}@127.0.0.1:{}", n.id, n.controller_port)).collect::<Vec<_>>().join(",")
+    }
+
+    fn bootstrap(&self) -> String {
+        self.nodes.iter().map(Node::addr).collect::<Vec<_>>().join(",")
+    }
+
+    /// Polls the listeners with a metadata request until `brokers` of them answer as one cluster.
+    fn wait_ready(&self, brokers: usize) {
+        let bootstrap = self.bootstrap();
+        let started = Instant::now();
+        let client: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("log_level", "0")
+            .set("reconnect.backoff.max.ms", "200")
+            .create()
+            .unwrap();
+        let logs = self.nodes.iter().map(|n| n.dir.join("broker.log").display().to_string()).collect::<Vec<_>>();
+        wait_until(Duration::from_secs(90), &format!("{brokers} Kafka broker(s) answer metadata requests (logs: {logs:?})"), || {
+            for n in &self.nodes {
+                if let Some(c) = n.child.lock().unwrap().as_mut() {
+                    if let Some(status) = c.try_wait().unwrap() {
+                        panic!("Kafka node {} exited with {status} while starting: {}", n.id, tail(&n.dir.join("broker.log")));
+                    }
+                }
+            }
+            client.fetch_metadata(None, Duration::from_millis(500)).is_ok_and(|m| m.brokers().len() >= brokers)
+        });
+        eprintln!("kafka: {brokers} broker(s) ready in {:.1} s", started.elapsed().as_secs_f64());
+    }
+}
+
+fn tail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// What a test sees of Kafka: the broker (or cluster), and topic names of its own, so that tests
+/// may share one broker. `shared()` is one broker per test binary that is never stopped; a test
+/// that stops, kills or cuts the broker takes `own()` or `cluster()`.
 pub struct Broker {
+    kafka: Arc<Kafka>,
     pub addr: String,
-    port: u16,
-    dir: tempfile::TempDir,
-    persistent: bool,
-    child: Option<Child>,
+    /// The events topic of this test (the daemon's `KAFKA_TOPIC`).
+    pub topic: String,
+    /// Its dead-letter topic.
+    pub dlq: String,
     /// One client per group for reading committed offsets: a client made and closed per query
     /// would leave the group each time, which makes the broker rebalance the real members.
     offset_readers: Mutex<std::collections::HashMap<String, Arc<BaseConsumer>>>,
 }
 
 impl Broker {
-    pub fn start() -> Broker {
-        Self::launch(false)
+    /// The test binary's shared broker, with fresh topic names.
+    pub fn shared() -> Broker {
+        static SHARED: std::sync::OnceLock<Arc<Kafka>> = std::sync::OnceLock::new();
+        Self::view(SHARED.get_or_init(|| Kafka::launch(1)).clone())
     }
 
-    pub fn start_persistent() -> Broker {
-        Self::launch(true)
+    /// A broker of this test's own, to stop, kill and restart.
+    pub fn own() -> Broker {
+        Self::view(Kafka::launch(1))
     }
 
-    fn launch(persistent: bool) -> Broker {
-        let port = free_port();
-        let mut b = Broker {
-            addr: format!("127.0.0.1:{port}"),
-            port,
-            dir: tempfile::tempdir().unwrap(),
-            persistent,
-            child: None,
+    /// Three brokers in one KRaft cluster (each node also a controller), of this test's own:
+    /// topics are created with three replicas and `min.insync.replicas=2`.
+    pub fn cluster() -> Broker {
+        Self::view(Kafka::launch(3))
+    }
+
+    fn view(kafka: Arc<Kafka>) -> Broker {
+        let topic = unique("images");
+        Broker {
+            addr: kafka.bootstrap(),
+            dlq: format!("{topic}.dlq"),
+            topic,
+            kafka,
             offset_readers: Default::default(),
-        };
-        b.resume();
-        b
-    }
-
-    /// Starts (again) on the same port and storage.
-    pub fn resume(&mut self) {
-        assert!(self.child.is_none(), "broker already running");
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let storage = if self.persistent { "sqlite://broker.db" } else { "memory://tansu/" };
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("broker.log")).unwrap();
-        let child = Command::new(tansu_bin())
-            .args(["broker", "--cluster-id", "C", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", storage])
-            .current_dir(self.dir.path())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("tansu starts: run scripts/test, which installs it");
-        self.child = Some(child);
-        let addr = self.addr.clone();
-        wait_until(Duration::from_secs(30), "the broker answers metadata requests", || {
-            let c: BaseConsumer = match ClientConfig::new().set("bootstrap.servers", &addr).create() {
-                Ok(c) => c,
-                Err(_) => return false,
-            };
-            c.fetch_metadata(None, Duration::from_secs(1)).is_ok()
-        });
-    }
-
-    /// kill -9: the broker vanishes without a goodbye.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().ok();
-            c.wait().ok();
         }
+    }
+
+    /// Stops every node with SIGTERM (a controlled shutdown) and waits for it to exit.
+    pub fn stop(&self) {
+        self.nodes().for_each(|i| self.stop_node(i));
+    }
+
+    /// kill -9 on every node: the broker vanishes without a goodbye.
+    pub fn kill(&self) {
+        self.nodes().for_each(|i| self.kill_node(i));
+    }
+
+    /// Starts every stopped node again on its storage and ports, and waits until all answer.
+    pub fn resume(&self) {
+        for n in self.kafka.nodes.iter().filter(|n| !n.running()) {
+            n.spawn(&self.kafka.voters(), self.kafka.replicas);
+        }
+        self.kafka.wait_ready(self.kafka.nodes.len());
+    }
+
+    pub fn nodes(&self) -> std::ops::Range<usize> {
+        0..self.kafka.nodes.len()
+    }
+
+    pub fn stop_node(&self, i: usize) {
+        self.kafka.nodes[i].signal(libc::SIGTERM);
+    }
+
+    pub fn kill_node(&self, i: usize) {
+        self.kafka.nodes[i].signal(libc::SIGKILL);
+    }
+
+    /// Starts node `i` again without waiting for it (the others may be down too).
+    pub fn restart_node(&self, i: usize) {
+        self.kafka.nodes[i].spawn(&self.kafka.voters(), self.kafka.replicas);
+    }
+
+    /// Which node leads `partition` of `topic` now.
+    pub fn leader_of(&self, topic: &str, partition: i32) -> usize {
+        let client: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &self.addr).create().unwrap();
+        let md = client.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+        let leader = md.topics()[0].partitions().iter().find(|p| p.id() == partition).expect("partition").leader();
+        self.kafka.nodes.iter().position(|n| n.id as i32 == leader).expect("leader is a node of this cluster")
     }
 
     pub fn create_topic(&self, name: &str, partitions: i32) {
         let admin: AdminClient<DefaultClientContext> =
             ClientConfig::new().set("bootstrap.servers", &self.addr).create().unwrap();
-        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(self.kafka.replicas as i32));
         let res = futures::executor::block_on(admin.create_topics(&[topic], &AdminOptions::new())).unwrap();
         res[0].as_ref().expect("topic created");
     }
-
     pub fn produce(&self, topic: &str, key: Option<&str>, payload: &[u8]) {
         let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &self.addr).create().unwrap();
         let mut record = BaseRecord::<str, [u8]>::to(topic).payload(payload);
@@ -206,8 +351,11 @@ impl Broker {
             .collect()
     }
 
+}
+
+impl Broker {
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
+        self.kafka.nodes.iter().map(|n| std::fs::read_to_string(n.dir.join("broker.log")).unwrap_or_default()).collect()
     }
 }
 
@@ -215,7 +363,14 @@ impl Drop for Broker {
     fn drop(&mut self) {
         // Close the offset readers while the broker still answers.
         self.offset_readers.lock().unwrap().clear();
-        self.kill();
+    }
+}
+
+impl Drop for Kafka {
+    fn drop(&mut self) {
+        for n in &self.nodes {
+            n.signal(libc::SIGKILL);
+        }
     }
 }
 
@@ -329,6 +484,7 @@ pub struct Daemon {
 pub fn daemon_env(broker: &Broker, db: &TestDb, nasa: &FakeNasa, data_dir: &std::path::Path) -> Vec<(String, String)> {
     [
         ("KAFKA_BROKERS", broker.addr.clone()),
+        ("KAFKA_TOPIC", broker.topic.clone()),
         ("KAFKA_GROUP_ID", unique("group")),
         ("DATABASE_URL", db.url.clone()),
         ("NASA_API_URL", nasa.url.clone()),
