@@ -72,10 +72,11 @@ pub fn producer(brokers: &str, message_timeout: Duration, log: Logger) -> KafkaR
         .create_with_context(LogContext { log })
 }
 
-/// Creates the topics that are missing. Ok when they all exist afterwards.
+/// Creates the topics that are missing, with the broker's `default.replication.factor` (so a
+/// three-broker cluster set up for it gets three replicas). Ok when they all exist afterwards.
 pub async fn ensure_topics(brokers: &str, topics: &[&str], log: &Logger) -> KafkaResult<()> {
     let admin: AdminClient<LogContext> = base_config(brokers).create_with_context(LogContext { log: log.clone() })?;
-    let new: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, TOPIC_PARTITIONS, TopicReplication::Fixed(1))).collect();
+    let new: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, TOPIC_PARTITIONS, TopicReplication::Fixed(-1))).collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5))).request_timeout(Some(Duration::from_secs(5)));
     for result in admin.create_topics(&new, &opts).await? {
         match result {

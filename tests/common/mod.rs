@@ -265,6 +265,27 @@ impl Broker {
         self.kafka.nodes[i].spawn(&self.kafka.voters(), self.kafka.replicas);
     }
 
+    /// Another view of the same broker or cluster, with topic names of its own.
+    pub fn with_new_topics(&self) -> Broker {
+        Self::view(self.kafka.clone())
+    }
+
+    /// Starts the nodes that are down (a test before may have left one down) and waits for all.
+    pub fn ensure_all_up(&self) {
+        if self.kafka.nodes.iter().any(|n| !n.running()) {
+            self.resume();
+        }
+    }
+
+    /// Whether every partition of `topic` has all the cluster's replicas in sync.
+    pub fn fully_replicated(&self, topic: &str) -> bool {
+        let client: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &self.addr).create().unwrap();
+        let Ok(md) = client.fetch_metadata(Some(topic), Duration::from_secs(5)) else { return false };
+        md.topics().first().is_some_and(|t| {
+            !t.partitions().is_empty() && t.partitions().iter().all(|p| p.isr().len() == self.kafka.replicas)
+        })
+    }
+
     /// Which node leads `partition` of `topic` now.
     pub fn leader_of(&self, topic: &str, partition: i32) -> usize {
         let client: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &self.addr).create().unwrap();
@@ -342,7 +363,18 @@ impl Broker {
         for p in 0..partitions {
             tpl.add_partition(topic, p);
         }
-        let got = consumer.committed_offsets(tpl, Duration::from_secs(5)).expect("committed offsets");
+        // A fresh broker answers "coordinator not available" until its offsets topic exists.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let got = loop {
+            match consumer.committed_offsets(tpl.clone(), Duration::from_secs(5)) {
+                Ok(got) => break got,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("committed offsets not read yet ({e}); asking again");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("committed offsets of {group}: {e}"),
+            }
+        };
         (0..partitions)
             .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
                 Some(Offset::Offset(o)) => Some(o),
