@@ -41,6 +41,8 @@ pub const COMMIT_EVERY: Duration = Duration::from_millis(200);
 const POLL_WAIT: Duration = Duration::from_millis(100);
 /// While the brokers are unreachable, how often a metadata request checks whether they are back.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How long a metadata request may take to tell a stale "all brokers down" from a real one.
+const STALE_CHECK: Duration = Duration::from_millis(500);
 /// Other consumer errors are logged at most this often per error code.
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(30);
 
@@ -293,7 +295,16 @@ impl Poller {
                         self.hand_out_held(&mut held);
                     }
                 }
-                Some(Err(e)) => health.error(&e, &log, &self.view),
+                Some(Err(e)) => {
+                    // An "all brokers down" read after the brokers came back is stale (queued
+                    // during the outage): only a failed metadata request makes it an outage.
+                    let stale = health.is_up()
+                        && e.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown)
+                        && self.consumer.fetch_metadata(Some(&self.settings.topic), STALE_CHECK).is_ok();
+                    if !stale {
+                        health.error(&e, &log, &self.view);
+                    }
+                }
                 None => {}
             }
             if health.should_probe() && self.consumer.fetch_metadata(Some(&self.settings.topic), PROBE_EVERY).is_ok() {
@@ -396,6 +407,10 @@ impl Health {
             self.logged.insert(code, Instant::now());
             warn!(log, "Kafka consumer error; librdkafka retries it"; "error.type" => "kafka", "error.message" => e.to_string());
         }
+    }
+
+    fn is_up(&self) -> bool {
+        self.down_since.is_none()
     }
 
     fn should_probe(&mut self) -> bool {

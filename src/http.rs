@@ -203,6 +203,27 @@ async fn page(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().content_type("text/html; charset=utf-8").body(render_page(&st, images, total))
 }
 
+/// The consumer's group membership: member id, partitions held, and a stall if there is one.
+fn consumer_panel(c: &serde_json::Value) -> String {
+    if c.is_null() {
+        return String::new();
+    }
+    let partitions: Vec<String> = c["assigned_partitions"].as_array().into_iter().flatten().map(|p| p.to_string()).collect();
+    let held = if partitions.is_empty() { "none".to_owned() } else { partitions.join(", ") };
+    let state = match c["stall"].as_str() {
+        Some(stall) => format!(r#"<li class=bad>stalled: {}</li>"#, escape(stall)),
+        None if c["broker_reachable"] == false => "<li class=bad>Kafka unreachable</li>".to_owned(),
+        None => "<li class=ok>moving</li>".to_owned(),
+    };
+    format!(
+        r#"<h2>Consumer</h2><ul><li><b>partitions</b> {held}</li><li><b>member</b> <span class=muted>{member}</span></li><li><b>client</b> <span class=muted>{client}</span> · {rejoins} rejoins</li>{state}</ul>"#,
+        held = escape(&held),
+        member = escape(c["member_id"].as_str().unwrap_or("(not known yet)")),
+        client = escape(c["client_id"].as_str().unwrap_or("")),
+        rejoins = c["rejoins"],
+    )
+}
+
 fn render_page(
     st: &serde_json::Value,
     images: Result<Vec<db::ImageSummary>, crate::errors::Transient>,
@@ -224,6 +245,7 @@ fn render_page(
             )
         })
         .collect();
+    let consumer = consumer_panel(&st["consumer"]);
     let c = &st["counts"];
     let lag: i64 = st["consumer_lag"].as_object().map(|m| m.values().filter_map(|v| v.as_i64()).sum()).unwrap_or(0);
     let gallery = match images {
@@ -270,6 +292,7 @@ figcaption{{padding:.5rem .6rem;font-size:.9rem}}
 <div class=card><b>{lag}</b>consumer lag</div>
 </div>
 <h2>Actors</h2><ul>{actors}</ul>
+{consumer}
 <h2>Latest images</h2><div class=gallery>{gallery}</div>
 </body></html>"#,
         version = escape(st["version"].as_str().unwrap_or("")),

@@ -47,8 +47,9 @@ pub struct Own {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stall {
-    /// This member has held no partition for the window while partitions have lag.
-    NoPartitions { lagging: Vec<i32> },
+    /// This member has held no partition for the window while partitions have lag:
+    /// (partition, lag, the client id holding it, if any) of those.
+    NoPartitions { lagging: Vec<(i32, i64, Option<String>)> },
     /// Partitions with lag whose committed offset has not moved for the window:
     /// (partition, lag, the client id holding it, if any).
     Stuck { partitions: Vec<(i32, i64, Option<String>)> },
@@ -58,18 +59,23 @@ impl Stall {
     pub fn describe(&self, window: Duration) -> String {
         match self {
             Stall::NoPartitions { lagging } => format!(
-                "this consumer holds no partition while partitions {lagging:?} have lag, for over {} s",
-                window.as_secs()
+                "this consumer has held no partition for over {} s while these have lag: {}",
+                window.as_secs(),
+                list(lagging)
             ),
             Stall::Stuck { partitions } => {
-                let list: Vec<String> = partitions
-                    .iter()
-                    .map(|(p, lag, owner)| format!("{p} (lag {lag}, held by {})", owner.as_deref().unwrap_or("no member")))
-                    .collect();
-                format!("partitions with lag and no progress for over {} s: {}", window.as_secs(), list.join(", "))
+                format!("partitions with lag and no progress for over {} s: {}", window.as_secs(), list(partitions))
             }
         }
     }
+}
+
+fn list(partitions: &[(i32, i64, Option<String>)]) -> String {
+    let parts: Vec<String> = partitions
+        .iter()
+        .map(|(p, lag, owner)| format!("partition {p} (lag {lag}, held by {})", owner.as_deref().unwrap_or("no member")))
+        .collect();
+    parts.join(", ")
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -111,20 +117,21 @@ impl StallWatch {
         }
         self.since.retain(|p, _| snap.partitions.contains_key(p));
         let lagging: Vec<i32> = snap.partitions.keys().copied().filter(|p| snap.lag(*p) > 0).collect();
+        let described = |p: i32| (p, snap.lag(p), snap.owners.get(&p).cloned());
         if own.assigned.is_empty() && !lagging.is_empty() {
             self.empty_since.get_or_insert(now);
         } else {
             self.empty_since = None;
         }
         let stall = if self.empty_since.is_some_and(|t| now.duration_since(t) >= self.window) {
-            Some(Stall::NoPartitions { lagging })
+            Some(Stall::NoPartitions { lagging: lagging.iter().map(|&p| described(p)).collect() })
         } else {
             let stuck: Vec<(i32, i64, Option<String>)> = lagging
                 .iter()
                 .copied()
                 .filter(|p| self.since.get(p).is_some_and(|(_, t)| now.duration_since(*t) >= self.window))
                 .filter(|p| !(own.assigned.contains(p) && (own.saturated || own.busy.contains(p))))
-                .map(|p| (p, snap.lag(p), snap.owners.get(&p).cloned()))
+                .map(described)
                 .collect();
             (!stuck.is_empty()).then_some(Stall::Stuck { partitions: stuck })
         };
@@ -271,7 +278,7 @@ mod tests {
         w.observe(&s, &own(&[]), t0);
         let retrying = Own { retrying: true, ..Default::default() };
         let v = w.observe(&s, &retrying, t0 + W);
-        assert_eq!(v.stall, Some(Stall::NoPartitions { lagging: vec![0] }));
+        assert_eq!(v.stall, Some(Stall::NoPartitions { lagging: vec![(0, 4, None)] }));
         assert!(!v.rejoin, "a rejoin does not help while Postgres or the image host is down");
         assert!(w.observe(&s, &own(&[]), t0 + W).rejoin);
     }

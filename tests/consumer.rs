@@ -235,3 +235,58 @@ fn a_row_postgres_refuses_is_dead_lettered_and_the_partition_moves_on() {
     assert!(error.contains("index row"), "Postgres's reason is kept: {error}");
     assert!(!daemon.logs_with("sent to dead-letter topic").is_empty());
 }
+
+/// A member that takes partitions and stops polling (a plain client with a long
+/// `max.poll.interval.ms`) holds the group: the daemon notices within CONSUMER_STALL_SECS, says
+/// which partitions and who holds them, answers 503 on /readyz, rejoins at most once per window;
+/// once the stuck member is gone it takes the partitions and stores everything.
+#[test]
+fn a_stuck_member_of_the_group_is_noticed_reported_and_outlived() {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let (broker, db, nasa, dir) = (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    broker.create_topic(&broker.topic, 2);
+    let mut env = consumer_only(&broker, &db, &nasa, dir.path());
+    set(&mut env, "CONSUMER_STALL_SECS", "5");
+    let group = get(&env, "KAFKA_GROUP_ID").to_owned();
+    let stuck: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("group.id", &group)
+        .set("client.id", "stuck-member")
+        .set("max.poll.interval.ms", "600000")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    stuck.subscribe(&[&broker.topic]).unwrap();
+    wait_until(Duration::from_secs(30), "the stuck member holds both partitions", || {
+        stuck.poll(Duration::from_millis(100));
+        stuck.assignment().map(|a| a.count()).unwrap_or(0) == 2
+    });
+    let ids = ids("held", 4);
+    produce_events(&broker, &nasa, &ids);
+    // From here on it never polls again: it heartbeats, and holds its partitions.
+
+    let daemon = Daemon::spawn(&env);
+    let addr = daemon.http_addr();
+    daemon.wait_for_log("consumer stalled", 1, Duration::from_secs(40));
+    let warn = &daemon.logs_with("consumer stalled")[0];
+    let reason = warn["error.message"].as_str().unwrap();
+    assert!(reason.contains("partition 0") && reason.contains("partition 1"), "names the partitions: {reason}");
+    let (code, body) = http(&addr, "GET", "/readyz", &[]);
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("consumer stalled"), "{body}");
+    daemon.wait_for_log("consumer rejoining the group as a new member", 1, Duration::from_secs(20));
+    let first_rejoin = Instant::now();
+    let status = http_json(&addr, "GET", "/status", None).1;
+    let subscriber = status["actors"].as_array().unwrap().iter().find(|a| a["name"] == "subscriber").unwrap().clone();
+    assert!(subscriber["restarts"].as_u64().unwrap() >= 1, "a rejoin is a restart of the subscriber: {subscriber}");
+
+    wait_until(Duration::from_secs(30), "a while for more rejoins", || first_rejoin.elapsed() > Duration::from_secs(12));
+    let rejoins = daemon.logs_with("consumer rejoining the group as a new member").len();
+    assert!(rejoins <= 4, "at most one rejoin per 5 s window, not one per check: {rejoins}");
+
+    drop(stuck); // leaves the group
+    wait_until(Duration::from_secs(60), "everything stored once the stuck member is gone", || db.rows_count() == ids.len());
+    wait_until(Duration::from_secs(30), "ready again", || http(&addr, "GET", "/readyz", &[]).0 == 200);
+}

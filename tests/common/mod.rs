@@ -64,7 +64,7 @@ struct Node {
 
 impl Node {
     fn spawn(&self, voters: &str, replicas: usize) {
-        let mut child = self.child.lock().unwrap();
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
         assert!(child.is_none(), "node {} is already running", self.id);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("broker.log")).unwrap();
         let started = Command::new(repo_root().join("scripts/kafka/broker"))
@@ -75,12 +75,12 @@ impl Node {
             .stderr(log)
             .spawn()
             .expect("scripts/kafka/broker starts (run scripts/test, which installs Java and Kafka)");
-        SHARED_PIDS.lock().unwrap().push(started.id());
+        SHARED_PIDS.lock().unwrap_or_else(|e| e.into_inner()).push(started.id());
         *child = Some(started);
     }
 
     fn signal(&self, signal: i32) {
-        let mut child = self.child.lock().unwrap();
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(mut c) = child.take() {
             unsafe { libc::kill(c.id() as i32, signal) };
             let deadline = Instant::now() + Duration::from_secs(30);
@@ -90,12 +90,12 @@ impl Node {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            SHARED_PIDS.lock().unwrap().retain(|p| *p != c.id());
+            SHARED_PIDS.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| *p != c.id());
         }
     }
 
     fn running(&self) -> bool {
-        self.child.lock().unwrap().is_some()
+        self.child.lock().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 
     fn addr(&self) -> String {
@@ -168,7 +168,7 @@ impl Kafka {
         let logs = self.nodes.iter().map(|n| n.dir.join("broker.log").display().to_string()).collect::<Vec<_>>();
         wait_until(Duration::from_secs(90), &format!("{brokers} Kafka broker(s) answer metadata requests (logs: {logs:?})"), || {
             for n in &self.nodes {
-                if let Some(c) = n.child.lock().unwrap().as_mut() {
+                if let Some(c) = n.child.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
                     if let Some(status) = c.try_wait().unwrap() {
                         panic!("Kafka node {} exited with {status} while starting: {}", n.id, tail(&n.dir.join("broker.log")));
                     }
