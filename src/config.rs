@@ -98,7 +98,7 @@ pub struct Settings {
     /// Directory for local state: the producer's outbox of pending events.
     #[arg(long, env = "DATA_DIR", global = true)]
     pub data_dir: Option<String>,
-    /// How long one send may wait for the broker's acknowledgement before it counts as failed, in ms.
+    /// How long a send may go unacknowledged before `Kafka unavailable` is logged, in ms (the send goes on).
     #[arg(long, env = "PUBLISH_TIMEOUT_MS", global = true)]
     pub publish_timeout_ms: Option<String>,
     /// Seconds one NASA API request may take.

@@ -276,8 +276,9 @@ fn producer_children(config: &Config, root: &Logger, slots: &Slots, retry: Backo
         (
             "publisher",
             Box::new(move |l| {
-                let new_producer = publisher::producer_factory(brokers.clone(), publish_timeout, pub_log.clone());
-                let actor = Publisher::new(new_producer, topic.clone(), outbox.clone(), publish_backoff, pub_log.clone(), l)
+                let new_producer = publisher::producer_factory(brokers.clone(), pub_log.clone());
+                let actor =
+                    Publisher::new(new_producer, topic.clone(), outbox.clone(), publish_backoff, publish_timeout, pub_log.clone(), l)
                     .map_err(|e| e.to_string())?;
                 publisher_slot.set(Some(actor.start()));
                 Ok(())
