@@ -401,6 +401,11 @@ impl Health {
             }
             return;
         }
+        // One broker's connection failing is librdkafka's to retry (and the outage, if it is one,
+        // is said by the "all brokers down" that follows): not a WARN of its own.
+        if code == Some(RDKafkaErrorCode::BrokerTransportFailure) {
+            return;
+        }
         let code = code.unwrap_or(RDKafkaErrorCode::Unknown) as i32;
         let due = self.logged.get(&code).is_none_or(|t| t.elapsed() >= ERROR_LOG_EVERY);
         if due && self.down_since.is_none() {

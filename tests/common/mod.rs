@@ -123,28 +123,43 @@ struct Kafka {
 }
 
 impl Kafka {
+    /// Starts `nodes` nodes on fresh storage. A node that cannot bind its port (another
+    /// process took it between the choice and the bind) is started again on other ports.
     fn launch(nodes: usize) -> Arc<Kafka> {
         static AT_EXIT: std::sync::Once = std::sync::Once::new();
         AT_EXIT.call_once(|| unsafe {
             libc::atexit(kill_brokers_at_exit);
         });
-        let dir = tempfile::Builder::new().prefix("kafka").tempdir().unwrap();
-        let nodes: Vec<Node> = (1..=nodes as u32)
-            .map(|id| Node {
-                id,
-                port: free_port(),
-                controller_port: free_port(),
-                dir: dir.path().join(format!("node{id}")),
-                child: Mutex::new(None),
-            })
-            .collect();
-        let kafka = Arc::new(Kafka { replicas: nodes.len().min(3), nodes, _dir: dir });
-        for n in &kafka.nodes {
-            std::fs::create_dir_all(&n.dir).unwrap();
-            n.spawn(&kafka.voters(), kafka.replicas);
+        let mut tries = 0;
+        loop {
+            let dir = tempfile::Builder::new().prefix("kafka").tempdir().unwrap();
+            let nodes: Vec<Node> = (1..=nodes as u32)
+                .map(|id| Node {
+                    id,
+                    port: broker_port(),
+                    controller_port: broker_port(),
+                    dir: dir.path().join(format!("node{id}")),
+                    child: Mutex::new(None),
+                })
+                .collect();
+            let kafka = Arc::new(Kafka { replicas: nodes.len().min(3), nodes, _dir: dir });
+            for n in &kafka.nodes {
+                std::fs::create_dir_all(&n.dir).unwrap();
+                n.spawn(&kafka.voters(), kafka.replicas);
+            }
+            tries += 1;
+            match kafka.try_wait_ready(kafka.nodes.len()) {
+                Ok(()) => return kafka,
+                Err(e) if tries < 3 => eprintln!("kafka: {e}; starting again on other ports"),
+                Err(e) => panic!("{e}"),
+            }
         }
-        kafka.wait_ready(kafka.nodes.len());
-        kafka
+    }
+
+    fn wait_ready(&self, brokers: usize) {
+        if let Err(e) = self.try_wait_ready(brokers) {
+            panic!("{e}");
+        }
     }
 
     fn voters(&self) -> String {
@@ -156,7 +171,9 @@ impl Kafka {
     }
 
     /// Polls the listeners with a metadata request until `brokers` of them answer as one cluster.
-    fn wait_ready(&self, brokers: usize) {
+    /// Polls the listeners with a metadata request until `brokers` of them answer as one
+    /// cluster; an error when a node exits meanwhile.
+    fn try_wait_ready(&self, brokers: usize) -> Result<(), String> {
         let bootstrap = self.bootstrap();
         let started = Instant::now();
         let client: BaseConsumer = ClientConfig::new()
@@ -166,17 +183,36 @@ impl Kafka {
             .create()
             .unwrap();
         let logs = self.nodes.iter().map(|n| n.dir.join("broker.log").display().to_string()).collect::<Vec<_>>();
-        wait_until(Duration::from_secs(90), &format!("{brokers} Kafka broker(s) answer metadata requests (logs: {logs:?})"), || {
+        let deadline = started + Duration::from_secs(90);
+        loop {
             for n in &self.nodes {
                 if let Some(c) = n.child.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
                     if let Some(status) = c.try_wait().unwrap() {
-                        panic!("Kafka node {} exited with {status} while starting: {}", n.id, tail(&n.dir.join("broker.log")));
+                        return Err(format!("Kafka node {} exited with {status} while starting: {}", n.id, tail(&n.dir.join("broker.log"))));
                     }
                 }
             }
-            client.fetch_metadata(None, Duration::from_millis(500)).is_ok_and(|m| m.brokers().len() >= brokers)
-        });
-        eprintln!("kafka: {brokers} broker(s) ready in {:.1} s", started.elapsed().as_secs_f64());
+            if client.fetch_metadata(None, Duration::from_millis(500)).is_ok_and(|m| m.brokers().len() >= brokers) {
+                eprintln!("kafka: {brokers} broker(s) ready in {:.1} s", started.elapsed().as_secs_f64());
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{brokers} Kafka broker(s) did not answer metadata requests within 90 s (logs: {logs:?})"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A free port below the kernel's ephemeral range (32768 and up here), so that no client
+/// socket or `:0` listener of the tests can take it while a broker is down for a restart.
+fn broker_port() -> u16 {
+    use rand::Rng;
+    loop {
+        let port = rand::rng().random_range(20_000..32_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
     }
 }
 
