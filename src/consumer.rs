@@ -41,8 +41,10 @@ pub const COMMIT_EVERY: Duration = Duration::from_millis(200);
 const POLL_WAIT: Duration = Duration::from_millis(100);
 /// While the brokers are unreachable, how often a metadata request checks whether they are back.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
-/// How long a metadata request may take to tell a stale "all brokers down" from a real one.
-const STALE_CHECK: Duration = Duration::from_millis(500);
+/// After the brokers answered again, "all brokers down" errors are taken as stale for this long:
+/// librdkafka queued them during the outage, or a restarting broker flapped. One that persists
+/// past it is a new outage.
+const RECOVERY_GRACE: Duration = Duration::from_secs(10);
 /// Other consumer errors are logged at most this often per error code.
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(30);
 
@@ -295,16 +297,7 @@ impl Poller {
                         self.hand_out_held(&mut held);
                     }
                 }
-                Some(Err(e)) => {
-                    // An "all brokers down" read after the brokers came back is stale (queued
-                    // during the outage): only a failed metadata request makes it an outage.
-                    let stale = health.is_up()
-                        && e.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown)
-                        && self.consumer.fetch_metadata(Some(&self.settings.topic), STALE_CHECK).is_ok();
-                    if !stale {
-                        health.error(&e, &log, &self.view);
-                    }
-                }
+                Some(Err(e)) => health.error(&e, &log, &self.view),
                 None => {}
             }
             if health.should_probe() && self.consumer.fetch_metadata(Some(&self.settings.topic), PROBE_EVERY).is_ok() {
@@ -384,6 +377,8 @@ impl Poller {
 struct Health {
     /// Since when every broker has been unreachable.
     down_since: Option<Instant>,
+    /// When the brokers last answered again after an outage.
+    recovered_at: Option<Instant>,
     last_probe: Option<Instant>,
     /// When each other error code (as its number) was last logged.
     logged: std::collections::HashMap<i32, Instant>,
@@ -393,7 +388,8 @@ impl Health {
     fn error(&mut self, e: &KafkaError, log: &Logger, view: &Mutex<MemberView>) {
         let code = e.rdkafka_error_code();
         if code == Some(RDKafkaErrorCode::AllBrokersDown) {
-            if self.down_since.is_none() {
+            let stale = self.recovered_at.is_some_and(|t| t.elapsed() < RECOVERY_GRACE);
+            if self.down_since.is_none() && !stale {
                 self.down_since = Some(Instant::now());
                 view.lock().expect("view lock").reachable = false;
                 warn!(log, "Kafka consumer lost every broker; it keeps polling and serves the group as soon as one answers";
@@ -414,10 +410,6 @@ impl Health {
         }
     }
 
-    fn is_up(&self) -> bool {
-        self.down_since.is_none()
-    }
-
     fn should_probe(&mut self) -> bool {
         let due = self.down_since.is_some() && self.last_probe.is_none_or(|t| t.elapsed() >= PROBE_EVERY);
         if due {
@@ -428,6 +420,7 @@ impl Health {
 
     fn answered(&mut self, log: &Logger, view: &Mutex<MemberView>) {
         if let Some(since) = self.down_since.take() {
+            self.recovered_at = Some(Instant::now());
             view.lock().expect("view lock").reachable = true;
             self.logged.clear();
             info!(log, "Kafka consumer recovered"; "labels.outage_ms" => since.elapsed().as_millis() as u64);
