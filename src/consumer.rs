@@ -2,8 +2,8 @@
 //!
 //! librdkafka serves rebalances, errors and commit results on whichever thread polls the
 //! consumer. A dedicated thread polls it all the time, so that:
-//! - rebalances are served even while every event permit is taken: the thread pauses fetching
-//!   instead of pausing its polls (a member that stops polling is evicted after
+//! - rebalances are served even while every event permit is taken: the thread holds what it
+//!   read (up to [`HOLD_MAX`] events) and then pauses fetching instead of pausing its polls (a member that stops polling is evicted after
 //!   `max.poll.interval.ms`, and a rebalance waits for it);
 //! - errors that librdkafka queued while the broker was away are drained at once. They are
 //!   information, not a reason to back off: sleeping a growing backoff per queued error once left
@@ -39,6 +39,10 @@ pub type Tracker = Arc<Mutex<OffsetTracker>>;
 pub const COMMIT_EVERY: Duration = Duration::from_millis(200);
 /// The longest one poll waits; also how soon a control message is seen.
 const POLL_WAIT: Duration = Duration::from_millis(100);
+/// How long one poll waits while read messages wait for a permit.
+const PERMIT_WAIT: Duration = Duration::from_millis(2);
+/// At most this many read messages wait for a permit; fetching pauses meanwhile.
+const HOLD_MAX: usize = 1000;
 /// While the brokers are unreachable, how often a metadata request checks whether they are back.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// After the brokers answered again, "all brokers down" errors are taken as stale for this long:
@@ -264,7 +268,9 @@ impl Poller {
         let log = self.settings.log.clone();
         let mut fetching = true;
         let mut paused = false;
-        // Messages read while no permit was free (fetching pauses right after; few, if any).
+        // Messages read while no permit was free: events (small), not images. Fetching pauses
+        // when HOLD_MAX wait here and resumes at half of it, so that a consumer at full speed
+        // keeps a backlog at hand instead of refetching after every pause.
         let mut held: VecDeque<(OwnedMessage, Ticket)> = VecDeque::new();
         let mut last_commit = Instant::now();
         let mut health = Health::default();
@@ -280,13 +286,18 @@ impl Poller {
             }
             if self.consumer.context().assignment_changed.swap(false, Ordering::SeqCst) {
                 paused = false;
+                // What was read from partitions given up meanwhile is the new owner's to handle.
+                let tracker = self.tracker.lock().expect("tracker lock");
+                held.retain(|(_, ticket)| tracker.is_current(ticket));
             }
-            let saturated = !fetching || !held.is_empty() || self.permits.available_permits() == 0;
-            if saturated != paused {
-                self.set_paused(saturated);
-                paused = saturated;
+            let pause = !fetching || held.len() >= HOLD_MAX || (paused && held.len() > HOLD_MAX / 2);
+            if pause != paused {
+                self.set_paused(pause);
+                paused = pause;
             }
-            match self.consumer.poll(POLL_WAIT) {
+            // Waiting for a permit: look again soon, rather than after a whole poll wait.
+            let wait = if held.is_empty() { POLL_WAIT } else { PERMIT_WAIT };
+            match self.consumer.poll(wait) {
                 Some(Ok(m)) => {
                     health.answered(&log, &self.view);
                     let msg = m.detach();

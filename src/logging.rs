@@ -105,6 +105,9 @@ pub fn bridge_log_crate(log: &Logger, level: Level) {
         }
         fn log(&self, r: &log::Record) {
             let logger = self.0.new(o!("log.logger" => r.target().to_owned()));
+            if closed_consumer_dropped(r) {
+                return slog::debug!(logger, "{}", r.args());
+            }
             match r.level() {
                 // A library's "error" is usually a failure this program retries and reports itself.
                 log::Level::Error | log::Level::Warn => slog::warn!(logger, "{}", r.args()),
@@ -125,6 +128,13 @@ pub fn bridge_log_crate(log: &Logger, level: Level) {
     if log::set_boxed_logger(Box::new(Bridge(log.clone()))).is_ok() {
         log::set_max_level(max);
     }
+}
+
+/// rust-rdkafka's consumer closes itself again when dropped, and says so as an error when it was
+/// closed already (the Subscriber closes its consumer, within a bound, before dropping it).
+fn closed_consumer_dropped(r: &log::Record) -> bool {
+    r.target().starts_with("rdkafka::consumer")
+        && r.args().as_str().map_or_else(|| r.args().to_string(), str::to_owned).starts_with("Failed to close consumer queue on drop")
 }
 
 /// The logger of one actor or component: every line gets `log.logger`.

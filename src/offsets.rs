@@ -99,6 +99,11 @@ impl OffsetTracker {
         }
     }
 
+    /// Whether `ticket` was begun under the current assignment of its partition.
+    pub fn is_current(&self, ticket: &Ticket) -> bool {
+        self.partitions.get(&ticket.partition).is_some_and(|s| s.generation == ticket.generation)
+    }
+
     /// Partitions with at least one event in flight.
     pub fn busy_partitions(&self) -> Vec<i32> {
         let mut out: Vec<i32> = self.partitions.iter().filter(|(_, s)| !s.in_flight.is_empty()).map(|(p, _)| *p).collect();

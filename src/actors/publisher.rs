@@ -221,12 +221,16 @@ impl Handler<WaitIdle> for Publisher {
 pub struct Flush(pub Duration);
 
 impl Handler<Flush> for Publisher {
-    type Result = ();
-    fn handle(&mut self, Flush(timeout): Flush, _: &mut Context<Self>) {
-        let producer = self.producer.lock().expect("producer lock").clone();
-        if let Err(e) = producer.flush(timeout) {
-            warn!(self.log, "producer flush incomplete; the pending event stays in the outbox";
-                "error.type" => "kafka", "error.message" => e.to_string());
-        }
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, Flush(timeout): Flush, _: &mut Context<Self>) -> Self::Result {
+        let (producer, log) = (self.producer.lock().expect("producer lock").clone(), self.log.clone());
+        // librdkafka's flush blocks: off the actor thread.
+        Box::pin(async move {
+            let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+            if let Ok(Err(e)) = flushed {
+                warn!(log, "producer flush incomplete; the pending event stays in the outbox";
+                    "error.type" => "kafka", "error.message" => e.to_string());
+            }
+        })
     }
 }
