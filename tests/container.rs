@@ -391,7 +391,12 @@ fn past_the_restart_limit_exits_1_and_docker_restarts_it_storing_within_10_s() {
     };
     wait_until(Duration::from_secs(30), "an image stored by the restarted process", || after(&db).is_some());
     let took = after(&db).unwrap();
-    eprintln!("restarted process stored its first image {took:.1} s after its start");
+    eprintln!("restarted process stored its first image {took:.1} s after its start ({restarted_at}); its milestones:");
+    for message in ["HTTP endpoint listening", "migrations applied", "actor started", "partitions assigned", "sent", "saved to DB"] {
+        if let Some(line) = c.logs_with(message).iter().find(|l| l["@timestamp"].as_str().is_some_and(|t| *t > restarted_at[..23])) {
+            eprintln!("  {} {message}", line["@timestamp"].as_str().unwrap());
+        }
+    }
     assert!(took < 10.0, "the first image after the restart came {took:.1} s after it");
     c.assert_every_log_line_is_ecs_json();
 }
