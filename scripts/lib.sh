@@ -26,16 +26,19 @@ ensure_build_deps() {
     if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 }
 
-# Postgres on 127.0.0.1:5432 with trust auth for user postgres: start it where it is installed
-# but stopped; install it where it is missing.
+# Postgres on 127.0.0.1:5432 with trust auth for local TCP connections (the tests and the local
+# run connect as user postgres without a password): install it where it is missing, set
+# pg_hba.conf to trust 127.0.0.1 and ::1 (said when changed), and start it where it is stopped.
 ensure_postgres() {
-    if pg_isready -q -h 127.0.0.1 -p 5432; then return; fi
-    if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
-        apt_install postgresql
-        local v; v=$(ls /etc/postgresql | sort -V | tail -n1)
-        sed -i -E 's/^(host\s+all\s+all\s+(127.0.0.1\/32|::1\/128)\s+)\S+/\1trust/' "/etc/postgresql/$v/main/pg_hba.conf"
-    fi
+    if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then apt_install postgresql; fi
     local v; v=$(ls /etc/postgresql | sort -V | tail -n1)
+    local hba="/etc/postgresql/$v/main/pg_hba.conf"
+    if grep -Eq '^host\s+all\s+all\s+(127.0.0.1/32|::1/128)\s+(md5|scram-sha-256|password)' "$hba"; then
+        say "setting $hba to trust local TCP connections (127.0.0.1, ::1) without a password"
+        as_root sed -i -E 's/^(host\s+all\s+all\s+(127.0.0.1\/32|::1\/128)\s+)\S+/\1trust/' "$hba"
+        if pg_isready -q -h 127.0.0.1 -p 5432; then as_root pg_ctlcluster --skip-systemctl-redirect "$v" main reload; fi
+    fi
+    if pg_isready -q -h 127.0.0.1 -p 5432; then return; fi
     say "starting Postgres $v"
     as_root pg_ctlcluster --skip-systemctl-redirect "$v" main start || true
     for _ in $(seq 1 60); do pg_isready -q -h 127.0.0.1 -p 5432 && return; sleep 0.5; done

@@ -211,9 +211,17 @@ async fn backfill(config: &Config, args: &BackfillArgs, log: &Logger) -> Result<
     if retry(log, "Kafka unavailable", retry_backoff, &stop, || kafka::ensure_topics(&config.kafka_brokers, &topics, log)).await.is_none() {
         return Ok(EXIT_INTERRUPTED);
     }
-    let factory = publisher::producer_factory(config.kafka_brokers.clone(), config.publish_timeout, log.clone());
+    let factory = publisher::producer_factory(config.kafka_brokers.clone(), log.clone());
     let publish_backoff = Backoff::new(config.publish_min_backoff, config.publish_max_backoff, 0.2);
-    let publisher = Publisher::new(factory, config.kafka_topic.clone(), outbox, publish_backoff, log.clone(), Lifeline::unsupervised("publisher"))
+    let publisher = Publisher::new(
+        factory,
+        config.kafka_topic.clone(),
+        outbox,
+        publish_backoff,
+        config.publish_timeout,
+        log.clone(),
+        Lifeline::unsupervised("publisher"),
+    )
         .map_err(|e| format!("cannot create a Kafka producer: {e}; check KAFKA_BROKERS"))?
         .start();
     let nasa = NasaClient::new(config.nasa_api_url.clone(), config.image_variant, config.nasa_timeout);

@@ -91,13 +91,17 @@ pub struct Settings {
     /// Events processed at once by the consumer role.
     #[arg(long, env = "DOWNLOAD_CONCURRENCY", global = true)]
     pub download_concurrency: Option<String>,
+    /// Seconds a consumer may hold no partition, or the group's partitions may not move while
+    /// they have lag, before it counts as stalled (logged, not ready, and rejoined).
+    #[arg(long, env = "CONSUMER_STALL_SECS", global = true)]
+    pub consumer_stall_secs: Option<String>,
     /// Seconds a whole image download may take.
     #[arg(long, env = "DOWNLOAD_TIMEOUT_SECONDS", global = true)]
     pub download_timeout_seconds: Option<String>,
     /// Directory for local state: the producer's outbox of pending events.
     #[arg(long, env = "DATA_DIR", global = true)]
     pub data_dir: Option<String>,
-    /// How long one send may wait for the broker's acknowledgement before it counts as failed, in ms.
+    /// How long a send may go unacknowledged before `Kafka unavailable` is logged, in ms (the send goes on).
     #[arg(long, env = "PUBLISH_TIMEOUT_MS", global = true)]
     pub publish_timeout_ms: Option<String>,
     /// Seconds one NASA API request may take.
@@ -174,6 +178,7 @@ pub struct Config {
     pub max_image_bytes: u64,
     pub allowed_image_hosts: Vec<String>,
     pub download_concurrency: usize,
+    pub consumer_stall: Duration,
     pub download_timeout: Duration,
     pub data_dir: PathBuf,
     pub publish_timeout: Duration,
@@ -268,6 +273,7 @@ impl Config {
             max_image_bytes: parse_number("MAX_IMAGE_BYTES", &s.max_image_bytes, 50 * 1024 * 1024, 1, 1 << 40)?,
             allowed_image_hosts: parse_hosts(&s.allowed_image_hosts)?,
             download_concurrency: parse_number("DOWNLOAD_CONCURRENCY", &s.download_concurrency, 8, 1, 1024)? as usize,
+            consumer_stall: Duration::from_secs(parse_number("CONSUMER_STALL_SECS", &s.consumer_stall_secs, 60, 5, 86_400)?),
             download_timeout: Duration::from_secs(parse_number(
                 "DOWNLOAD_TIMEOUT_SECONDS",
                 &s.download_timeout_seconds,

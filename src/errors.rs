@@ -23,6 +23,10 @@ pub enum Permanent {
     TooLarge { limit: u64 },
     #[error("downloaded bytes are not an image (no JPEG, PNG, TIFF, GIF or WebP signature)")]
     NotAnImage,
+    #[error("Postgres refused the row, again and again while it answered other queries: {0}; the data itself is the problem")]
+    DbRejected(String),
+    #[error("handling the event panicked, again and again: {0}; this is a bug, please report it with the event")]
+    Panicked(String),
 }
 
 impl Permanent {
@@ -37,6 +41,8 @@ impl Permanent {
             Permanent::ClientStatus { .. } => "image_http_4xx",
             Permanent::TooLarge { .. } => "too_large",
             Permanent::NotAnImage => "not_an_image",
+            Permanent::DbRejected(_) => "db_rejected",
+            Permanent::Panicked(_) => "panic",
         }
     }
 }
@@ -50,6 +56,13 @@ pub enum Transient {
     Download(String),
     #[error("Postgres unavailable: {0}; retrying until it is back")]
     Database(String),
+    /// Postgres answered, and refused this row for a reason it does not classify (a row too
+    /// large for an index, say). Retried a few times, in case it was passing (a deadlock, a
+    /// timeout); then the event is dead-lettered as `db_rejected`.
+    #[error("Postgres refused the row: {0}; retrying a few times before it is dead-lettered")]
+    DatabaseRefused(String),
+    #[error("handling the event panicked: {0}; retrying")]
+    Panicked(String),
     #[error("Kafka unavailable: {0}; retrying until it is back")]
     Kafka(String),
     #[error("actor {0} is not running; retrying until it is restarted")]
@@ -62,6 +75,8 @@ impl Transient {
             Transient::ServerStatus { .. } => "image_http_5xx",
             Transient::Download(_) => "image_download",
             Transient::Database(_) => "postgres",
+            Transient::DatabaseRefused(_) => "postgres_refused",
+            Transient::Panicked(_) => "panic",
             Transient::Kafka(_) => "kafka",
             Transient::ActorDown(_) => "actor_down",
         }

@@ -19,6 +19,7 @@ use crate::db::{self, PgPool};
 use crate::kafka::LogContext;
 use crate::metrics::METRICS;
 use crate::outbox::Outbox;
+use crate::actors::subscriber::{inject_panics, ConsumerStatus};
 use crate::supervision::RestartCounts;
 
 /// Makes the named actor panic; false when it is not running.
@@ -38,6 +39,8 @@ pub struct AppState {
     pub outbox: Option<Outbox>,
     pub kafka: BaseConsumer<LogContext>,
     pub topic: String,
+    /// The consumer's membership and stall state (consumer role only).
+    pub consumer: Option<ConsumerStatus>,
     /// Set once every actor was started.
     pub started: AtomicBool,
     pub since: Instant,
@@ -60,6 +63,7 @@ pub fn start(addr: SocketAddr, state: Arc<AppState>) -> std::io::Result<SocketAd
         // Without ADMIN_TOKEN the admin routes do not exist at all (404, not 401).
         if admin {
             app.route("/admin/actors/{name}/crash", web::post().to(crash))
+                .route("/admin/events/panic", web::post().to(panic_events))
         } else {
             app
         }
@@ -95,7 +99,7 @@ async fn not_ready(state: &web::Data<AppState>) -> Option<String> {
             return Some(e.to_string());
         }
     }
-    None
+    state.consumer.as_ref().and_then(|c| c.report().stall).map(|stall| format!("consumer stalled: {stall}"))
 }
 
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
@@ -130,6 +134,7 @@ fn status_json(state: &AppState) -> serde_json::Value {
         "pending_events": usize::from(pending_id.is_some()),
         "pending_event_id": pending_id,
         "consumer_lag": lag,
+        "consumer": state.consumer.as_ref().map(|c| c.report()),
         "counts": {
             "fetched": METRICS.fetched.get(), "published": METRICS.published.get(), "consumed": METRICS.consumed.get(),
             "stored": METRICS.stored.get(), "duplicates": METRICS.duplicates.get(),
@@ -198,6 +203,27 @@ async fn page(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().content_type("text/html; charset=utf-8").body(render_page(&st, images, total))
 }
 
+/// The consumer's group membership: member id, partitions held, and a stall if there is one.
+fn consumer_panel(c: &serde_json::Value) -> String {
+    if c.is_null() {
+        return String::new();
+    }
+    let partitions: Vec<String> = c["assigned_partitions"].as_array().into_iter().flatten().map(|p| p.to_string()).collect();
+    let held = if partitions.is_empty() { "none".to_owned() } else { partitions.join(", ") };
+    let state = match c["stall"].as_str() {
+        Some(stall) => format!(r#"<li class=bad>stalled: {}</li>"#, escape(stall)),
+        None if c["broker_reachable"] == false => "<li class=bad>Kafka unreachable</li>".to_owned(),
+        None => "<li class=ok>moving</li>".to_owned(),
+    };
+    format!(
+        r#"<h2>Consumer</h2><ul><li><b>partitions</b> {held}</li><li><b>member</b> <span class=muted>{member}</span></li><li><b>client</b> <span class=muted>{client}</span> · {rejoins} rejoins</li>{state}</ul>"#,
+        held = escape(&held),
+        member = escape(c["member_id"].as_str().unwrap_or("(not known yet)")),
+        client = escape(c["client_id"].as_str().unwrap_or("")),
+        rejoins = c["rejoins"],
+    )
+}
+
 fn render_page(
     st: &serde_json::Value,
     images: Result<Vec<db::ImageSummary>, crate::errors::Transient>,
@@ -219,6 +245,7 @@ fn render_page(
             )
         })
         .collect();
+    let consumer = consumer_panel(&st["consumer"]);
     let c = &st["counts"];
     let lag: i64 = st["consumer_lag"].as_object().map(|m| m.values().filter_map(|v| v.as_i64()).sum()).unwrap_or(0);
     let gallery = match images {
@@ -265,6 +292,7 @@ figcaption{{padding:.5rem .6rem;font-size:.9rem}}
 <div class=card><b>{lag}</b>consumer lag</div>
 </div>
 <h2>Actors</h2><ul>{actors}</ul>
+{consumer}
 <h2>Latest images</h2><div class=gallery>{gallery}</div>
 </body></html>"#,
         version = escape(st["version"].as_str().unwrap_or("")),
@@ -283,6 +311,21 @@ fn authorized(req: &HttpRequest, token: &str) -> bool {
     let given = req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     // Constant-time comparison: the token is a secret.
     given.is_some_and(|g| g.len() == token.len() && g.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0)
+}
+
+/// `POST /admin/events/panic?count=N`: the handling of the next N events panics once each
+/// (fault injection: the consumer must catch it, retry the event and keep committing).
+async fn panic_events(state: web::Data<AppState>, req: HttpRequest, query: web::Query<HashMap<String, String>>) -> HttpResponse {
+    let token = state.admin_token.as_deref().expect("route exists only with a token");
+    if !authorized(&req, token) {
+        return HttpResponse::Unauthorized().insert_header(("WWW-Authenticate", "Bearer")).body("bearer token required\n");
+    }
+    let Some(count) = query.get("count").map_or(Some(1), |c| c.parse::<u32>().ok()) else {
+        return HttpResponse::BadRequest().body("count must be a whole number\n");
+    };
+    inject_panics(count);
+    warn!(state.log, "event panics requested through the admin endpoint"; "labels.count" => count);
+    HttpResponse::Accepted().body(format!("the next {count} event(s) will panic once each\n"))
 }
 
 async fn crash(state: web::Data<AppState>, req: HttpRequest, name: web::Path<String>) -> HttpResponse {

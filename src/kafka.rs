@@ -59,23 +59,34 @@ pub fn base_config(brokers: &str) -> ClientConfig {
     c
 }
 
-/// An idempotent producer that waits for all in-sync replicas. `message_timeout` bounds how long
-/// librdkafka retries one send before it reports a failure to us (we then retry the same event).
+/// A producer that waits for all in-sync replicas. `message_timeout` bounds how long librdkafka
+/// retries one send before it reports a failure (the dead-letter producer then retries the event).
 pub fn producer(brokers: &str, message_timeout: Duration, log: Logger) -> KafkaResult<FutureProducer<LogContext>> {
-    base_config(brokers)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("message.timeout.ms", message_timeout.as_millis().to_string())
-        .set("linger.ms", "5")
-        // Notice a returning broker within 2 s, not librdkafka's default 10 s.
-        .set("reconnect.backoff.max.ms", "2000")
-        .create_with_context(LogContext { log })
+    producer_config(brokers).set("message.timeout.ms", message_timeout.as_millis().to_string()).create_with_context(LogContext { log })
 }
 
-/// Creates the topics that are missing. Ok when they all exist afterwards.
+/// The Publisher's producer: idempotent, and librdkafka retries each send until the broker
+/// acknowledges it (no message timeout), with the same sequence number, so the broker keeps one
+/// copy of an event however often it was retried.
+pub fn idempotent_producer(brokers: &str, log: Logger) -> KafkaResult<FutureProducer<LogContext>> {
+    producer_config(brokers).set("message.timeout.ms", "0").create_with_context(LogContext { log })
+}
+
+fn producer_config(brokers: &str) -> ClientConfig {
+    let mut c = base_config(brokers);
+    c.set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        // Notice a returning broker within 2 s, not librdkafka's default 10 s.
+        .set("reconnect.backoff.max.ms", "2000");
+    c
+}
+
+/// Creates the topics that are missing, with the broker's `default.replication.factor` (so a
+/// three-broker cluster set up for it gets three replicas). Ok when they all exist afterwards.
 pub async fn ensure_topics(brokers: &str, topics: &[&str], log: &Logger) -> KafkaResult<()> {
     let admin: AdminClient<LogContext> = base_config(brokers).create_with_context(LogContext { log: log.clone() })?;
-    let new: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, TOPIC_PARTITIONS, TopicReplication::Fixed(1))).collect();
+    let new: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, TOPIC_PARTITIONS, TopicReplication::Fixed(-1))).collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5))).request_timeout(Some(Duration::from_secs(5)));
     for result in admin.create_topics(&new, &opts).await? {
         match result {

@@ -88,6 +88,24 @@ impl OffsetTracker {
         }
     }
 
+    /// A commit of these offsets failed: hand them out again at the next `take_commits`.
+    pub fn commit_failed(&mut self, commits: &[(i32, i64)]) {
+        for (p, o) in commits {
+            if let Some(state) = self.partitions.get_mut(p) {
+                if state.committed == Some(*o) {
+                    state.committed = None;
+                }
+            }
+        }
+    }
+
+    /// Partitions with at least one event in flight.
+    pub fn busy_partitions(&self) -> Vec<i32> {
+        let mut out: Vec<i32> = self.partitions.iter().filter(|(_, s)| !s.in_flight.is_empty()).map(|(p, _)| *p).collect();
+        out.sort();
+        out
+    }
+
     pub fn in_flight(&self) -> usize {
         self.partitions.values().map(|s| s.in_flight.len()).sum()
     }
@@ -132,5 +150,16 @@ mod tests {
         assert_eq!(t.all_commits(None), vec![(0, 1)], "the new assignment's event is still open");
         t.finish(new);
         assert_eq!(t.all_commits(None), vec![(0, 2)]);
+    }
+
+    #[test]
+    fn a_failed_commit_is_handed_out_again() {
+        let mut t = OffsetTracker::default();
+        let a = t.begin(0, 5);
+        t.finish(a);
+        assert_eq!(t.take_commits(), vec![(0, 6)]);
+        assert_eq!(t.take_commits(), vec![], "nothing moved");
+        t.commit_failed(&[(0, 6)]);
+        assert_eq!(t.take_commits(), vec![(0, 6)], "committed again after the failure");
     }
 }

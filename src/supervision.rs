@@ -79,6 +79,11 @@ pub fn record_panic(message: String) {
     UNREPORTED_PANIC.with(|p| *p.borrow_mut() = Some(message));
 }
 
+/// For code that caught a panic itself (`catch_unwind`): no actor died of it.
+pub fn forget_panic() {
+    take_unreported_panic();
+}
+
 fn take_unreported_panic() -> Option<String> {
     UNREPORTED_PANIC.with(|p| p.borrow_mut().take())
 }
@@ -198,7 +203,8 @@ struct Child {
 pub struct RestartCounts(Arc<Mutex<HashMap<&'static str, (u64, Option<String>)>>>);
 
 impl RestartCounts {
-    fn record(&self, name: &'static str, reason: &str) -> u64 {
+    /// Counts a restart of `name` (the supervisor's, or one an actor makes of its own resources).
+    pub fn record(&self, name: &'static str, reason: &str) -> u64 {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let e = m.entry(name).or_default();
         e.0 += 1;

@@ -16,7 +16,8 @@ static MIN_INTERVAL: OnceLock<Duration> = OnceLock::new();
 /// Fingerprint → when an event with it was last sent.
 static LAST_SENT: LazyLock<Mutex<HashMap<String, Instant>>> = LazyLock::new(Default::default);
 /// Incidents open now (fingerprints).
-static OPEN_INCIDENTS: LazyLock<Mutex<HashMap<String, Instant>>> = LazyLock::new(Default::default);
+/// Open incidents: since when, and whether their start was reported.
+static OPEN_INCIDENTS: LazyLock<Mutex<HashMap<String, (Instant, bool)>>> = LazyLock::new(Default::default);
 
 pub struct SentrySettings<'a> {
     pub dsn: Option<&'a str>,
@@ -109,16 +110,23 @@ pub fn report_error(message: &str, info: &EventInfo) {
 
 /// Something is failing (an outage): reported once when the incident opens, not per retry.
 pub fn incident_failed(fingerprint: &str, message: &str, info: &EventInfo) {
-    let newly_open = OPEN_INCIDENTS.lock().unwrap_or_else(|e| e.into_inner()).insert(fingerprint.to_owned(), Instant::now()).is_none();
-    if newly_open && enabled() && rate_allows(fingerprint) {
+    let mut open = OPEN_INCIDENTS.lock().unwrap_or_else(|e| e.into_inner());
+    if open.contains_key(fingerprint) {
+        return;
+    }
+    let reported = enabled() && rate_allows(fingerprint);
+    open.insert(fingerprint.to_owned(), (Instant::now(), reported));
+    drop(open);
+    if reported {
         send(sentry::Level::Error, message, fingerprint, info);
     }
 }
 
-/// The incident is over: one event saying so, if it was open.
+/// The incident is over: one event saying so, if its start was reported (an incident whose
+/// start the rate limit held back ends quietly too).
 pub fn incident_recovered(fingerprint: &str, message: &str, info: &EventInfo) {
     let opened = OPEN_INCIDENTS.lock().unwrap_or_else(|e| e.into_inner()).remove(fingerprint);
-    if let Some(since) = opened {
+    if let Some((since, true)) = opened {
         if enabled() {
             let info = EventInfo { error_type: None, ..info.clone() };
             let message = format!("{message} (after {} s)", since.elapsed().as_secs());

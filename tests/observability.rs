@@ -179,6 +179,13 @@ fn http_endpoint_serves_health_metrics_status_page_and_images() {
     assert_eq!(actors, vec!["storer", "downloader", "subscriber", "publisher", "fetcher"]);
     assert!(st["actors"].as_array().unwrap().iter().all(|a| a["state"] == "running" && a["restarts"] == 0));
     assert!(st["counts"]["stored"].as_u64().unwrap() >= 3);
+    // The consumer's membership, once the group's description has been read (every 5 s).
+    let consumer = || http_json(&addr, "GET", "/status", None).1["consumer"].clone();
+    wait_until(Duration::from_secs(15), "the member id in /status", || consumer()["member_id"].is_string());
+    let c = consumer();
+    assert_eq!(c["assigned_partitions"], serde_json::json!([0, 1, 2]), "{c}");
+    assert!(c["member_id"].as_str().unwrap().starts_with(c["client_id"].as_str().unwrap()), "{c}");
+    assert!(c["stall"].is_null());
 
     // A title with markup, as the API could send: it is shown as text.
     let row = &db.rows()[0];
@@ -192,6 +199,7 @@ fn http_endpoint_serves_health_metrics_status_page_and_images() {
     assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;x&quot;"), "escaped");
     assert!(!page.contains("<script>alert(1)"), "never raw");
     assert!(page.matches("<img src=\"/images/").count() >= 2, "the gallery shows the stored images");
+    assert!(page.contains("<h2>Consumer</h2><ul><li><b>partitions</b> 0, 1, 2</li>"), "the page shows the partitions held");
 
     let path = format!("/images/{}", url::form_urlencoded::byte_serialize(row.nasa_id.as_bytes()).collect::<String>());
     let (status, resp) = http(&addr, "GET", &path, &[]);

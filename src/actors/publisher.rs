@@ -18,13 +18,13 @@ use crate::supervision::Lifeline;
 
 const KAFKA_INCIDENT: &str = "kafka_unavailable";
 
-/// Makes a new producer. A failed send replaces the producer: a fresh one has no stale
-/// idempotence state (producer id, sequence numbers) from before a broker restart.
+/// Makes a new producer. A send that fails outright replaces the producer: a fresh one has no
+/// stale idempotence state (producer id, sequence numbers) that an imperfect broker rejects.
 pub type ProducerFactory = Arc<dyn Fn() -> rdkafka::error::KafkaResult<FutureProducer<LogContext>> + Send + Sync>;
 
 /// A factory of idempotent producers for `brokers`.
-pub fn producer_factory(brokers: String, timeout: Duration, log: Logger) -> ProducerFactory {
-    Arc::new(move || crate::kafka::producer(&brokers, timeout, log.clone()))
+pub fn producer_factory(brokers: String, log: Logger) -> ProducerFactory {
+    Arc::new(move || crate::kafka::idempotent_producer(&brokers, log.clone()))
 }
 
 pub struct Publisher {
@@ -33,6 +33,8 @@ pub struct Publisher {
     topic: String,
     outbox: Outbox,
     backoff: Backoff,
+    /// How long a send may go unacknowledged before `Kafka unavailable` is first logged.
+    publish_timeout: Duration,
     log: Logger,
     lifeline: Lifeline,
     /// The event this incarnation delivered from the outbox at start: a Fetcher that offers it
@@ -48,30 +50,70 @@ impl Publisher {
         topic: String,
         outbox: Outbox,
         backoff: Backoff,
+        publish_timeout: Duration,
         log: Logger,
         lifeline: Lifeline,
     ) -> rdkafka::error::KafkaResult<Self> {
         let producer = Arc::new(Mutex::new(new_producer()?));
-        Ok(Publisher { producer, new_producer, topic, outbox, backoff, log, lifeline, recovered: None })
+        Ok(Publisher { producer, new_producer, topic, outbox, backoff, publish_timeout, log, lifeline, recovered: None })
     }
 
     /// Sends `event` until the broker acknowledges it, then clears the outbox.
+    ///
+    /// One send per producer: librdkafka retries it with the same producer id and sequence
+    /// number until the broker acknowledges it (no message timeout), so a broker that wrote it
+    /// without acknowledging it (a leader whose followers were down) keeps one copy, not one per
+    /// retry. Meanwhile `Kafka unavailable` is logged with growing delays, the first after
+    /// `PUBLISH_TIMEOUT_MS`. Only a send that fails outright (a fatal producer error: an
+    /// imperfect broker) is sent again, by a fresh producer.
     fn deliver(&self, event: ImageEvent) -> impl std::future::Future<Output = Result<Delivered, OutboxError>> + 'static {
-        let (shared, new_producer, topic, outbox, backoff, log) = (
+        let (shared, new_producer, topic, outbox, backoff, log, first_wait) = (
             self.producer.clone(),
             self.new_producer.clone(),
             self.topic.clone(),
             self.outbox.clone(),
             self.backoff,
             self.log.clone(),
+            self.publish_timeout,
         );
         async move {
             let payload = serde_json::to_vec(&event).expect("events always serialize");
             let mut attempt: u32 = 0;
+            let unavailable = |attempt: u32, delay: Duration, e: &dyn std::fmt::Display| {
+                METRICS.retries.with_label_values(&["kafka"]).inc();
+                let info = EventInfo {
+                    actor: Some("publisher".into()),
+                    nasa_id: Some(event.nasa_id.clone()),
+                    error_type: Some("kafka".into()),
+                    error_message: Some(e.to_string()),
+                };
+                telemetry::incident_failed(KAFKA_INCIDENT, "Kafka unavailable", &info);
+                warn!(log, "Kafka unavailable"; "labels.nasa_id" => &event.nasa_id,
+                    "labels.event_id" => event.event_id.to_string(), "labels.attempt" => attempt,
+                    "labels.delay_ms" => delay.as_millis() as u64, "error.type" => "kafka",
+                    "error.message" => e.to_string());
+            };
             loop {
-                let record = FutureRecord::to(&topic).key(&event.nasa_id).payload(&payload);
                 let producer = shared.lock().expect("producer lock").clone();
-                match producer.send(record, Duration::ZERO).await {
+                let record = FutureRecord::to(&topic).key(&event.nasa_id).payload(&payload);
+                let outcome = match producer.send_result(record) {
+                    Ok(mut delivery) => {
+                        let mut wait = first_wait;
+                        loop {
+                            match tokio::time::timeout(wait, &mut delivery).await {
+                                Ok(Ok(result)) => break result.map_err(|(e, _)| e),
+                                Ok(Err(_canceled)) => break Err(rdkafka::error::KafkaError::Canceled),
+                                Err(_elapsed) => {
+                                    wait = backoff.delay(attempt);
+                                    attempt += 1;
+                                    unavailable(attempt, wait, &"no acknowledgement from the broker yet; the same send goes on");
+                                }
+                            }
+                        }
+                    }
+                    Err((e, _)) => Err(e),
+                };
+                match outcome {
                     Ok(d) => {
                         outbox.clear()?;
                         METRICS.outbox_pending.set(0);
@@ -84,21 +126,10 @@ impl Publisher {
                             "labels.attempts" => attempt + 1);
                         return Ok(Delivered { partition: d.partition, offset: d.offset });
                     }
-                    Err((e, _)) => {
+                    Err(e) => {
                         let delay = backoff.delay(attempt);
                         attempt += 1;
-                        METRICS.retries.with_label_values(&["kafka"]).inc();
-                        let info = EventInfo {
-                            actor: Some("publisher".into()),
-                            nasa_id: Some(event.nasa_id.clone()),
-                            error_type: Some("kafka".into()),
-                            error_message: Some(e.to_string()),
-                        };
-                        telemetry::incident_failed(KAFKA_INCIDENT, "Kafka unavailable", &info);
-                        warn!(log, "Kafka unavailable"; "labels.nasa_id" => &event.nasa_id,
-                            "labels.event_id" => event.event_id.to_string(), "labels.attempt" => attempt,
-                            "labels.delay_ms" => delay.as_millis() as u64, "error.type" => "kafka",
-                            "error.message" => e.to_string());
+                        unavailable(attempt, delay, &e);
                         match new_producer() {
                             Ok(fresh) => *shared.lock().expect("producer lock") = fresh,
                             Err(e) => warn!(log, "cannot create a new Kafka producer; keeping the old one";

@@ -4,7 +4,7 @@
 use actix::prelude::*;
 
 use crate::db::{self, NewImage, PgPool, Stored};
-use crate::errors::Transient;
+use crate::errors::{EventError, Transient};
 use crate::supervision::Lifeline;
 
 pub struct Storer {
@@ -34,7 +34,7 @@ pub struct IsStored(pub String);
 
 /// Insert the row unless its nasa_id is stored already.
 #[derive(Message)]
-#[rtype(result = "Result<Stored, Transient>")]
+#[rtype(result = "Result<Stored, EventError>")]
 pub struct Store(pub NewImage);
 
 /// Runs a blocking database call off the actor thread.
@@ -51,9 +51,9 @@ impl Handler<IsStored> for Storer {
 }
 
 impl Handler<Store> for Storer {
-    type Result = ResponseFuture<Result<Stored, Transient>>;
+    type Result = ResponseFuture<Result<Stored, EventError>>;
     fn handle(&mut self, msg: Store, _: &mut Context<Self>) -> Self::Result {
         let pool = self.pool.clone();
-        Box::pin(blocking(move || db::insert(&pool, &msg.0)))
+        Box::pin(async move { blocking(move || Ok(db::insert(&pool, &msg.0))).await? })
     }
 }

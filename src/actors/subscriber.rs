@@ -1,94 +1,64 @@
-//! Subscriber: reads `images` in a consumer group and drives each event through the Storer and
-//! the Downloader. Up to DOWNLOAD_CONCURRENCY events are in flight; per partition the committed
-//! offset never passes an unfinished event (see `offsets`). Transient failures retry the same
-//! event with backoff; permanent ones go to the dead-letter topic, and only then is it committed.
+//! Subscriber: owns the consumer group membership of this process and the work of every event
+//! it read. Up to DOWNLOAD_CONCURRENCY events are in flight, each a task of the Subscriber's
+//! [`TaskTracker`]; per partition the committed offset never passes an unfinished event (see
+//! `offsets`). Transient failures retry the same event with backoff; permanent ones go to the
+//! dead-letter topic, and only then is it committed. A panic while handling one event is caught,
+//! logged with the event's place and retried, and dead-lettered (`panic`) after repeated panics.
+//!
+//! Every few seconds the Subscriber compares the group's committed offsets with the end of every
+//! partition (see `stall`): a consumer that holds nothing, or partitions that do not move, while
+//! the broker answers, is a stall: logged, shown on `/readyz`, and healed by rejoining the group
+//! as a new member (counted as a restart of the subscriber).
 
 use actix::prelude::*;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::error::KafkaResult;
+use futures::FutureExt;
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use slog::{info, warn, Logger};
+use serde::Serialize;
+use slog::{error, info, warn, Logger};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::task::TaskTracker;
 
 use super::downloader::{Download, Downloader};
 use super::storer::{IsStored, Store, Storer};
 use crate::backoff::Backoff;
+use crate::consumer::{Delivery, Member, MemberSettings};
 use crate::db::{clean_text, NewImage, Stored};
 use crate::errors::{EventError, Permanent, Transient};
 use crate::event::{self, IncomingEvent};
 use crate::kafka::{base_config, LogContext};
 use crate::metrics::METRICS;
-use crate::offsets::{OffsetTracker, Ticket};
+use crate::stall::{self, Own, Snapshot, Stall, StallWatch};
+use crate::supervision::{Lifeline, RestartCounts, Slot};
 use crate::telemetry::{self, EventInfo};
-use crate::supervision::{Lifeline, Slot};
-
-type Tracker = Arc<Mutex<OffsetTracker>>;
 
 const CONSUMER_INCIDENT: &str = "consumer_retrying";
+/// How often the group's progress is checked (and the lag metrics updated).
+const WATCH_EVERY: Duration = Duration::from_secs(5);
+/// Leaving the group at shutdown or on a rejoin may take this long.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// An event whose handling panicked this often goes to the dead-letter topic (`panic`).
+const MAX_PANICS: u32 = 3;
+/// An event whose row Postgres refused this often in a row, with Postgres answering, goes to
+/// the dead-letter topic (`db_rejected`): the data itself is the problem.
+const MAX_REFUSALS: u32 = 3;
 
-/// librdkafka callbacks of the consumer: logs, and a final commit when partitions are revoked.
-pub struct SubscriberContext {
-    logs: LogContext,
-    topic: String,
-    tracker: Tracker,
+/// Panics injected into the handling of the next events (admin endpoint, for fault tests).
+static INJECTED_PANICS: AtomicU32 = AtomicU32::new(0);
+
+/// Makes the handling of the next `n` events panic once each (fault injection).
+pub fn inject_panics(n: u32) {
+    INJECTED_PANICS.store(n, Ordering::SeqCst);
 }
 
-impl ClientContext for SubscriberContext {
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, msg: &str) {
-        self.logs.log(level, fac, msg)
-    }
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        self.logs.error(error, reason)
-    }
+fn take_injected_panic() -> bool {
+    INJECTED_PANICS.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
 }
-
-impl ConsumerContext for SubscriberContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let partitions = topic_partitions(tpl, &self.topic);
-            let commits = self.tracker.lock().expect("tracker lock").all_commits(Some(&partitions));
-            if !commits.is_empty() {
-                let result = consumer.commit(&offsets_list(&self.topic, &commits), CommitMode::Sync);
-                log_commit(&self.logs.log, "revoke", &commits, result);
-            }
-            self.tracker.lock().expect("tracker lock").revoke(&partitions);
-            info!(self.logs.log, "partitions revoked"; "labels.partitions" => format!("{partitions:?}"));
-        }
-    }
-
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            let partitions = topic_partitions(tpl, &self.topic);
-            info!(self.logs.log, "partitions assigned"; "labels.partitions" => format!("{partitions:?}"));
-        }
-    }
-}
-
-fn topic_partitions(tpl: &TopicPartitionList, topic: &str) -> Vec<i32> {
-    tpl.elements_for_topic(topic).iter().map(|e| e.partition()).collect()
-}
-
-fn offsets_list(topic: &str, commits: &[(i32, i64)]) -> TopicPartitionList {
-    let mut tpl = TopicPartitionList::new();
-    for &(p, o) in commits {
-        tpl.add_partition_offset(topic, p, Offset::Offset(o)).expect("offsets are valid");
-    }
-    tpl
-}
-
-fn log_commit(log: &Logger, why: &'static str, commits: &[(i32, i64)], result: KafkaResult<()>) {
-    match result {
-        Ok(()) => info!(log, "offsets committed"; "labels.reason" => why, "labels.offsets" => format!("{commits:?}")),
-        Err(e) => warn!(log, "offset commit failed; the events will be read again"; "labels.reason" => why,
-            "error.type" => "kafka", "error.message" => e.to_string()),
-    }
-}
-
-pub type Consumer_ = StreamConsumer<SubscriberContext>;
 
 /// Everything the handling of one event needs; cheap to clone.
 #[derive(Clone)]
@@ -100,49 +70,210 @@ pub struct Pipeline {
     pub dlq_topic: String,
     pub backoff: Backoff,
     pub log: Logger,
+    /// When an event last failed with a transient error.
+    pub last_retry: Arc<Mutex<Option<Instant>>>,
 }
 
-/// What outlives a restart of the Subscriber: the group membership, the offsets of events still
-/// in flight, and the permits they hold.
+impl Pipeline {
+    fn retried_within(&self, window: Duration) -> bool {
+        self.last_retry.lock().expect("retry lock").is_some_and(|t| t.elapsed() < window)
+    }
+}
+
+/// What `/status` and `/readyz` show of the consumer.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ConsumerReport {
+    pub client_id: String,
+    /// The group member id the broker gave this member (from the group's description).
+    pub member_id: Option<String>,
+    pub assigned_partitions: Vec<i32>,
+    pub broker_reachable: bool,
+    /// Why the consumer is stalled, if it is.
+    pub stall: Option<String>,
+    /// Rejoins of the group because of a stall.
+    pub rejoins: u64,
+}
+
+#[derive(Clone, Default)]
+pub struct ConsumerStatus(Arc<Mutex<ConsumerReport>>);
+
+impl ConsumerStatus {
+    pub fn report(&self) -> ConsumerReport {
+        self.0.lock().expect("status lock").clone()
+    }
+    fn update(&self, f: impl FnOnce(&mut ConsumerReport)) {
+        f(&mut self.0.lock().expect("status lock"))
+    }
+}
+
+/// What outlives a restart of the Subscriber: the group membership, the tasks of the events in
+/// flight and the permits they hold, and what the stall watch has seen.
 #[derive(Clone)]
 pub struct ConsumerState {
-    consumer: Arc<Consumer_>,
-    tracker: Tracker,
+    settings: MemberSettings,
+    member: Arc<Mutex<Arc<Member>>>,
     permits: Arc<Semaphore>,
+    tasks: TaskTracker,
+    deliveries: mpsc::UnboundedSender<Delivery>,
+    observer: Arc<BaseConsumer<LogContext>>,
+    watch: Arc<Mutex<StallWatch>>,
+    pipeline: Pipeline,
+    pub status: ConsumerStatus,
+    restarts: RestartCounts,
+}
+
+impl ConsumerState {
+    /// Joins the consumer group and starts handing its messages to event tasks. Must run on the
+    /// actix system: the tasks are spawned on it.
+    pub fn new(
+        settings: MemberSettings,
+        concurrency: usize,
+        stall_window: Duration,
+        pipeline: Pipeline,
+        restarts: RestartCounts,
+        status: ConsumerStatus,
+    ) -> rdkafka::error::KafkaResult<ConsumerState> {
+        let permits = Arc::new(Semaphore::new(concurrency));
+        let tasks = TaskTracker::new();
+        let (deliveries, mut incoming) = mpsc::unbounded_channel::<Delivery>();
+        let (spawner, handling) = (tasks.clone(), pipeline.clone());
+        actix::spawn(async move {
+            while let Some(delivery) = incoming.recv().await {
+                spawner.spawn_local(handle_until_done(delivery, handling.clone()));
+            }
+        });
+        let observer = base_config(&settings.brokers)
+            .set("group.id", &settings.group_id)
+            .create_with_context(LogContext { log: settings.log.clone() })?;
+        let state = ConsumerState {
+            member: Arc::new(Mutex::new(Arc::new(join(&settings, &permits, &deliveries)?))),
+            settings,
+            permits,
+            tasks,
+            deliveries,
+            observer: Arc::new(observer),
+            watch: Arc::new(Mutex::new(StallWatch::new(stall_window))),
+            pipeline,
+            status,
+            restarts,
+        };
+        Ok(state)
+    }
+
+    fn member(&self) -> Arc<Member> {
+        self.member.lock().expect("member lock").clone()
+    }
+
+    /// Leaves the group and joins it again as a new member.
+    async fn rejoin(&self) -> rdkafka::error::KafkaResult<()> {
+        let old = self.member();
+        old.stop_fetching();
+        old.close(CLOSE_TIMEOUT).await;
+        let new = join(&self.settings, &self.permits, &self.deliveries)?;
+        *self.member.lock().expect("member lock") = Arc::new(new);
+        Ok(())
+    }
+}
+
+fn join(settings: &MemberSettings, permits: &Arc<Semaphore>, deliveries: &mpsc::UnboundedSender<Delivery>) -> rdkafka::error::KafkaResult<Member> {
+    let out = deliveries.clone();
+    Member::join(settings, permits.clone(), move |d| {
+        // Only fails when the actix system is gone: the process is ending.
+        let _ = out.send(d);
+    })
 }
 
 pub struct Subscriber {
     state: ConsumerState,
-    pipeline: Pipeline,
-    reading: Option<SpawnHandle>,
     lifeline: Lifeline,
+    watching: bool,
+    last_stall: Option<Stall>,
 }
 
 crate::crashable!(Subscriber);
 
 impl Subscriber {
-    pub fn new(state: ConsumerState, pipeline: Pipeline, lifeline: Lifeline) -> Subscriber {
-        Subscriber { state, pipeline, reading: None, lifeline }
+    pub fn new(state: ConsumerState, lifeline: Lifeline) -> Subscriber {
+        Subscriber { state, lifeline, watching: false, last_stall: None }
     }
-}
 
-impl ConsumerState {
-    /// Joins the consumer group (auto-commit off) and subscribes to the topic.
-    pub fn new(brokers: &str, group_id: &str, topic: &str, concurrency: usize, log: &Logger) -> KafkaResult<ConsumerState> {
-        let tracker = Tracker::default();
-        let context = SubscriberContext { logs: LogContext { log: log.clone() }, topic: topic.to_owned(), tracker: tracker.clone() };
-        let consumer: Consumer_ = base_config(brokers)
-            .set("group.id", group_id)
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
-            // librdkafka's prefetch is bounded too: memory never grows with the backlog.
-            .set("queued.max.messages.kbytes", "16384")
-            .create_with_context(context)?;
-        consumer.subscribe(&[topic])?;
-        Ok(ConsumerState { consumer: Arc::new(consumer), tracker, permits: Arc::new(Semaphore::new(concurrency)) })
+    /// Reads the group's progress off the actor thread, then judges it.
+    fn watch(&mut self, ctx: &mut Context<Self>) {
+        if self.watching {
+            return;
+        }
+        self.watching = true;
+        let s = &self.state;
+        let (observer, topic, group) = (s.observer.clone(), s.settings.topic.clone(), s.settings.group_id.clone());
+        let read = tokio::task::spawn_blocking(move || stall::snapshot(&observer, &topic, &group, Duration::from_secs(2)));
+        ctx.spawn(read.into_actor(self).map(|result, act, ctx| {
+            act.watching = false;
+            act.judge(result.ok().and_then(Result::ok), ctx);
+        }));
+    }
+
+    fn judge(&mut self, snapshot: Option<Snapshot>, ctx: &mut Context<Self>) {
+        let member = self.state.member();
+        let view = member.view();
+        let window = self.state.watch.lock().expect("watch lock").window();
+        let Some(snap) = snapshot else {
+            self.state.watch.lock().expect("watch lock").unobserved();
+            self.state.status.update(|r| {
+                r.client_id = view.client_id.clone();
+                r.assigned_partitions = view.assigned.clone();
+                r.broker_reachable = false;
+            });
+            return;
+        };
+        for &p in snap.partitions.keys() {
+            METRICS.set_lag(p, snap.lag(p));
+        }
+        let own = Own {
+            assigned: view.assigned.clone(),
+            busy: member.busy_partitions(),
+            saturated: self.state.permits.available_permits() == 0,
+            retrying: self.state.pipeline.retried_within(window),
+        };
+        let verdict = self.state.watch.lock().expect("watch lock").observe(&snap, &own, Instant::now());
+        let reason = verdict.stall.as_ref().map(|s| s.describe(window));
+        self.state.status.update(|r| {
+            r.member_id = snap.members.get(&view.client_id).cloned();
+            r.client_id = view.client_id.clone();
+            r.assigned_partitions = view.assigned.clone();
+            r.broker_reachable = true;
+            r.stall = reason.clone();
+        });
+        let log = &self.state.pipeline.log;
+        if let (Some(stall), Some(reason)) = (&verdict.stall, &reason) {
+            if verdict.rejoin || self.last_stall.as_ref() != Some(stall) {
+                warn!(log, "consumer stalled"; "error.type" => "consumer_stall", "error.message" => reason,
+                    "labels.rejoin" => verdict.rejoin, "labels.assigned" => format!("{:?}", view.assigned));
+            }
+        } else if self.last_stall.is_some() {
+            info!(log, "consumer moving again"; "labels.assigned" => format!("{:?}", view.assigned));
+        }
+        self.last_stall = verdict.stall;
+        if verdict.rejoin {
+            self.rejoin(reason.unwrap_or_default(), ctx);
+        }
+    }
+
+    /// A new group member instead of this one: counted as a restart of the subscriber.
+    fn rejoin(&mut self, reason: String, ctx: &mut Context<Self>) {
+        let count = self.state.restarts.record("subscriber", &format!("rejoined the consumer group: {reason}"));
+        METRICS.restarts.with_label_values(&["subscriber"]).inc();
+        self.state.status.update(|r| r.rejoins += 1);
+        warn!(self.state.pipeline.log, "consumer rejoining the group as a new member"; "labels.restart_count" => count);
+        let (state, log) = (self.state.clone(), self.state.pipeline.log.clone());
+        ctx.spawn(
+            async move {
+                if let Err(e) = state.rejoin().await {
+                    warn!(log, "cannot create the new consumer; the next check tries again"; "error.type" => "kafka",
+                        "error.message" => e.to_string());
+                }
+            }
+            .into_actor(self),
+        );
     }
 }
 
@@ -150,20 +281,7 @@ impl Actor for Subscriber {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let s = &self.state;
-        let reading = read_loop(s.consumer.clone(), s.tracker.clone(), self.pipeline.clone(), s.permits.clone());
-        self.reading = Some(ctx.spawn(reading.into_actor(self)));
-        // One commit request for many finished events, not one per event.
-        ctx.run_interval(COMMIT_EVERY, |act, _| {
-            commit_finished(&act.state.consumer, &act.state.tracker, &act.pipeline.topic, &act.pipeline.log)
-        });
-        ctx.run_interval(LAG_EVERY, |act, _| {
-            let (consumer, topic) = (act.state.consumer.clone(), act.pipeline.topic.clone());
-            // Broker round trips: off the actor thread.
-            actix::spawn(async move {
-                let _ = tokio::task::spawn_blocking(move || update_lag(&consumer, &topic)).await;
-            });
-        });
+        ctx.run_interval(WATCH_EVERY, |act, ctx| act.watch(ctx));
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -171,67 +289,37 @@ impl Actor for Subscriber {
     }
 }
 
-const LAG_EVERY: Duration = Duration::from_secs(5);
-/// How often finished events are committed.
-const COMMIT_EVERY: Duration = Duration::from_millis(200);
-/// The last commit at shutdown may take this long.
-const FINAL_COMMIT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Lag per assigned partition: high watermark minus the group's committed offset.
-fn update_lag(consumer: &Consumer_, topic: &str) {
-    let timeout = Duration::from_secs(2);
-    let Ok(assignment) = consumer.assignment() else { return };
-    let Ok(committed) = consumer.committed_offsets(assignment, timeout) else { return };
-    for e in committed.elements_for_topic(topic) {
-        let Ok((low, high)) = consumer.fetch_watermarks(topic, e.partition(), timeout) else { continue };
-        let base = match e.offset() {
-            Offset::Offset(o) => o,
-            _ => low,
-        };
-        METRICS.set_lag(e.partition(), (high - base).max(0));
-    }
-}
-
-/// Reads messages while a permit is free; each event is handled in its own task.
-async fn read_loop(consumer: Arc<Consumer_>, tracker: Tracker, pipeline: Pipeline, permits: Arc<Semaphore>) {
-    let mut errors: u32 = 0;
-    loop {
-        let permit = permits.clone().acquire_owned().await.expect("the semaphore is never closed");
-        match consumer.recv().await {
-            Ok(m) => {
-                errors = 0;
-                let msg = m.detach();
-                METRICS.consumed.inc();
-                let ticket = tracker.lock().expect("tracker lock").begin(msg.partition(), msg.offset());
-                actix::spawn(handle_until_done(msg, ticket, tracker.clone(), pipeline.clone(), permit));
-            }
-            Err(e) => {
-                let delay = pipeline.backoff.delay(errors);
-                errors += 1;
-                warn!(pipeline.log, "Kafka consumer error, will retry"; "error.type" => "kafka", "error.message" => e.to_string(),
-                    "labels.attempt" => errors, "labels.delay_ms" => delay.as_millis() as u64);
-                tokio::time::sleep(delay).await;
-            }
-        }
-    }
-}
-
 /// Handles one message until it is stored, found a duplicate, or dead-lettered; then lets its
-/// offset be committed. A transient failure retries the same message: it is never skipped.
-async fn handle_until_done(
-    msg: OwnedMessage,
-    ticket: Ticket,
-    tracker: Tracker,
-    p: Pipeline,
-    _permit: OwnedSemaphorePermit,
-) {
+/// offset be committed. A transient failure retries the same message: it is never skipped. A
+/// panic is caught here, so that the event is retried and its partition's commits go on.
+async fn handle_until_done(delivery: Delivery, p: Pipeline) {
+    let Delivery { msg, ticket, tracker, permit: _permit } = delivery;
     let mut attempt: u32 = 0;
+    let (mut panics, mut refusals) = (0u32, 0u32);
     let started = Instant::now();
     loop {
-        let result = match handle_once(&msg, &p, started).await {
-            Ok(_) => Ok(()),
-            Err(EventError::Permanent(e)) => dead_letter(&msg, &e, &p).await,
-            Err(EventError::Transient(e)) => Err(e),
+        let outcome = AssertUnwindSafe(handle_once(&msg, &p, started)).catch_unwind().await;
+        let result = match outcome {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(EventError::Permanent(e))) => dead_letter(&msg, &e, &p).await,
+            Ok(Err(EventError::Transient(Transient::DatabaseRefused(reason)))) => {
+                refusals += 1;
+                if refusals >= MAX_REFUSALS {
+                    dead_letter(&msg, &Permanent::DbRejected(reason), &p).await
+                } else {
+                    Err(Transient::DatabaseRefused(reason))
+                }
+            }
+            Ok(Err(EventError::Transient(e))) => Err(e),
+            Err(panic) => {
+                panics += 1;
+                let message = caught_panic(&msg, panic, panics, &p.log);
+                if panics >= MAX_PANICS {
+                    dead_letter(&msg, &Permanent::Panicked(message), &p).await
+                } else {
+                    Err(Transient::Panicked(message))
+                }
+            }
         };
         match result {
             Ok(()) => {
@@ -243,6 +331,7 @@ async fn handle_until_done(
             Err(e) => {
                 let delay = p.backoff.delay(attempt);
                 attempt += 1;
+                *p.last_retry.lock().expect("retry lock") = Some(Instant::now());
                 METRICS.retries.with_label_values(&[e.kind()]).inc();
                 let info = EventInfo {
                     actor: Some("subscriber".into()),
@@ -259,23 +348,32 @@ async fn handle_until_done(
         }
     }
     METRICS.processing_seconds.observe(started.elapsed().as_secs_f64());
-    // Committed by the Subscriber's next tick (COMMIT_EVERY), together with its neighbours.
+    // Committed by the member's next tick (every 200 ms), together with its neighbours.
     tracker.lock().expect("tracker lock").finish(ticket);
 }
 
-/// Commits, asynchronously, every partition whose committable offset moved since the last time.
-fn commit_finished(consumer: &Consumer_, tracker: &Tracker, topic: &str, log: &Logger) {
-    let commits = tracker.lock().expect("tracker lock").take_commits();
-    if !commits.is_empty() {
-        if let Err(e) = consumer.commit(&offsets_list(topic, &commits), CommitMode::Async) {
-            warn!(log, "offset commit failed; will commit again later"; "error.type" => "kafka", "error.message" => e.to_string());
-        }
-    }
+/// Logs a panic caught while handling `msg` (the panic hook logged the panic itself) and
+/// returns its message. No actor died of it, so the supervisor must not hear of it.
+fn caught_panic(msg: &OwnedMessage, panic: Box<dyn std::any::Any + Send>, panics: u32, log: &Logger) -> String {
+    crate::supervision::forget_panic();
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into());
+    let nasa_id = event::decode(msg.payload()).map(|e| e.nasa_id).unwrap_or_default();
+    error!(log, "event handling panicked; the event is retried"; "error.type" => "panic", "error.message" => &message,
+        "labels.nasa_id" => nasa_id, "labels.partition" => msg.partition(), "labels.offset" => msg.offset(),
+        "labels.panics" => panics, "labels.max_panics" => MAX_PANICS);
+    message
 }
 
 /// One try: skip what is stored, else download and store.
 async fn handle_once(msg: &OwnedMessage, p: &Pipeline, read_at: Instant) -> Result<Stored, EventError> {
     let event = event::decode(msg.payload())?;
+    if take_injected_panic() {
+        panic!("injected panic while handling {} (admin endpoint)", event.nasa_id);
+    }
     let labels = |log: &Logger| {
         log.new(slog::o!("labels.nasa_id" => event.nasa_id.clone(), "labels.partition" => msg.partition(),
             "labels.offset" => msg.offset()))
@@ -340,7 +438,8 @@ async fn dead_letter(msg: &OwnedMessage, reason: &Permanent, p: &Pipeline) -> Re
     Ok(())
 }
 
-/// Shutdown: stop reading, give in-flight events until `deadline` to finish, commit what is done.
+/// Shutdown: stop reading, give in-flight events until `within` runs out (less the time to
+/// leave the group), commit what is done and leave the group.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Drain(pub Duration);
@@ -348,32 +447,14 @@ pub struct Drain(pub Duration);
 impl Handler<Drain> for Subscriber {
     type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, Drain(within): Drain, ctx: &mut Context<Self>) -> Self::Result {
-        if let Some(h) = self.reading.take() {
-            ctx.cancel_future(h);
-        }
-        let (tracker, consumer, log, topic) =
-            (self.state.tracker.clone(), self.state.consumer.clone(), self.pipeline.log.clone(), self.pipeline.topic.clone());
+    fn handle(&mut self, Drain(within): Drain, _: &mut Context<Self>) -> Self::Result {
+        let (member, tasks) = (self.state.member(), self.state.tasks.clone());
         Box::pin(
             async move {
-                let deadline = Instant::now() + within;
-                while tracker.lock().expect("tracker lock").in_flight() > 0 && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                let commits = tracker.lock().expect("tracker lock").all_commits(None);
-                let final_log = log.clone();
-                // librdkafka's sync commit waits without limit while Kafka is down: bound it.
-                let close = tokio::task::spawn_blocking(move || {
-                    if !commits.is_empty() {
-                        let result = consumer.commit(&offsets_list(&topic, &commits), CommitMode::Sync);
-                        log_commit(&final_log, "shutdown", &commits, result);
-                    }
-                    consumer.unsubscribe();
-                });
-                if tokio::time::timeout(FINAL_COMMIT_TIMEOUT, close).await.is_err() {
-                    warn!(log, "final commit did not finish (is Kafka down?); unfinished events will be read again";
-                        "labels.timeout_ms" => FINAL_COMMIT_TIMEOUT.as_millis() as u64);
-                }
+                member.stop_fetching();
+                tasks.close();
+                let _ = tokio::time::timeout(within.saturating_sub(CLOSE_TIMEOUT), tasks.wait()).await;
+                member.close(CLOSE_TIMEOUT).await;
             }
             .into_actor(self),
         )

@@ -15,7 +15,8 @@ use super::downloader::Downloader;
 use super::fetcher::{Fetcher, FetcherSettings, StopFetching};
 use super::publisher::{self, Flush, Publisher};
 use super::storer::Storer;
-use super::subscriber::{ConsumerState, Drain, Pipeline, Subscriber};
+use super::subscriber::{ConsumerState, ConsumerStatus, Drain, Pipeline, Subscriber};
+use crate::consumer::MemberSettings;
 use crate::backoff::{self, Backoff};
 use crate::config::Config;
 use crate::db;
@@ -127,7 +128,7 @@ pub async fn run(config: Config, root: Logger) -> u8 {
         return 1;
     }
     let started = tokio::select! {
-        r = prepare(&config, &root, &slots, &mut supervisor, pool, app.outbox.clone()) => r,
+        r = prepare(&config, &root, &slots, &mut supervisor, pool, &app) => r,
         _ = wait_stop() => { info!(log, "signal received during start-up; exiting"); return 0; }
     };
     if let Err(e) = started {
@@ -166,6 +167,7 @@ fn app_state(
         outbox,
         kafka,
         topic: config.kafka_topic.clone(),
+        consumer: config.consumer_enabled.then(ConsumerStatus::default),
         started: AtomicBool::new(false),
         since: std::time::Instant::now(),
     }))
@@ -177,7 +179,7 @@ async fn prepare(
     slots: &Slots,
     supervisor: &mut Supervisor,
     pool: Option<db::PgPool>,
-    outbox: Option<Outbox>,
+    app: &AppState,
 ) -> Result<(), StartError> {
     let log = &for_component(root, "startup");
     let retry = Backoff::new(config.retry_min_backoff, config.retry_max_backoff, 0.2);
@@ -194,12 +196,13 @@ async fn prepare(
     };
     if config.consumer_enabled {
         let pool = pool.expect("the consumer role has a pool");
-        for (name, start) in consumer_children(config, root, slots, retry, pool).await? {
+        let status = app.consumer.clone().expect("the consumer role has a status");
+        for (name, start) in consumer_children(config, root, slots, retry, pool, app.restarts.clone(), status).await? {
             add(name, start);
         }
     }
     if config.producer_enabled {
-        let outbox = outbox.expect("the producer role has an outbox");
+        let outbox = app.outbox.clone().expect("the producer role has an outbox");
         for (name, start) in producer_children(config, root, slots, retry, outbox) {
             add(name, start);
         }
@@ -216,6 +219,8 @@ async fn consumer_children(
     slots: &Slots,
     retry: Backoff,
     pool: db::PgPool,
+    restarts: RestartCounts,
+    status: ConsumerStatus,
 ) -> Result<Children, StartError> {
     let log = &for_component(root, "startup");
     let migrations = || {
@@ -226,13 +231,6 @@ async fn consumer_children(
     info!(log, "database ready"; "labels.migrations_applied" => applied.len());
 
     let sub_log = for_component(root, "subscriber");
-    let consumer = ConsumerState::new(
-        &config.kafka_brokers,
-        &config.kafka_group_id,
-        &config.kafka_topic,
-        config.download_concurrency,
-        &sub_log,
-    )?;
     let pipeline = Pipeline {
         storer: slots.storer.clone(),
         downloader: slots.downloader.clone(),
@@ -240,8 +238,16 @@ async fn consumer_children(
         topic: config.kafka_topic.clone(),
         dlq_topic: config.kafka_dlq_topic.clone(),
         backoff: retry,
+        log: sub_log.clone(),
+        last_retry: Default::default(),
+    };
+    let member = MemberSettings {
+        brokers: config.kafka_brokers.clone(),
+        group_id: config.kafka_group_id.clone(),
+        topic: config.kafka_topic.clone(),
         log: sub_log,
     };
+    let consumer = ConsumerState::new(member, config.download_concurrency, config.consumer_stall, pipeline, restarts, status)?;
     let (storer_slot, downloader_slot, subscriber_slot) = (slots.storer.clone(), slots.downloader.clone(), slots.subscriber.clone());
     let (hosts, max_bytes, timeout) = (config.allowed_image_hosts.clone(), config.max_image_bytes, config.download_timeout);
     Ok(vec![
@@ -252,7 +258,7 @@ async fn consumer_children(
         ),
         (
             "subscriber",
-            Box::new(move |l| Ok(subscriber_slot.set(Some(Subscriber::new(consumer.clone(), pipeline.clone(), l).start())))),
+            Box::new(move |l| Ok(subscriber_slot.set(Some(Subscriber::new(consumer.clone(), l).start())))),
         ),
     ])
 }
@@ -270,8 +276,9 @@ fn producer_children(config: &Config, root: &Logger, slots: &Slots, retry: Backo
         (
             "publisher",
             Box::new(move |l| {
-                let new_producer = publisher::producer_factory(brokers.clone(), publish_timeout, pub_log.clone());
-                let actor = Publisher::new(new_producer, topic.clone(), outbox.clone(), publish_backoff, pub_log.clone(), l)
+                let new_producer = publisher::producer_factory(brokers.clone(), pub_log.clone());
+                let actor =
+                    Publisher::new(new_producer, topic.clone(), outbox.clone(), publish_backoff, publish_timeout, pub_log.clone(), l)
                     .map_err(|e| e.to_string())?;
                 publisher_slot.set(Some(actor.start()));
                 Ok(())

@@ -9,7 +9,7 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use std::time::Duration;
 use uuid::Uuid;
 
-use crate::errors::Transient;
+use crate::errors::{EventError, Permanent, Transient};
 use schema::images;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -73,14 +73,33 @@ pub fn is_stored(pool: &PgPool, nasa_id: &str) -> Result<bool, Transient> {
 }
 
 /// Inserts unless the nasa_id is there: `ON CONFLICT (nasa_id) DO NOTHING`.
-pub fn insert(pool: &PgPool, row: &NewImage) -> Result<Stored, Transient> {
+pub fn insert(pool: &PgPool, row: &NewImage) -> Result<Stored, EventError> {
     let n = diesel::insert_into(images::table)
         .values(row)
         .on_conflict(images::nasa_id)
         .do_nothing()
         .execute(&mut conn(pool)?)
-        .map_err(|e| Transient::Database(e.to_string()))?;
+        .map_err(classify)?;
     Ok(if n == 1 { Stored::Inserted } else { Stored::Duplicate })
+}
+
+/// Whether retrying a failed write can help. Lost connections, serialization failures and a
+/// read-only server pass; a constraint the row breaks does not. Postgres's other refusals reach
+/// diesel without a class (the SQLSTATE is not exposed): they are retried a few times by the
+/// caller, then dead-lettered.
+pub fn classify(e: diesel::result::Error) -> EventError {
+    use diesel::result::{DatabaseErrorKind as K, Error};
+    match e {
+        Error::DatabaseError(K::ClosedConnection | K::SerializationFailure | K::ReadOnlyTransaction, info) => {
+            Transient::Database(info.message().to_owned()).into()
+        }
+        Error::DatabaseError(
+            kind @ (K::NotNullViolation | K::CheckViolation | K::ForeignKeyViolation | K::RestrictViolation | K::ExclusionViolation),
+            info,
+        ) => Permanent::DbRejected(format!("{kind:?}: {}", info.message())).into(),
+        Error::DatabaseError(_, info) => Transient::DatabaseRefused(info.message().to_owned()).into(),
+        other => Transient::Database(other.to_string()).into(),
+    }
 }
 
 /// Postgres rejects NUL in text: strip it from text that came from outside.

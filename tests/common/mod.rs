@@ -64,7 +64,7 @@ struct Node {
 
 impl Node {
     fn spawn(&self, voters: &str, replicas: usize) {
-        let mut child = self.child.lock().unwrap();
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
         assert!(child.is_none(), "node {} is already running", self.id);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("broker.log")).unwrap();
         let started = Command::new(repo_root().join("scripts/kafka/broker"))
@@ -75,12 +75,12 @@ impl Node {
             .stderr(log)
             .spawn()
             .expect("scripts/kafka/broker starts (run scripts/test, which installs Java and Kafka)");
-        SHARED_PIDS.lock().unwrap().push(started.id());
+        SHARED_PIDS.lock().unwrap_or_else(|e| e.into_inner()).push(started.id());
         *child = Some(started);
     }
 
     fn signal(&self, signal: i32) {
-        let mut child = self.child.lock().unwrap();
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(mut c) = child.take() {
             unsafe { libc::kill(c.id() as i32, signal) };
             let deadline = Instant::now() + Duration::from_secs(30);
@@ -90,12 +90,12 @@ impl Node {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            SHARED_PIDS.lock().unwrap().retain(|p| *p != c.id());
+            SHARED_PIDS.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| *p != c.id());
         }
     }
 
     fn running(&self) -> bool {
-        self.child.lock().unwrap().is_some()
+        self.child.lock().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 
     fn addr(&self) -> String {
@@ -123,28 +123,43 @@ struct Kafka {
 }
 
 impl Kafka {
+    /// Starts `nodes` nodes on fresh storage. A node that cannot bind its port (another
+    /// process took it between the choice and the bind) is started again on other ports.
     fn launch(nodes: usize) -> Arc<Kafka> {
         static AT_EXIT: std::sync::Once = std::sync::Once::new();
         AT_EXIT.call_once(|| unsafe {
             libc::atexit(kill_brokers_at_exit);
         });
-        let dir = tempfile::Builder::new().prefix("kafka").tempdir().unwrap();
-        let nodes: Vec<Node> = (1..=nodes as u32)
-            .map(|id| Node {
-                id,
-                port: free_port(),
-                controller_port: free_port(),
-                dir: dir.path().join(format!("node{id}")),
-                child: Mutex::new(None),
-            })
-            .collect();
-        let kafka = Arc::new(Kafka { replicas: nodes.len().min(3), nodes, _dir: dir });
-        for n in &kafka.nodes {
-            std::fs::create_dir_all(&n.dir).unwrap();
-            n.spawn(&kafka.voters(), kafka.replicas);
+        let mut tries = 0;
+        loop {
+            let dir = tempfile::Builder::new().prefix("kafka").tempdir().unwrap();
+            let nodes: Vec<Node> = (1..=nodes as u32)
+                .map(|id| Node {
+                    id,
+                    port: broker_port(),
+                    controller_port: broker_port(),
+                    dir: dir.path().join(format!("node{id}")),
+                    child: Mutex::new(None),
+                })
+                .collect();
+            let kafka = Arc::new(Kafka { replicas: nodes.len().min(3), nodes, _dir: dir });
+            for n in &kafka.nodes {
+                std::fs::create_dir_all(&n.dir).unwrap();
+                n.spawn(&kafka.voters(), kafka.replicas);
+            }
+            tries += 1;
+            match kafka.try_wait_ready(kafka.nodes.len()) {
+                Ok(()) => return kafka,
+                Err(e) if tries < 3 => eprintln!("kafka: {e}; starting again on other ports"),
+                Err(e) => panic!("{e}"),
+            }
         }
-        kafka.wait_ready(kafka.nodes.len());
-        kafka
+    }
+
+    fn wait_ready(&self, brokers: usize) {
+        if let Err(e) = self.try_wait_ready(brokers) {
+            panic!("{e}");
+        }
     }
 
     fn voters(&self) -> String {
@@ -156,7 +171,9 @@ impl Kafka {
     }
 
     /// Polls the listeners with a metadata request until `brokers` of them answer as one cluster.
-    fn wait_ready(&self, brokers: usize) {
+    /// Polls the listeners with a metadata request until `brokers` of them answer as one
+    /// cluster; an error when a node exits meanwhile.
+    fn try_wait_ready(&self, brokers: usize) -> Result<(), String> {
         let bootstrap = self.bootstrap();
         let started = Instant::now();
         let client: BaseConsumer = ClientConfig::new()
@@ -166,17 +183,36 @@ impl Kafka {
             .create()
             .unwrap();
         let logs = self.nodes.iter().map(|n| n.dir.join("broker.log").display().to_string()).collect::<Vec<_>>();
-        wait_until(Duration::from_secs(90), &format!("{brokers} Kafka broker(s) answer metadata requests (logs: {logs:?})"), || {
+        let deadline = started + Duration::from_secs(90);
+        loop {
             for n in &self.nodes {
-                if let Some(c) = n.child.lock().unwrap().as_mut() {
+                if let Some(c) = n.child.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
                     if let Some(status) = c.try_wait().unwrap() {
-                        panic!("Kafka node {} exited with {status} while starting: {}", n.id, tail(&n.dir.join("broker.log")));
+                        return Err(format!("Kafka node {} exited with {status} while starting: {}", n.id, tail(&n.dir.join("broker.log"))));
                     }
                 }
             }
-            client.fetch_metadata(None, Duration::from_millis(500)).is_ok_and(|m| m.brokers().len() >= brokers)
-        });
-        eprintln!("kafka: {brokers} broker(s) ready in {:.1} s", started.elapsed().as_secs_f64());
+            if client.fetch_metadata(None, Duration::from_millis(500)).is_ok_and(|m| m.brokers().len() >= brokers) {
+                eprintln!("kafka: {brokers} broker(s) ready in {:.1} s", started.elapsed().as_secs_f64());
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{brokers} Kafka broker(s) did not answer metadata requests within 90 s (logs: {logs:?})"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A free port below the kernel's ephemeral range (32768 and up here), so that no client
+/// socket or `:0` listener of the tests can take it while a broker is down for a restart.
+fn broker_port() -> u16 {
+    use rand::Rng;
+    loop {
+        let port = rand::rng().random_range(20_000..32_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
     }
 }
 
@@ -265,6 +301,27 @@ impl Broker {
         self.kafka.nodes[i].spawn(&self.kafka.voters(), self.kafka.replicas);
     }
 
+    /// Another view of the same broker or cluster, with topic names of its own.
+    pub fn with_new_topics(&self) -> Broker {
+        Self::view(self.kafka.clone())
+    }
+
+    /// Starts the nodes that are down (a test before may have left one down) and waits for all.
+    pub fn ensure_all_up(&self) {
+        if self.kafka.nodes.iter().any(|n| !n.running()) {
+            self.resume();
+        }
+    }
+
+    /// Whether every partition of `topic` has all the cluster's replicas in sync.
+    pub fn fully_replicated(&self, topic: &str) -> bool {
+        let client: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &self.addr).create().unwrap();
+        let Ok(md) = client.fetch_metadata(Some(topic), Duration::from_secs(5)) else { return false };
+        md.topics().first().is_some_and(|t| {
+            !t.partitions().is_empty() && t.partitions().iter().all(|p| p.isr().len() == self.kafka.replicas)
+        })
+    }
+
     /// Which node leads `partition` of `topic` now.
     pub fn leader_of(&self, topic: &str, partition: i32) -> usize {
         let client: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &self.addr).create().unwrap();
@@ -342,7 +399,18 @@ impl Broker {
         for p in 0..partitions {
             tpl.add_partition(topic, p);
         }
-        let got = consumer.committed_offsets(tpl, Duration::from_secs(5)).expect("committed offsets");
+        // A fresh broker answers "coordinator not available" until its offsets topic exists.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let got = loop {
+            match consumer.committed_offsets(tpl.clone(), Duration::from_secs(5)) {
+                Ok(got) => break got,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("committed offsets not read yet ({e}); asking again");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("committed offsets of {group}: {e}"),
+            }
+        };
         (0..partitions)
             .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
                 Some(Offset::Offset(o)) => Some(o),
