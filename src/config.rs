@@ -28,6 +28,9 @@ pub enum Command {
     Migrate,
     /// Publish one event per image of a search, through the outbox; resumable.
     Backfill(BackfillArgs),
+    /// Ask the daemon's /healthz on HTTP_ADDR (0.0.0.0 as 127.0.0.1); exit 0 when it answers 200,
+    /// else 1 (the container's HEALTHCHECK).
+    Healthcheck,
 }
 
 #[derive(Args, Debug, Clone, PartialEq, Eq)]

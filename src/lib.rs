@@ -12,6 +12,7 @@ pub mod db;
 pub mod errors;
 pub mod event;
 pub mod fake_nasa;
+pub mod healthcheck;
 pub mod http;
 pub mod image;
 pub mod kafka;

@@ -3,18 +3,33 @@ use slog::{error, info};
 use std::process::ExitCode;
 
 use nasa_ingest::config::{Cli, Command, Config};
-use nasa_ingest::{actors::supervisor, backfill, db, logging, telemetry};
+use nasa_ingest::{actors::supervisor, backfill, db, healthcheck, logging, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run);
     let config = match Config::from_settings(&cli.settings, &command) {
         Ok(c) => c,
+        // Docker reserves a healthcheck's exit code 2: a bad setting is just unhealthy there.
+        Err(e) if command == Command::Healthcheck => {
+            eprintln!("nasa-ingest healthcheck: {e}");
+            return ExitCode::FAILURE;
+        }
         Err(e) => {
             eprintln!("nasa-ingest: {e}");
             return ExitCode::from(2);
         }
     };
+    if command == Command::Healthcheck {
+        // No logger, no Sentry: one line on failure, for `docker inspect`'s health log.
+        return match healthcheck::check(config.http_addr, std::time::Duration::from_secs(3)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("nasa-ingest healthcheck: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // A backfill keeps stdout for its progress; its logs go to stderr.
     let root = match command {
         Command::Backfill(_) => logging::logger(std::io::stderr(), config.log_level, &config.environment),
@@ -47,6 +62,7 @@ fn main() -> ExitCode {
             let log = logging::for_component(&root, "backfill");
             ExitCode::from(actix::System::new().block_on(backfill::run(config, args, log)))
         }
+        Command::Healthcheck => unreachable!("answered above"),
     }
 }
 

@@ -96,3 +96,39 @@ fn migrate_creates_the_table_and_keeps_the_password_out_of_the_log() {
     // Again: nothing left to apply, still success.
     assert_eq!(run(&[("DATABASE_URL", &db.url)], &["migrate"]).0, Some(0));
 }
+
+/// `healthcheck` (the image's HEALTHCHECK) asks /healthz where HTTP_ADDR says, 0.0.0.0 as
+/// 127.0.0.1: exit 0 on a 200, else 1 with one line on stderr; never 2, which Docker reserves.
+#[test]
+fn healthcheck_asks_healthz_on_http_addr() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = asked.clone();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().map_while(Result::ok) {
+            let mut buf = [0u8; 1024];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_owned();
+            let ok = request.starts_with("GET /healthz ");
+            sink.lock().unwrap().push(request);
+            let reply: &[u8] = if ok { b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" } else { b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n" };
+            let _ = conn.write_all(reply);
+        }
+    });
+    let addr = format!("0.0.0.0:{port}");
+    let (code, stdout, stderr) = run(&[DB, ("HTTP_ADDR", &addr)], &["healthcheck"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.is_empty() && stderr.is_empty(), "silent when healthy: {stdout}{stderr}");
+    assert_eq!(asked.lock().unwrap().as_slice(), ["GET /healthz HTTP/1.1"]);
+
+    let dead = format!("127.0.0.1:{}", free_port());
+    let (code, stdout, stderr) = run(&[DB, ("HTTP_ADDR", &dead)], &["healthcheck"]);
+    assert_eq!(code, Some(1));
+    assert!(stdout.is_empty() && stderr.lines().count() == 1 && stderr.contains(&dead), "{stderr}");
+
+    let (code, _, stderr) = run(&[DB, ("HTTP_ADDR", "nowhere")], &["healthcheck"]);
+    assert_eq!(code, Some(1), "a bad setting is unhealthy, not Docker's reserved 2: {stderr}");
+    assert!(stderr.contains("HTTP_ADDR"), "{stderr}");
+}

@@ -91,6 +91,19 @@ fn compose_names_only_services_and_files_that_exist() {
         assert_eq!(s["environment"]["PRODUCER_ENABLED"].as_str(), Some(producer));
         assert_eq!(s["environment"]["CONSUMER_ENABLED"].as_str(), Some(consumer));
     }
+    // The image's VOLUME /data: each daemon service mounts it, a named volume where the outbox
+    // lives (producer role) or a tmpfs, so that no anonymous volume is left behind.
+    for svc in ["nasa-ingest", "nasa-producer", "nasa-consumer"] {
+        let s = &services[svc];
+        let named = s["volumes"].as_vec().into_iter().flatten().filter_map(|v| v.as_str()).find(|v| v.ends_with(":/data"));
+        let tmpfs = s["tmpfs"].as_vec().into_iter().flatten().any(|v| v.as_str() == Some("/data"));
+        let producer = s["environment"]["PRODUCER_ENABLED"].as_str() != Some("false");
+        if producer {
+            assert!(named.is_some(), "{svc}: the producer's outbox (/data) is on a named volume");
+        } else {
+            assert!(named.is_some() || tmpfs, "{svc}: /data is mounted (a volume or tmpfs), else Docker makes an anonymous volume");
+        }
+    }
     let vars = daemon_vars();
     for svc in ["nasa-ingest", "nasa-producer", "nasa-consumer"] {
         for var in keys(&services[svc]["environment"]) {
@@ -139,7 +152,14 @@ fn dockerfile_copies_what_exists_runs_as_non_root_with_a_healthcheck() {
     }
     assert!(text.contains("cargo build --release --locked"), "built as the README builds it");
     assert!(text.lines().any(|l| l.starts_with("USER ") && !l.contains("root")));
-    assert!(text.contains("HEALTHCHECK") && text.contains("/healthz"));
+    // The check is the daemon's own (`nasa-ingest healthcheck`, which reads HTTP_ADDR), not a
+    // fixed URL: with another HTTP_ADDR a fixed one fails, and under host networking another
+    // process could answer it.
+    let healthcheck: String = text.lines().skip_while(|l| !l.starts_with("HEALTHCHECK")).take(2).collect();
+    assert!(healthcheck.contains("CMD [\"nasa-ingest\", \"healthcheck\"]"), "{healthcheck}");
+    assert!(!text.contains("curl"), "no curl in the image");
+    // Buildable by the legacy builder too: no BuildKit-only syntax.
+    assert!(!text.contains("--mount") && !text.contains("# syntax="), "the Dockerfile needs BuildKit");
     assert!(text.contains("VOLUME [\"/data\"]") && text.contains("DATA_DIR=/data"));
     assert!(Path::new(&root().join(".gitignore")).exists());
     assert!(std::fs::read_to_string(root().join(".gitignore")).unwrap().lines().any(|l| l == "deploy/.env"));
