@@ -559,9 +559,12 @@ fn dechunk(mut body: &str) -> String {
 
 #[derive(Clone, Copy, PartialEq)]
 enum NodeState {
+    /// Answering metadata requests since then.
     Up(Instant),
     Going,
     Down,
+    /// Restarted, not answering yet.
+    Starting,
 }
 
 enum Heal {
@@ -570,7 +573,8 @@ enum Heal {
     Api,
     ImageStatus,
     ImageDelay,
-    Restart(usize),
+    /// The slot and its process number when the fault hit: healed once a later process runs.
+    Restart(usize, u32),
     Leave(usize),
 }
 
@@ -599,13 +603,14 @@ struct World {
     image_delay_fault: bool,
     start: Instant,
     journal: std::fs::File,
-    /// The first three slots' names, for the report.
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// Lines from helper threads, journaled by the main loop.
+    notes: Arc<Mutex<Vec<String>>>,
 }
 
 impl World {
     fn say(&mut self, text: String) {
-        let line = format!("[{:>6.1}s] {text}", self.start.elapsed().as_secs_f64());
+        let line = format!("[{:>6.1}s {}] {text}", self.start.elapsed().as_secs_f64(), chrono::Utc::now().format("%H:%M:%S%.3f"));
         eprintln!("{line}");
         let _ = writeln!(self.journal, "{line}");
     }
@@ -643,7 +648,7 @@ impl World {
         let n_nodes = self.nodes.lock().unwrap().len();
         let injected = match f.kind {
             Kind::BrokerKill | Kind::BrokerStop | Kind::BrokerTwoDown => {
-                let up = self.nodes_up_for(Duration::from_secs(10));
+                let up = self.nodes_up_for(Duration::from_secs(20));
                 let sig = if f.kind == Kind::BrokerStop { libc::SIGTERM } else { libc::SIGKILL };
                 let chosen: Option<Vec<usize>> = if up.len() < n_nodes {
                     None
@@ -707,7 +712,7 @@ impl World {
                     let sig = if f.kind == Kind::DaemonKill { libc::SIGKILL } else { libc::SIGTERM };
                     self.slots[i].signal(sig);
                     // Restarted `pause` after it exits (reap sees the restart time is set).
-                    self.pending.push(Pending { at: heal_at, kind: f.kind, heal: Heal::Restart(i) });
+                    self.pending.push(Pending { at: heal_at, kind: f.kind, heal: Heal::Restart(i, self.slots[i].processes) });
                     self.slots[i].restart_at = Some(heal_at);
                     Some(self.slots[i].name.clone())
                 } else {
@@ -790,7 +795,9 @@ impl World {
                 for &i in nodes {
                     if states[i] == NodeState::Down {
                         self.broker.restart_node(i);
-                        self.nodes.lock().unwrap()[i] = NodeState::Up(Instant::now());
+                        self.nodes.lock().unwrap()[i] = NodeState::Starting;
+                        let (addr, state, notes) = (self.broker.addr.split(',').nth(i).unwrap_or_default().to_owned(), self.nodes.clone(), self.notes.clone());
+                        self.threads.push(std::thread::spawn(move || wait_for_node(i, &addr, &state, &notes)));
                     }
                 }
             }
@@ -811,9 +818,9 @@ impl World {
                 self.nasa.state.set_image_delay(Duration::ZERO);
                 self.image_delay_fault = false;
             }
-            Heal::Restart(i) => {
-                // The process must have exited first; then `tick` starts it at restart_at.
-                if self.slots[*i].daemon.is_some() {
+            Heal::Restart(i, process) => {
+                // The process must have exited and `tick` started the next one (at restart_at).
+                if self.slots[*i].processes <= *process || self.slots[*i].daemon.is_none() {
                     return false;
                 }
             }
@@ -831,6 +838,10 @@ impl World {
 
     /// Restarts exited daemons (as Docker would), samples RSS, heals what is due.
     fn tick(&mut self, heal_all: bool) {
+        let notes: Vec<String> = self.notes.lock().unwrap().drain(..).collect();
+        for n in notes {
+            self.say(n);
+        }
         for i in 0..self.slots.len() {
             if self.slots[i].reap(Duration::from_secs(1)) {
                 let (name, n) = (self.slots[i].name.clone(), self.slots[i].processes);
@@ -859,6 +870,27 @@ impl World {
             }
         }
     }
+}
+
+/// Waits (2 min at most) until node `i` answers a metadata request, then marks it up.
+fn wait_for_node(i: usize, addr: &str, state: &Mutex<Vec<NodeState>>, notes: &Mutex<Vec<String>>) {
+    let started = Instant::now();
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("log_level", "0")
+        .set("reconnect.backoff.max.ms", "200")
+        .create()
+        .expect("metadata client");
+    while started.elapsed() < Duration::from_secs(120) {
+        if client.fetch_metadata(None, Duration::from_millis(500)).is_ok() {
+            state.lock().unwrap()[i] = NodeState::Up(Instant::now());
+            notes.lock().unwrap().push(format!("broker node {i} answers again, {:.1} s after its restart", started.elapsed().as_secs_f64()));
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    notes.lock().unwrap().push(format!("broker node {i} does NOT answer 2 min after its restart"));
+    state.lock().unwrap()[i] = NodeState::Up(Instant::now());
 }
 
 /// Crashes `actor` `times` times in a row: each request waits until the actor runs again (409
@@ -1021,6 +1053,7 @@ fn main() {
         start: Instant::now(),
         journal: std::fs::File::create(run_dir.join("journal.txt")).unwrap(),
         threads: Vec::new(),
+        notes: Arc::default(),
     };
 
     // ---- the schedule
@@ -1328,6 +1361,11 @@ fn main() {
 
     // ---- the report
     let samples = samples.lock().unwrap().clone();
+    let progress: Vec<String> = samples
+        .iter()
+        .map(|s| format!("{:>7.1}s committed {:>6} lag {:>5}", (s.at - w.start).as_secs_f64(), s.committed, s.lag))
+        .collect();
+    let _ = std::fs::write(run_dir.join("progress.txt"), progress.join("\n"));
     let mut recovery: BTreeMap<Kind, (Duration, bool, usize)> = BTreeMap::new();
     for (kind, at, overlapped) in &w.heals {
         let before = samples.iter().rev().find(|s| s.at <= *at).map(|s| s.committed).unwrap_or(0);
@@ -1383,7 +1421,11 @@ fn main() {
         w.slots.iter().map(|s| format!("{} {:.1} MiB", s.name, s.peak_rss_kib as f64 / 1024.0)).collect::<Vec<_>>().join(", ")
     ));
     if let Some(d) = idle_after_heal {
-        report.push(format!("idle {:.1} s after everything was healed; pending events at their producers: {}", d.as_secs_f64(), pending_ids.len()));
+        report.push(format!(
+            "idle {:.1} s after everything was healed; events that waited in a producer's outbox while Kafka was unavailable: {} (all checked on the topic)",
+            d.as_secs_f64(),
+            pending_ids.len()
+        ));
     }
     report.push("invariants:".into());
     let failed = checks.iter().filter(|c| !c.failures.is_empty()).count();
