@@ -592,7 +592,7 @@ struct World {
     nodes: Arc<Mutex<Vec<NodeState>>>,
     pending: Vec<Pending>,
     /// (kind, when healed, other faults active at that moment)
-    heals: Vec<(Kind, Instant, bool)>,
+    heals: Vec<(Kind, Instant, chrono::DateTime<chrono::Utc>, bool)>,
     injected: BTreeMap<Kind, usize>,
     skipped: BTreeMap<Kind, usize>,
     feed: mpsc::Sender<FeedCmd>,
@@ -831,7 +831,7 @@ impl World {
             }
         }
         let others = self.pending.len() > 1;
-        self.heals.push((p.kind, Instant::now(), others));
+        self.heals.push((p.kind, Instant::now(), chrono::Utc::now(), others));
         self.say(format!("healed: {}", p.kind.name()));
         true
     }
@@ -1367,10 +1367,26 @@ fn main() {
         .collect();
     let _ = std::fs::write(run_dir.join("progress.txt"), progress.join("\n"));
     let mut recovery: BTreeMap<Kind, (Duration, bool, usize)> = BTreeMap::new();
-    for (kind, at, overlapped) in &w.heals {
-        let before = samples.iter().rev().find(|s| s.at <= *at).map(|s| s.committed).unwrap_or(0);
-        let moved = samples.iter().find(|s| s.at > *at && (s.committed > before || s.lag == 0));
-        let took = moved.map(|s| s.at - *at).unwrap_or_else(|| Duration::from_secs(9999));
+    // The producers move when a daemon logs `sent`; the consumers when the committed offsets move.
+    let mut sent_at: Vec<chrono::DateTime<chrono::Utc>> = w
+        .slots
+        .iter()
+        .flat_map(|s| s.all_lines())
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+        .filter(|v| v["message"] == "sent")
+        .filter_map(|v| v["@timestamp"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()))
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .collect();
+    sent_at.sort();
+    for (kind, at, wall, overlapped) in &w.heals {
+        let producer_side = matches!(kind, Kind::Api503 | Kind::ApiHang | Kind::ApiSlow | Kind::ApiMalformed);
+        let took = if producer_side {
+            sent_at.iter().find(|t| *t > wall).and_then(|t| (*t - *wall).to_std().ok()).unwrap_or_else(|| Duration::from_secs(9999))
+        } else {
+            let before = samples.iter().rev().find(|s| s.at <= *at).map(|s| s.committed).unwrap_or(0);
+            let moved = samples.iter().find(|s| s.at > *at && (s.committed > before || s.lag == 0));
+            moved.map(|s| s.at - *at).unwrap_or_else(|| Duration::from_secs(9999))
+        };
         let e = recovery.entry(*kind).or_insert((Duration::ZERO, false, 0));
         e.2 += 1;
         if took > e.0 {
@@ -1395,6 +1411,13 @@ fn main() {
             None => String::new(),
         };
         report.push(format!("  {:<32} {:>3}   {rec}", kind.name(), n));
+    }
+    report.push("  (moving: the committed offsets advance, or nothing is left to consume; for the NASA API: a daemon sends an event)".into());
+    if !w.skipped.is_empty() {
+        report.push(format!(
+            "  skipped: {}",
+            w.skipped.iter().map(|(k, n)| format!("{} {n}", k.name())).collect::<Vec<_>>().join(", ")
+        ));
     }
     report.push(format!(
         "events on the topic: {} ({} good: {} from the feeder, {} from the daemons' fetchers, {} probes; {} poison); {} logged as sent by the daemons",
