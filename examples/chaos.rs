@@ -98,6 +98,8 @@ enum Kind {
     ActorCrash,
     EventPanic,
     Poison,
+    DataDirFull,
+    DataDirReadOnly,
 }
 
 impl Kind {
@@ -119,6 +121,8 @@ impl Kind {
             Kind::ActorCrash => "actor crashes (admin)",
             Kind::EventPanic => "event panics (admin)",
             Kind::Poison => "poison messages",
+            Kind::DataDirFull => "producer DATA_DIR full",
+            Kind::DataDirReadOnly => "producer DATA_DIR read-only",
         }
     }
 
@@ -140,6 +144,8 @@ impl Kind {
             (Kind::ActorCrash, 2, (0, 1)),
             (Kind::EventPanic, 1, (0, 1)),
             (Kind::Poison, 2, (0, 1)),
+            (Kind::DataDirFull, 1, (3_000, 20_000)),
+            (Kind::DataDirReadOnly, 1, (3_000, 20_000)),
         ];
         if cluster {
             t.push((Kind::BrokerTwoDown, 1, (3_000, 12_000)));
@@ -363,11 +369,15 @@ fn offsets_client(addr: &str, group: &str) -> BaseConsumer {
 
 /// (committed, end) per partition; None when the broker does not answer in time.
 fn positions(client: &BaseConsumer, topic: &str, partitions: i32) -> Option<(Vec<i64>, Vec<i64>)> {
+    positions_or_error(client, topic, partitions).ok()
+}
+
+fn positions_or_error(client: &BaseConsumer, topic: &str, partitions: i32) -> Result<(Vec<i64>, Vec<i64>), String> {
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
-    let got = client.committed_offsets(tpl, Duration::from_secs(2)).ok()?;
+    let got = client.committed_offsets(tpl, Duration::from_secs(2)).map_err(|e| format!("committed offsets: {e}"))?;
     let committed = (0..partitions)
         .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
             Some(Offset::Offset(o)) => o,
@@ -376,19 +386,33 @@ fn positions(client: &BaseConsumer, topic: &str, partitions: i32) -> Option<(Vec
         .collect();
     let mut ends = Vec::new();
     for p in 0..partitions {
-        ends.push(client.fetch_watermarks(topic, p, Duration::from_secs(2)).ok()?.1);
+        ends.push(client.fetch_watermarks(topic, p, Duration::from_secs(2)).map_err(|e| format!("end offset of partition {p}: {e}"))?.1);
     }
-    Some((committed, ends))
+    Ok((committed, ends))
 }
 
-fn observer(addr: String, topic: String, group: String, samples: Arc<Mutex<Vec<Sample>>>, stop: Arc<AtomicBool>) {
-    let client = offsets_client(&addr, &group);
+/// Samples the group's progress every 500 ms. Its client is replaced after 30 s without an
+/// answer (said in the journal, with the error): the run must measure, whatever the client does.
+fn observer(addr: String, topic: String, group: String, samples: Arc<Mutex<Vec<Sample>>>, stop: Arc<AtomicBool>, notes: Arc<Mutex<Vec<String>>>) {
+    let mut client = offsets_client(&addr, &group);
+    let mut failing_since: Option<Instant> = None;
     while !stop.load(Ordering::SeqCst) {
         let started = Instant::now();
-        if let Some((c, e)) = positions(&client, &topic, PARTITIONS) {
-            let committed: i64 = c.iter().sum();
-            let lag: i64 = c.iter().zip(&e).map(|(c, e)| (e - c).max(0)).sum();
-            samples.lock().unwrap().push(Sample { at: Instant::now(), committed, lag });
+        match positions_or_error(&client, &topic, PARTITIONS) {
+            Ok((c, e)) => {
+                failing_since = None;
+                let committed: i64 = c.iter().sum();
+                let lag: i64 = c.iter().zip(&e).map(|(c, e)| (e - c).max(0)).sum();
+                samples.lock().unwrap().push(Sample { at: Instant::now(), committed, lag });
+            }
+            Err(e) => {
+                let since = *failing_since.get_or_insert(started);
+                if since.elapsed() > Duration::from_secs(30) {
+                    notes.lock().unwrap().push(format!("observer: no answer for 30 s ({e}); a new offsets client replaces it"));
+                    client = offsets_client(&addr, &group);
+                    failing_since = None;
+                }
+            }
         }
         std::thread::sleep(Duration::from_millis(500).saturating_sub(started.elapsed()));
     }
@@ -575,6 +599,9 @@ enum Heal {
     ImageDelay,
     /// The slot and its process number when the fault hit: healed once a later process runs.
     Restart(usize, u32),
+    /// Slot whose DATA_DIR is full (the filler file is removed) or read-only (remounted rw).
+    DiskFree(usize),
+    DiskWritable(usize),
     Leave(usize),
 }
 
@@ -601,6 +628,9 @@ struct World {
     api_fault: bool,
     image_status_fault: bool,
     image_delay_fault: bool,
+    /// Slots whose DATA_DIR is a small tmpfs of its own (empty where mounting is not allowed).
+    mounted: Vec<usize>,
+    disk_fault: Vec<bool>,
     start: Instant,
     journal: std::fs::File,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -760,6 +790,27 @@ impl World {
                     _ => None,
                 }
             }
+            Kind::DataDirFull | Kind::DataDirReadOnly => {
+                let i = f.target as usize % 2;
+                if !self.mounted.contains(&i) || self.disk_fault[i] {
+                    None
+                } else {
+                    let dir = PathBuf::from(get(&self.slots[i].env, "DATA_DIR"));
+                    let done = if f.kind == Kind::DataDirFull { fill(&dir) } else { remount(&dir, "ro") };
+                    match done {
+                        Ok(()) => {
+                            self.disk_fault[i] = true;
+                            let heal = if f.kind == Kind::DataDirFull { Heal::DiskFree(i) } else { Heal::DiskWritable(i) };
+                            self.pending.push(Pending { at: heal_at, kind: f.kind, heal });
+                            Some(self.slots[i].name.clone())
+                        }
+                        Err(e) => {
+                            self.say(format!("cannot inject {}: {e}", f.kind.name()));
+                            None
+                        }
+                    }
+                }
+            }
             Kind::Poison => {
                 let msgs = poison(&self.nasa, f.param, &mut self.poison_serial);
                 let kinds: Vec<&str> = msgs.iter().map(|m| m.expect_dlq.unwrap_or("")).collect();
@@ -824,6 +875,17 @@ impl World {
                     return false;
                 }
             }
+            Heal::DiskFree(i) => {
+                let _ = std::fs::remove_file(PathBuf::from(get(&self.slots[*i].env, "DATA_DIR")).join("filler"));
+                self.disk_fault[*i] = false;
+            }
+            Heal::DiskWritable(i) => {
+                if let Err(e) = remount(&PathBuf::from(get(&self.slots[*i].env, "DATA_DIR")), "rw") {
+                    self.say(format!("cannot remount read-write yet: {e}"));
+                    return false;
+                }
+                self.disk_fault[*i] = false;
+            }
             Heal::Leave(i) => {
                 self.slots[*i].wanted = false;
                 self.slots[*i].restart_at = None;
@@ -870,6 +932,61 @@ impl World {
             }
         }
     }
+}
+
+/// A tmpfs of 1 MiB on `dir` (the producers' DATA_DIR), where this machine allows mounting.
+fn mount_small(dir: &std::path::Path) -> Result<(), String> {
+    let out = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs"])
+        .arg(dir)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+fn remount(dir: &std::path::Path, mode: &str) -> Result<(), String> {
+    // A file open for writing makes the remount busy for an instant: try a few times.
+    let mut last = String::new();
+    for _ in 0..20 {
+        let out = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(dir)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            return Ok(());
+        }
+        last = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(last)
+}
+
+/// Fills the filesystem of `dir` with a file `filler` until no byte is left.
+fn fill(dir: &std::path::Path) -> Result<(), String> {
+    let mut f = std::fs::File::create(dir.join("filler")).map_err(|e| e.to_string())?;
+    let block = vec![0u8; 16 * 1024];
+    loop {
+        match f.write(&block) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    // Fill the last partial block too.
+    for size in [4096usize, 512, 1] {
+        while f.write(&vec![0u8; size]).is_ok_and(|n| n > 0) {}
+    }
+    Ok(())
+}
+
+fn unmount(dir: &std::path::Path) {
+    let _ = std::process::Command::new("umount").arg("-l").arg(dir).status();
 }
 
 /// Waits (2 min at most) until node `i` answers a metadata request, then marks it up.
@@ -1013,6 +1130,16 @@ fn main() {
         }
         env
     };
+    // The producers' DATA_DIRs on small filesystems of their own, to fill and make read-only.
+    let mut mounted = Vec::new();
+    for (i, name) in ["both-1", "both-2"].iter().enumerate() {
+        let dir = data.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        match mount_small(&dir) {
+            Ok(()) => mounted.push(i),
+            Err(e) => eprintln!("chaos: no tmpfs for {name}'s DATA_DIR ({e}): its DATA_DIR faults are skipped"),
+        }
+    }
     let slots = vec![
         Slot::new("both-1", env_for("both-1", true), true, true),
         Slot::new("both-2", env_for("both-2", true), true, true),
@@ -1027,10 +1154,12 @@ fn main() {
         std::thread::spawn(move || feeder(addr, topic, base, Duration::from_millis(250), log, feed_rx))
     };
     let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
+    let notes: Arc<Mutex<Vec<String>>> = Arc::default();
     let observing = Arc::new(AtomicBool::new(false));
     let observer_thread = {
-        let (addr, topic, group, samples, stop) = (broker.addr.clone(), broker.topic.clone(), group.clone(), samples.clone(), observing.clone());
-        std::thread::spawn(move || observer(addr, topic, group, samples, stop))
+        let (addr, topic, group, samples, stop, notes) =
+            (broker.addr.clone(), broker.topic.clone(), group.clone(), samples.clone(), observing.clone(), notes.clone());
+        std::thread::spawn(move || observer(addr, topic, group, samples, stop, notes))
     };
 
     let n_nodes = broker.nodes().len();
@@ -1050,10 +1179,12 @@ fn main() {
         api_fault: false,
         image_status_fault: false,
         image_delay_fault: false,
+        mounted,
+        disk_fault: vec![false; 2],
         start: Instant::now(),
         journal: std::fs::File::create(run_dir.join("journal.txt")).unwrap(),
         threads: Vec::new(),
-        notes: Arc::default(),
+        notes,
     };
 
     // ---- the schedule
@@ -1475,9 +1606,14 @@ fn main() {
     println!("{text}");
     let _ = std::fs::write(run_dir.join("report.txt"), &text);
     println!("chaos: {} passed, {} failed", checks.len() - failed, failed);
-    // Stop the daemons before the broker goes: they would otherwise wait for it.
+    // Stop the daemons (kill -9 and reap) before the broker and their DATA_DIRs go.
     for s in w.slots.iter_mut() {
-        s.signal(libc::SIGKILL);
+        if let Some(mut d) = s.daemon.take() {
+            d.kill();
+        }
+    }
+    for &i in &w.mounted {
+        unmount(&PathBuf::from(get(&w.slots[i].env, "DATA_DIR")));
     }
     drop(w);
     drop(db);
