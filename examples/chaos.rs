@@ -892,7 +892,7 @@ impl World {
                 self.slots[*i].signal(libc::SIGTERM);
             }
         }
-        let others = self.pending.len() > 1;
+        let others = !self.pending.is_empty();
         self.heals.push((p.kind, Instant::now(), chrono::Utc::now(), others));
         self.say(format!("healed: {}", p.kind.name()));
         true
@@ -1454,6 +1454,14 @@ fn main() {
                 .collect();
             if assigned.is_empty() {
                 problems.push(format!("{} holds no partition (of {PARTITIONS}, with {} members)", s.name, 3));
+            }
+            // Its stall watch must see the group: otherwise an empty assignment with lag goes unnoticed.
+            if status.as_ref().is_some_and(|v| v["consumer"]["broker_reachable"] != true) {
+                problems.push(format!(
+                    "{}: its stall watch cannot read the group's progress (/status consumer: {})",
+                    s.name,
+                    status.as_ref().map(|v| v["consumer"].to_string()).unwrap_or_default()
+                ));
             }
             union.extend(assigned);
         }
