@@ -86,6 +86,7 @@ enum Kind {
     BrokerStop,
     BrokerTwoDown,
     PgCut,
+    PgStall,
     Api503,
     ApiHang,
     ApiSlow,
@@ -109,6 +110,7 @@ impl Kind {
             Kind::BrokerStop => "broker SIGTERM",
             Kind::BrokerTwoDown => "two brokers down",
             Kind::PgCut => "Postgres cut",
+            Kind::PgStall => "Postgres stalled",
             Kind::Api503 => "NASA API 503",
             Kind::ApiHang => "NASA API hang",
             Kind::ApiSlow => "NASA API slow",
@@ -146,6 +148,7 @@ impl Kind {
             (Kind::Poison, 2, (0, 1)),
             (Kind::DataDirFull, 1, (3_000, 20_000)),
             (Kind::DataDirReadOnly, 1, (3_000, 20_000)),
+            (Kind::PgStall, 2, (2_000, 20_000)),
         ];
         if cluster {
             t.push((Kind::BrokerTwoDown, 1, (3_000, 12_000)));
@@ -579,6 +582,91 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
+// ---------------------------------------------------------------- Postgres behind a proxy
+
+const OPEN: u8 = 0;
+const CUT: u8 = 1;
+const STALLED: u8 = 2;
+
+/// Forwards 127.0.0.1:port to Postgres. `cut()` resets every connection and refuses new ones;
+/// `stall()` moves no byte either way and keeps every connection open (new ones too), as a
+/// network that silently drops packets; `restore()` forwards again (what was held flows on).
+struct PgProxy {
+    port: u16,
+    mode: Arc<std::sync::atomic::AtomicU8>,
+    conns: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl PgProxy {
+    fn start(target: &str) -> PgProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mode = Arc::new(std::sync::atomic::AtomicU8::new(OPEN));
+        let conns: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let (target, mode2, conns2) = (target.to_owned(), mode.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                if mode2.load(Ordering::SeqCst) == CUT {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(&target) else { continue };
+                let mut list = conns2.lock().unwrap();
+                list.push(client.try_clone().unwrap());
+                list.push(server.try_clone().unwrap());
+                drop(list);
+                for (from, to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                    let mode = mode2.clone();
+                    std::thread::spawn(move || pump(from, to, &mode));
+                }
+            }
+        });
+        PgProxy { port, mode, conns }
+    }
+
+    fn cut(&self) {
+        self.mode.store(CUT, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn stall(&self) {
+        self.mode.store(STALLED, Ordering::SeqCst);
+    }
+
+    fn restore(&self) {
+        self.mode.store(OPEN, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` until either closes; holds whatever it has while the proxy is stalled.
+fn pump(mut from: std::net::TcpStream, mut to: std::net::TcpStream, mode: &std::sync::atomic::AtomicU8) {
+    use std::io::Read;
+    let _ = from.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if mode.load(Ordering::SeqCst) == STALLED {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                while mode.load(Ordering::SeqCst) == STALLED {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
 // ---------------------------------------------------------------- the run
 
 #[derive(Clone, Copy, PartialEq)]
@@ -613,7 +701,7 @@ struct Pending {
 
 struct World {
     broker: Arc<Broker>,
-    proxy: TcpProxy,
+    proxy: PgProxy,
     nasa: FakeNasa,
     slots: Vec<Slot>,
     nodes: Arc<Mutex<Vec<NodeState>>>,
@@ -710,6 +798,12 @@ impl World {
                 self.pg_cut = true;
                 self.pending.push(Pending { at: heal_at, kind: f.kind, heal: Heal::Pg });
                 Some("connections reset, new ones refused".into())
+            }
+            Kind::PgStall if !self.pg_cut => {
+                self.proxy.stall();
+                self.pg_cut = true;
+                self.pending.push(Pending { at: heal_at, kind: f.kind, heal: Heal::Pg });
+                Some("no byte moves either way, connections stay open".into())
             }
             Kind::Api503 | Kind::ApiHang | Kind::ApiSlow | Kind::ApiMalformed if !self.api_fault => {
                 let s = &self.nasa.state;
@@ -1099,7 +1193,7 @@ fn main() {
     broker.create_topic(&broker.topic, PARTITIONS);
     broker.create_topic(&broker.dlq, DLQ_PARTITIONS);
     let db = TestDb::create();
-    let proxy = TcpProxy::start("127.0.0.1:5432");
+    let proxy = PgProxy::start("127.0.0.1:5432");
     let proxied_url = db.url.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
     let nasa = fake_nasa();
     // Images of the poison kinds that the image host refuses for good.
@@ -1518,7 +1612,8 @@ fn main() {
         .collect();
     sent_at.sort();
     for (kind, at, wall, overlapped) in &w.heals {
-        let producer_side = matches!(kind, Kind::Api503 | Kind::ApiHang | Kind::ApiSlow | Kind::ApiMalformed);
+        let producer_side =
+            matches!(kind, Kind::Api503 | Kind::ApiHang | Kind::ApiSlow | Kind::ApiMalformed | Kind::DataDirFull | Kind::DataDirReadOnly);
         let took = if producer_side {
             sent_at.iter().find(|t| *t > wall).and_then(|t| (*t - *wall).to_std().ok()).unwrap_or_else(|| Duration::from_secs(9999))
         } else {
@@ -1551,7 +1646,7 @@ fn main() {
         };
         report.push(format!("  {:<32} {:>3}   {rec}", kind.name(), n));
     }
-    report.push("  (moving: the committed offsets advance, or nothing is left to consume; for the NASA API: a daemon sends an event)".into());
+    report.push("  (moving: the committed offsets advance, or nothing is left to consume; after a NASA API or DATA_DIR fault: a daemon sends an event)".into());
     if !w.skipped.is_empty() {
         report.push(format!(
             "  skipped: {}",
