@@ -508,15 +508,14 @@ impl Slot {
         let Some(d) = self.daemon.as_mut() else { return false };
         let Some(status) = d.try_wait() else { return false };
         let lines = d.lines();
+        // Past the restart limit after crashes the schedule asked for: exit 1, as documented.
+        let past_limit = status.code() == Some(1)
+            && self.crashes.iter().any(|t| t.elapsed() < Duration::from_secs(120))
+            && lines.iter().any(|l| l.contains("passed its restart limit"));
         let expected = match self.signalled {
             Some(libc::SIGKILL) => true,
-            Some(libc::SIGTERM) => status.code() == Some(0),
-            _ => {
-                // Past the restart limit after crashes the schedule asked for: exit 1, as documented.
-                status.code() == Some(1)
-                    && self.crashes.iter().any(|t| t.elapsed() < Duration::from_secs(120))
-                    && lines.iter().any(|l| l.contains("passed its restart limit"))
-            }
+            Some(libc::SIGTERM) => status.code() == Some(0) || past_limit,
+            _ => past_limit,
         };
         if !expected {
             let tail = lines[lines.len().saturating_sub(25)..].to_vec();
