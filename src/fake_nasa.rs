@@ -3,7 +3,7 @@
 //!
 //! It substitutes its own origin for NASA's hosts in the JSON it serves, makes up real image
 //! bytes for file URLs (JPEG, PNG for `PIA*` ids, TIFF for `.tif`), remembers what it served,
-//! counts requests, and can misbehave on demand (status codes, hangs, slow images).
+//! counts requests, and can misbehave on demand (status codes, hangs, malformed JSON, slow images).
 
 use actix_web::{dev::ServerHandle, web, App, HttpRequest, HttpResponse, HttpServer};
 use std::collections::HashMap;
@@ -22,6 +22,8 @@ pub enum ApiMode {
     Status(u16),
     /// Accept the request and never answer.
     Hang,
+    /// Answer 200 with a body that is not JSON.
+    Malformed,
 }
 
 #[derive(Default)]
@@ -168,6 +170,7 @@ async fn api_fault(state: &FakeState) -> Option<HttpResponse> {
     match mode {
         ApiMode::Normal => None,
         ApiMode::Status(s) => Some(json(s, format!(r#"{{"reason": "fake failure {s}"}}"#))),
+        ApiMode::Malformed => Some(json(200, r#"{"collection": {"items": [{"data": "#.into())),
         ApiMode::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             None

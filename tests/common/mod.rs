@@ -532,12 +532,21 @@ pub struct ImageRow {
 
 // ---------------------------------------------------------------- the daemon
 
-/// The daemon binary: cargo's for tests, else `DAEMON_BIN` or the release build (benchmarks).
+/// The daemon binary: cargo's for tests, else `DAEMON_BIN`, else the one built with this example
+/// (`target/<profile>/examples/x` runs `target/<profile>/nasa-ingest`), else the release build.
 pub fn daemon_bin() -> String {
     match option_env!("CARGO_BIN_EXE_nasa-ingest") {
         Some(bin) => bin.to_owned(),
-        None => std::env::var("DAEMON_BIN")
-            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/nasa-ingest").to_owned()),
+        None => std::env::var("DAEMON_BIN").unwrap_or_else(|_| {
+            let beside = std::env::current_exe().ok().and_then(|exe| {
+                let dir = exe.parent()?;
+                (dir.file_name()? == "examples").then(|| dir.parent().map(|p| p.join("nasa-ingest")))?
+            });
+            match beside {
+                Some(bin) if bin.exists() => bin.display().to_string(),
+                _ => concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/nasa-ingest").to_owned(),
+            }
+        }),
     }
 }
 
