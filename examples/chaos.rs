@@ -568,19 +568,6 @@ fn request(addr: &str, method: &str, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
 // ---------------------------------------------------------------- Postgres behind a proxy
 
 const OPEN: u8 = 0;

@@ -47,7 +47,21 @@ pub struct AppState {
 }
 
 /// Binds and starts the server on the current actix system; returns the bound address.
-pub fn start(addr: SocketAddr, state: Arc<AppState>) -> std::io::Result<SocketAddr> {
+/// The running endpoint: where it listens, and a handle to stop it.
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl Endpoint {
+    /// Stops listening and lets requests in progress get their answer (a crash requested
+    /// through the admin route that ends the process still answers 202), within 1 s.
+    pub async fn stop(self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.handle.stop(true)).await;
+    }
+}
+
+pub fn start(addr: SocketAddr, state: Arc<AppState>) -> std::io::Result<Endpoint> {
     let admin = state.admin_token.is_some();
     let log = state.log.clone();
     let data = web::Data::from(state);
@@ -73,9 +87,11 @@ pub fn start(addr: SocketAddr, state: Arc<AppState>) -> std::io::Result<SocketAd
     .shutdown_timeout(1)
     .bind(addr)?;
     let bound = server.addrs()[0];
-    actix::spawn(server.run());
+    let server = server.run();
+    let handle = server.handle();
+    actix::spawn(server);
     info!(log, "HTTP endpoint listening"; "labels.addr" => bound.to_string(), "labels.admin_routes" => admin);
-    Ok(bound)
+    Ok(Endpoint { addr: bound, handle })
 }
 
 async fn healthz() -> HttpResponse {

@@ -115,7 +115,8 @@ pub struct ConsumerState {
     permits: Arc<Semaphore>,
     tasks: TaskTracker,
     deliveries: mpsc::UnboundedSender<Delivery>,
-    observer: Arc<BaseConsumer<LogContext>>,
+    /// Reads the group's offsets and description; replaced when it stops answering.
+    observer: Arc<Mutex<Observer>>,
     watch: Arc<Mutex<StallWatch>>,
     pipeline: Pipeline,
     pub status: ConsumerStatus,
@@ -142,16 +143,14 @@ impl ConsumerState {
                 spawner.spawn_local(handle_until_done(delivery, handling.clone()));
             }
         });
-        let observer = base_config(&settings.brokers)
-            .set("group.id", &settings.group_id)
-            .create_with_context(LogContext { log: settings.log.clone() })?;
+        let observer = Observer::new(&settings)?;
         let state = ConsumerState {
             member: Arc::new(Mutex::new(Arc::new(join(&settings, &permits, &deliveries)?))),
             settings,
             permits,
             tasks,
             deliveries,
-            observer: Arc::new(observer),
+            observer: Arc::new(Mutex::new(observer)),
             watch: Arc::new(Mutex::new(StallWatch::new(stall_window))),
             pipeline,
             status,
@@ -172,6 +171,47 @@ impl ConsumerState {
         let new = join(&self.settings, &self.permits, &self.deliveries)?;
         *self.member.lock().expect("member lock") = Arc::new(new);
         Ok(())
+    }
+}
+
+/// A client of the group that never joins it, for the stall watch. A long-lived librdkafka
+/// client was seen to stay blind for minutes after broker faults in a cluster (timeouts, unknown
+/// partitions) while a fresh one answered at once: after [`OBSERVER_PATIENCE`] failed reads in
+/// a row it is replaced.
+struct Observer {
+    client: Arc<BaseConsumer<LogContext>>,
+    failures: u32,
+}
+
+/// Failed reads of the group in a row (one every 5 s) before the observer is made anew.
+const OBSERVER_PATIENCE: u32 = 6;
+
+impl Observer {
+    fn new(settings: &MemberSettings) -> rdkafka::error::KafkaResult<Observer> {
+        let client = base_config(&settings.brokers)
+            .set("group.id", &settings.group_id)
+            .create_with_context(LogContext { log: settings.log.clone() })?;
+        Ok(Observer { client: Arc::new(client), failures: 0 })
+    }
+
+    fn answered(&mut self) {
+        self.failures = 0;
+    }
+
+    fn failed(&mut self, settings: &MemberSettings) {
+        self.failures += 1;
+        if self.failures >= OBSERVER_PATIENCE {
+            match Observer::new(settings) {
+                Ok(fresh) => {
+                    info!(settings.log, "the group's observer did not answer for 30 s; made a new one");
+                    let old = std::mem::replace(self, fresh);
+                    // Its destructor closes it with the brokers: not on the actor thread.
+                    std::thread::spawn(move || drop(old));
+                }
+                Err(e) => warn!(settings.log, "cannot make a new observer of the group"; "error.type" => "kafka",
+                    "error.message" => e.to_string()),
+            }
+        }
     }
 }
 
@@ -204,7 +244,8 @@ impl Subscriber {
         }
         self.watching = true;
         let s = &self.state;
-        let (observer, topic, group) = (s.observer.clone(), s.settings.topic.clone(), s.settings.group_id.clone());
+        let observer = s.observer.lock().expect("observer lock").client.clone();
+        let (topic, group) = (s.settings.topic.clone(), s.settings.group_id.clone());
         let read = tokio::task::spawn_blocking(move || stall::snapshot(&observer, &topic, &group, Duration::from_secs(2)));
         ctx.spawn(read.into_actor(self).map(|result, act, ctx| {
             act.watching = false;
@@ -218,6 +259,7 @@ impl Subscriber {
         let window = self.state.watch.lock().expect("watch lock").window();
         let Some(snap) = snapshot else {
             self.state.watch.lock().expect("watch lock").unobserved();
+            self.state.observer.lock().expect("observer lock").failed(&self.state.settings);
             self.state.status.update(|r| {
                 r.client_id = view.client_id.clone();
                 r.assigned_partitions = view.assigned.clone();
@@ -225,6 +267,7 @@ impl Subscriber {
             });
             return;
         };
+        self.state.observer.lock().expect("observer lock").answered();
         for &p in snap.partitions.keys() {
             METRICS.set_lag(p, snap.lag(p));
         }

@@ -123,10 +123,13 @@ pub async fn run(config: Config, root: Logger) -> u8 {
             return 1;
         }
     };
-    if let Err(e) = http::start(config.http_addr, app.clone()) {
-        slog::error!(log, "cannot listen on HTTP_ADDR"; "error.type" => "start", "error.message" => e.to_string());
-        return 1;
-    }
+    let endpoint = match http::start(config.http_addr, app.clone()) {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            slog::error!(log, "cannot listen on HTTP_ADDR"; "error.type" => "start", "error.message" => e.to_string());
+            return 1;
+        }
+    };
     let started = tokio::select! {
         r = prepare(&config, &root, &slots, &mut supervisor, pool, &app) => r,
         _ = wait_stop() => { info!(log, "signal received during start-up; exiting"); return 0; }
@@ -139,6 +142,7 @@ pub async fn run(config: Config, root: Logger) -> u8 {
     app.started.store(true, std::sync::atomic::Ordering::SeqCst);
     let outcome = supervisor.run(wait_stop()).await;
     stop(&slots, &log).await;
+    endpoint.stop().await;
     match outcome {
         Outcome::Shutdown => 0,
         Outcome::LimitPassed { .. } => EXIT_RESTART_LIMIT,

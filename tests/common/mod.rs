@@ -808,7 +808,8 @@ pub fn http_exchange(addr: &str, method: &str, path: &str, headers: &[(&str, &st
     (status, head, body)
 }
 
-fn dechunk(mut body: &str) -> String {
+/// The body of a chunked HTTP/1.1 response, put together.
+pub fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
         let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
