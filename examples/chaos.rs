@@ -568,91 +568,6 @@ fn request(addr: &str, method: &str, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-// ---------------------------------------------------------------- Postgres behind a proxy
-
-const OPEN: u8 = 0;
-const CUT: u8 = 1;
-const STALLED: u8 = 2;
-
-/// Forwards 127.0.0.1:port to Postgres. `cut()` resets every connection and refuses new ones;
-/// `stall()` moves no byte either way and keeps every connection open (new ones too), as a
-/// network that silently drops packets; `restore()` forwards again (what was held flows on).
-struct PgProxy {
-    port: u16,
-    mode: Arc<std::sync::atomic::AtomicU8>,
-    conns: Arc<Mutex<Vec<std::net::TcpStream>>>,
-}
-
-impl PgProxy {
-    fn start(target: &str) -> PgProxy {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let mode = Arc::new(std::sync::atomic::AtomicU8::new(OPEN));
-        let conns: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
-        let (target, mode2, conns2) = (target.to_owned(), mode.clone(), conns.clone());
-        std::thread::spawn(move || {
-            for client in listener.incoming().map_while(Result::ok) {
-                if mode2.load(Ordering::SeqCst) == CUT {
-                    drop(client);
-                    continue;
-                }
-                let Ok(server) = std::net::TcpStream::connect(&target) else { continue };
-                let mut list = conns2.lock().unwrap();
-                list.push(client.try_clone().unwrap());
-                list.push(server.try_clone().unwrap());
-                drop(list);
-                for (from, to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
-                    let mode = mode2.clone();
-                    std::thread::spawn(move || pump(from, to, &mode));
-                }
-            }
-        });
-        PgProxy { port, mode, conns }
-    }
-
-    fn cut(&self) {
-        self.mode.store(CUT, Ordering::SeqCst);
-        for c in self.conns.lock().unwrap().drain(..) {
-            let _ = c.shutdown(std::net::Shutdown::Both);
-        }
-    }
-
-    fn stall(&self) {
-        self.mode.store(STALLED, Ordering::SeqCst);
-    }
-
-    fn restore(&self) {
-        self.mode.store(OPEN, Ordering::SeqCst);
-    }
-}
-
-/// Copies `from` to `to` until either closes; holds whatever it has while the proxy is stalled.
-fn pump(mut from: std::net::TcpStream, mut to: std::net::TcpStream, mode: &std::sync::atomic::AtomicU8) {
-    use std::io::Read;
-    let _ = from.set_read_timeout(Some(Duration::from_millis(200)));
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        if mode.load(Ordering::SeqCst) == STALLED {
-            std::thread::sleep(Duration::from_millis(20));
-            continue;
-        }
-        match from.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                while mode.load(Ordering::SeqCst) == STALLED {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-            Err(_) => break,
-        }
-    }
-    let _ = to.shutdown(std::net::Shutdown::Both);
-}
-
 // ---------------------------------------------------------------- the run
 
 #[derive(Clone, Copy, PartialEq)]
@@ -687,7 +602,7 @@ struct Pending {
 
 struct World {
     broker: Arc<Broker>,
-    proxy: PgProxy,
+    proxy: TcpProxy,
     nasa: FakeNasa,
     slots: Vec<Slot>,
     nodes: Arc<Mutex<Vec<NodeState>>>,
@@ -1179,7 +1094,7 @@ fn main() {
     broker.create_topic(&broker.topic, PARTITIONS);
     broker.create_topic(&broker.dlq, DLQ_PARTITIONS);
     let db = TestDb::create();
-    let proxy = PgProxy::start("127.0.0.1:5432");
+    let proxy = TcpProxy::start("127.0.0.1:5432");
     let proxied_url = db.url.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
     let nasa = fake_nasa();
     // Images of the poison kinds that the image host refuses for good.

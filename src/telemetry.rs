@@ -135,6 +135,15 @@ pub fn incident_recovered(fingerprint: &str, message: &str, info: &EventInfo) {
     }
 }
 
+/// The text a panic was raised with (`panic!` gives a `&str` or a `String`).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
 /// The actor a panic belongs to, from where it happened: `src/actors/<actor>.rs`.
 pub fn actor_of_location(file: &str) -> Option<&str> {
     file.split("src/actors/").nth(1)?.strip_suffix(".rs")
@@ -148,12 +157,7 @@ pub fn log_panics(log: Logger) {
     // Dropped: Rust's default hook, or Sentry's, whose reporting is called directly below.
     let _previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let message = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "panic".into());
+        let message = panic_message(info.payload());
         let file = info.location().map(|l| l.file()).unwrap_or("");
         let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
         let actor = actor_of_location(file).unwrap_or("none").to_owned();

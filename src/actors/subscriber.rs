@@ -399,11 +399,7 @@ async fn handle_until_done(delivery: Delivery, p: Pipeline) {
 /// returns its message. No actor died of it, so the supervisor must not hear of it.
 fn caught_panic(msg: &OwnedMessage, panic: Box<dyn std::any::Any + Send>, panics: u32, log: &Logger) -> String {
     crate::supervision::forget_panic();
-    let message = panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".into());
+    let message = telemetry::panic_message(&*panic);
     let nasa_id = event::decode(msg.payload()).map(|e| e.nasa_id).unwrap_or_default();
     error!(log, "event handling panicked; the event is retried"; "error.type" => "panic", "error.message" => &message,
         "labels.nasa_id" => nasa_id, "labels.partition" => msg.partition(), "labels.offset" => msg.offset(),

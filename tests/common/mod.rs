@@ -677,27 +677,33 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-// ---------------------------------------------------------------- a TCP proxy that can cut
+// ---------------------------------------------------------------- a TCP proxy that can cut or stall
 
-/// Forwards 127.0.0.1:port to `target`; `cut()` drops every connection and refuses new ones
-/// (accepts and closes them at once) until `restore()`.
+const OPEN: u8 = 0;
+const CUT: u8 = 1;
+const STALLED: u8 = 2;
+
+/// Forwards 127.0.0.1:port to `target`. `cut()` resets every connection and refuses new ones
+/// (accepts and closes them at once); `stall()` moves no byte either way and keeps every
+/// connection open (new ones too), as a network that silently drops packets; `restore()`
+/// forwards again (what was held flows on).
 pub struct TcpProxy {
     pub port: u16,
-    open: Arc<std::sync::atomic::AtomicBool>,
+    mode: Arc<std::sync::atomic::AtomicU8>,
     conns: Arc<Mutex<Vec<std::net::TcpStream>>>,
 }
 
 impl TcpProxy {
     pub fn start(target: &str) -> TcpProxy {
-        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::atomic::Ordering;
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let open = Arc::new(AtomicBool::new(true));
+        let mode = Arc::new(std::sync::atomic::AtomicU8::new(OPEN));
         let conns: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
-        let (target, open2, conns2) = (target.to_owned(), open.clone(), conns.clone());
+        let (target, mode2, conns2) = (target.to_owned(), mode.clone(), conns.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().map_while(Result::ok) {
-                if !open2.load(Ordering::SeqCst) {
+                if mode2.load(Ordering::SeqCst) == CUT {
                     drop(client);
                     continue;
                 }
@@ -706,27 +712,57 @@ impl TcpProxy {
                 list.push(client.try_clone().unwrap());
                 list.push(server.try_clone().unwrap());
                 drop(list);
-                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
-                        let _ = to.shutdown(std::net::Shutdown::Both);
-                    });
+                for (from, to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                    let mode = mode2.clone();
+                    std::thread::spawn(move || pump(from, to, &mode));
                 }
             }
         });
-        TcpProxy { port, open, conns }
+        TcpProxy { port, mode, conns }
     }
 
     pub fn cut(&self) {
-        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.mode.store(CUT, std::sync::atomic::Ordering::SeqCst);
         for c in self.conns.lock().unwrap().drain(..) {
             let _ = c.shutdown(std::net::Shutdown::Both);
         }
     }
 
-    pub fn restore(&self) {
-        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    pub fn stall(&self) {
+        self.mode.store(STALLED, std::sync::atomic::Ordering::SeqCst);
     }
+
+    pub fn restore(&self) {
+        self.mode.store(OPEN, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` until either closes; holds whatever it has while the proxy is stalled.
+fn pump(mut from: std::net::TcpStream, mut to: std::net::TcpStream, mode: &std::sync::atomic::AtomicU8) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let _ = from.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if mode.load(Ordering::SeqCst) == STALLED {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                while mode.load(Ordering::SeqCst) == STALLED {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
 }
 
 // ---------------------------------------------------------------- HTTP without a client crate
