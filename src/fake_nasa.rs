@@ -4,6 +4,11 @@
 //! It substitutes its own origin for NASA's hosts in the JSON it serves, makes up real image
 //! bytes for file URLs (JPEG, PNG for `PIA*` ids, TIFF for `.tif`), remembers what it served,
 //! counts requests, and can misbehave on demand (status codes, hangs, malformed JSON, slow images).
+//!
+//! Fixtures exist for a few topics only; every other topic the Fetcher picks at random
+//! ([`RANDOM_TOPICS`]) is answered with a copy of a fixture topic's pages whose nasa_ids carry
+//! the topic as a suffix (`PIA00405-nebula`), so that images of two topics never share an id.
+//! A query that is no topic still gets the genuinely empty answer.
 
 use actix_web::{dev::ServerHandle, web, App, HttpRequest, HttpResponse, HttpServer};
 use std::collections::HashMap;
@@ -12,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::config::RANDOM_TOPICS;
 
 /// How the API endpoints (/search, /asset) behave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -191,16 +198,67 @@ async fn search(state: web::Data<FakeState>, query: web::Query<HashMap<String, S
         return json(400, fixture(&state, "errors/search-too-deep.json").unwrap_or_default());
     }
     let body = fixture(&state, &format!("search/{q}-page{page}.json"))
+        .or_else(|| synthesized_page(&state, q, page))
         .or_else(|| fixture(&state, "search/empty-page1.json"))
         .unwrap_or_default();
     json(200, body)
+}
+
+/// The fixture topics (those with a page 1), in a stable order.
+fn fixture_topics(state: &FakeState) -> Vec<&'static str> {
+    let dir = state.fixtures.lock().unwrap().join("search");
+    RANDOM_TOPICS.into_iter().filter(|t| dir.join(format!("{t}-page1.json")).exists()).collect()
+}
+
+/// The fixture topic a topic without fixtures borrows its pages from (round robin over the
+/// topics, so the borrowed pages differ between neighbours).
+fn source_topic(state: &FakeState, topic: &str) -> Option<&'static str> {
+    let sources = fixture_topics(state);
+    let index = RANDOM_TOPICS.iter().position(|t| *t == topic)?;
+    if sources.is_empty() || sources.contains(&topic) {
+        return None;
+    }
+    Some(sources[index % sources.len()])
+}
+
+/// A page of a topic without fixtures: the source topic's page with every nasa_id renamed.
+fn synthesized_page(state: &FakeState, topic: &str, page: u64) -> Option<String> {
+    let source = source_topic(state, topic)?;
+    let text = fixture(state, &format!("search/{source}-page{page}.json"))?;
+    let ids: Vec<String> = crate::nasa::parse_search(text.as_bytes())
+        .ok()?
+        .items
+        .iter()
+        .filter_map(|i| i.data.first().map(|d| d.nasa_id.clone()))
+        .collect();
+    let mut text = text.replace(&format!("q={source}&"), &format!("q={topic}&"));
+    // Longest first: no id is renamed inside another one.
+    let mut ids = ids;
+    ids.sort_by_key(|id| std::cmp::Reverse(id.len()));
+    for id in ids {
+        text = text.replace(&id, &synthesized_id(&id, topic));
+    }
+    Some(text)
+}
+
+/// The id a fixture item gets under another topic. A suffix, so `PIA` ids stay PNGs.
+fn synthesized_id(id: &str, topic: &str) -> String {
+    format!("{id}-{topic}")
+}
+
+/// The asset manifest of a synthesized id: the original's, renamed the same way.
+fn synthesized_asset(state: &FakeState, id: &str) -> Option<String> {
+    let (original, topic) = id.rsplit_once('-')?;
+    source_topic(state, topic)?;
+    let text = fixture(state, &format!("asset/{original}.json"))?;
+    Some(text.replace(original, &synthesized_id(original, topic)))
 }
 
 async fn asset(state: web::Data<FakeState>, id: web::Path<String>) -> HttpResponse {
     if let Some(r) = api_fault(&state).await {
         return r;
     }
-    match fixture(&state, &format!("asset/{id}.json")) {
+    match fixture(&state, &format!("asset/{id}.json")).or_else(|| synthesized_asset(&state, &id)) {
         Some(body) => json(200, body),
         None => json(404, fixture(&state, "errors/asset-not-found.json").unwrap_or_default()),
     }
