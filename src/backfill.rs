@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::actors::publisher::{self, Publish, Publisher};
 use crate::backoff::{retry, Backoff};
+use crate::deps::{wait_until_usable, Dependency};
 use crate::config::{BackfillArgs, Config};
 use crate::event::ImageEvent;
 use crate::kafka;
@@ -208,7 +209,8 @@ async fn backfill(config: &Config, args: &BackfillArgs, log: &Logger) -> Result<
     }
     let retry_backoff = Backoff::new(config.retry_min_backoff, config.retry_max_backoff, 0.2);
     let topics = [config.kafka_topic.as_str(), config.kafka_dlq_topic.as_str()];
-    if retry(log, "Kafka unavailable", retry_backoff, &stop, || kafka::ensure_topics(&config.kafka_brokers, &topics, log)).await.is_none() {
+    let ensure_topics = || kafka::ensure_topics_checked(&config.kafka_brokers, &topics, log);
+    if wait_until_usable(log, Dependency::Kafka, retry_backoff, &stop, ensure_topics).await.is_none() {
         return Ok(EXIT_INTERRUPTED);
     }
     let factory = publisher::producer_factory(config.kafka_brokers.clone(), log.clone());

@@ -208,6 +208,13 @@ impl DatabaseUrl {
     pub fn expose(&self) -> &str {
         &self.0
     }
+    /// host:port, for logs.
+    pub fn address(&self) -> String {
+        match Url::parse(&self.0) {
+            Ok(u) => format!("{}:{}", u.host_str().unwrap_or(""), u.port().unwrap_or(5432)),
+            Err(_) => "<unparsable>".into(),
+        }
+    }
     /// host:port/database, for logs.
     pub fn redacted(&self) -> String {
         match Url::parse(&self.0) {

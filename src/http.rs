@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::db::{self, PgPool};
+use crate::deps::DEPENDENCIES;
 use crate::kafka::LogContext;
 use crate::metrics::METRICS;
 use crate::outbox::Outbox;
@@ -101,7 +102,8 @@ async fn healthz() -> HttpResponse {
 /// Why the instance is not ready, if it is not.
 async fn not_ready(state: &web::Data<AppState>) -> Option<String> {
     if !state.started.load(Ordering::SeqCst) {
-        return Some("starting: waiting for Kafka and Postgres".into());
+        let waiting = DEPENDENCIES.not_up().unwrap_or_else(|| "waiting for Kafka and Postgres".into());
+        return Some(format!("starting: {waiting}"));
     }
     let probe = state.clone();
     let kafka = web::block(move || probe.kafka.fetch_metadata(Some(&probe.topic), Duration::from_secs(2)).map(drop)).await;
@@ -118,11 +120,25 @@ async fn not_ready(state: &web::Data<AppState>) -> Option<String> {
     state.consumer.as_ref().and_then(|c| c.report().stall).map(|stall| format!("consumer stalled: {stall}"))
 }
 
+/// The first line says ready or why not; then one line per dependency: its state, since
+/// when, and its last error.
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let deps = dependency_lines();
     match not_ready(&state).await {
-        None => HttpResponse::Ok().content_type("text/plain").body("ready\n"),
-        Some(reason) => HttpResponse::ServiceUnavailable().content_type("text/plain").body(format!("not ready: {reason}\n")),
+        None => HttpResponse::Ok().content_type("text/plain").body(format!("ready\n{deps}")),
+        Some(reason) => HttpResponse::ServiceUnavailable().content_type("text/plain").body(format!("not ready: {reason}\n{deps}")),
     }
+}
+
+fn dependency_lines() -> String {
+    DEPENDENCIES
+        .snapshot()
+        .iter()
+        .map(|d| {
+            let error = d.last_error.as_deref().map(|e| format!("; last error: {e}")).unwrap_or_default();
+            format!("{}: {} since {}{error}\n", d.name, d.state, d.since)
+        })
+        .collect()
 }
 
 async fn metrics() -> HttpResponse {
@@ -130,12 +146,18 @@ async fn metrics() -> HttpResponse {
 }
 
 fn status_json(state: &AppState) -> serde_json::Value {
+    let started = state.started.load(Ordering::SeqCst);
     let actors: Vec<_> = state
         .actors
         .iter()
         .map(|(name, running)| {
             let (restarts, last_error) = state.restarts.get(name);
-            json!({"name": name, "state": if running() { "running" } else { "down" }, "restarts": restarts, "last_error": last_error})
+            let state = match (running(), started) {
+                (true, _) => "running",
+                (false, false) => "starting",
+                (false, true) => "down",
+            };
+            json!({"name": name, "state": state, "restarts": restarts, "last_error": last_error})
         })
         .collect();
     let pending_id = state.outbox.as_ref().and_then(|o| o.pending().ok().flatten()).map(|e| e.event_id.to_string());
@@ -146,6 +168,7 @@ fn status_json(state: &AppState) -> serde_json::Value {
         "roles": state.roles,
         "started": state.started.load(Ordering::SeqCst),
         "uptime_seconds": state.since.elapsed().as_secs(),
+        "dependencies": DEPENDENCIES.snapshot(),
         "actors": actors,
         "pending_events": usize::from(pending_id.is_some()),
         "pending_event_id": pending_id,

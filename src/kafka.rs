@@ -10,6 +10,8 @@ use rdkafka::types::RDKafkaErrorCode;
 use slog::{debug, info, warn, Logger};
 use std::time::Duration;
 
+use crate::deps::{probe_tcp, Dependency, DependencyError};
+
 /// Partitions of the topics this program creates when they are missing.
 pub const TOPIC_PARTITIONS: i32 = 3;
 
@@ -98,4 +100,51 @@ pub async fn ensure_topics(brokers: &str, topics: &[&str], log: &Logger) -> Kafk
         }
     }
     Ok(())
+}
+
+/// The brokers of KAFKA_BROKERS, each as host:port.
+pub fn broker_addresses(brokers: &str) -> Vec<String> {
+    brokers.split(',').map(|b| b.trim().to_owned()).filter(|b| !b.is_empty()).collect()
+}
+
+/// The topics exist (created when missing), typed by whether retrying can help: nothing
+/// listening at any broker address is an outage with the address and the cause; a refused
+/// authorization is a misconfiguration. A TCP probe first, because librdkafka only says
+/// `OperationTimedOut` after 5 s when nothing listens.
+pub async fn ensure_topics_checked(brokers: &str, topics: &[&str], log: &Logger) -> Result<(), DependencyError> {
+    let addresses = broker_addresses(brokers);
+    let probe = addresses.clone();
+    tokio::task::spawn_blocking(move || probe_tcp(Dependency::Kafka, &probe, Duration::from_secs(2))).await.expect("the probe does not panic")?;
+    match ensure_topics(brokers, topics, log).await {
+        Ok(()) => Ok(()),
+        Err(e) => Err(classify(&e, &addresses, topics)),
+    }
+}
+
+/// Types a Kafka client error by whether retrying can help.
+pub fn classify(e: &KafkaError, addresses: &[String], topics: &[&str]) -> DependencyError {
+    use RDKafkaErrorCode as C;
+    let code = e.rdkafka_error_code();
+    match code {
+        Some(C::TopicAuthorizationFailed | C::ClusterAuthorizationFailed | C::GroupAuthorizationFailed) => {
+            DependencyError::Misconfigured {
+                dependency: Dependency::Kafka,
+                variable: "KAFKA_TOPIC",
+                problem: format!("{e} (topics {})", topics.join(", ")),
+                fix: "the broker's ACLs must let this client describe, create, read and write these topics",
+            }
+        }
+        Some(C::SaslAuthenticationFailed | C::Authentication) => DependencyError::Misconfigured {
+            dependency: Dependency::Kafka,
+            variable: "KAFKA_BROKERS",
+            problem: e.to_string(),
+            fix: "the brokers' listener: this client speaks PLAINTEXT without credentials",
+        },
+        Some(C::BrokerTransportFailure | C::AllBrokersDown) => DependencyError::Unreachable {
+            dependency: Dependency::Kafka,
+            address: addresses.join(","),
+            cause: "no broker answers".into(),
+        },
+        _ => DependencyError::Failed { dependency: Dependency::Kafka, message: e.to_string() },
+    }
 }

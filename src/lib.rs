@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod config;
 pub mod consumer;
 pub mod db;
+pub mod deps;
 pub mod errors;
 pub mod event;
 pub mod fake_nasa;

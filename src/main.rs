@@ -68,7 +68,11 @@ fn main() -> ExitCode {
 
 fn migrate(config: &Config, log: &slog::Logger) -> ExitCode {
     let url = config.database_url.as_ref().expect("validated: migrate has a DATABASE_URL");
-    match db::migrate(&db::pool(url.expose(), 1)) {
+    if let Err(e) = db::check_login(url) {
+        error!(log, "migrations failed"; "error.type" => "postgres", "error.message" => e.to_string());
+        return ExitCode::FAILURE;
+    }
+    match db::migrate(&db::pool(url, 1, log.clone())) {
         Ok(applied) => {
             info!(log, "migrations applied"; "labels.applied" => applied.join(","), "labels.database" => url.redacted());
             ExitCode::SUCCESS

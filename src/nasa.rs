@@ -9,6 +9,7 @@ use std::time::Duration;
 use thiserror::Error;
 use url::Url;
 
+use crate::deps::{Dependency, DependencyError};
 use crate::image::ImageVariant;
 
 /// The API serves at most this many results for one search, however it is paged.
@@ -40,11 +41,39 @@ impl NasaError {
         }
     }
 
+    /// The failure as a dependency state: unreachable (with the cause), a wrong NASA_API_URL
+    /// (404 on the API's own paths), or another failure.
+    pub fn as_dependency_error(&self, address: &str) -> DependencyError {
+        let dependency = Dependency::NasaApi;
+        match self {
+            NasaError::Unreachable(m) => {
+                let cause = if m.to_ascii_lowercase().contains("connection refused") { "connection refused".into() } else { m.clone() };
+                DependencyError::Unreachable { dependency, address: address.to_owned(), cause }
+            }
+            NasaError::Timeout(_) => DependencyError::Unreachable { dependency, address: address.to_owned(), cause: "timed out".into() },
+            NasaError::Status { status: 404, reason } => DependencyError::Misconfigured {
+                dependency,
+                variable: "NASA_API_URL",
+                problem: format!("404 {reason}"),
+                fix: "the API's base URL, such as https://images-api.nasa.gov",
+            },
+            other => DependencyError::Failed { dependency, message: other.to_string() },
+        }
+    }
+
+    /// reqwest's own text says only "error sending request"; the causes beneath say why.
     fn from_reqwest(e: reqwest::Error) -> NasaError {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
         if e.is_timeout() {
-            NasaError::Timeout(e.to_string())
+            NasaError::Timeout(text)
         } else {
-            NasaError::Unreachable(e.to_string())
+            NasaError::Unreachable(text)
         }
     }
 }
@@ -202,6 +231,11 @@ impl NasaClient {
             .build()
             .expect("the HTTP client's settings are static and valid");
         NasaClient { http, base, variant }
+    }
+
+    /// host:port of the API, for logs and /status.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.base.host_str().unwrap_or(""), self.base.port_or_known_default().unwrap_or(443))
     }
 
     /// A random image for `query`: a random page within the API's cap, a random image item.

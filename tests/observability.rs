@@ -218,3 +218,79 @@ fn http_endpoint_serves_health_metrics_status_page_and_images() {
     assert_eq!(status, 503);
     assert!(body.contains("Kafka unreachable"), "{body}");
 }
+
+/// Parsed log lines at `level` whose text contains `needle`.
+fn lines_at(daemon: &Daemon, level: &str, needle: &str) -> Vec<serde_json::Value> {
+    daemon
+        .lines()
+        .iter()
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["log.level"] == level)
+        .collect()
+}
+
+/// A Postgres user that does not exist cannot be fixed by retrying: one ERROR that names
+/// DATABASE_URL, within 5 s, and not again while the cause stays the same (20 s watched here,
+/// some 40 attempts at the test's backoff; the rule is at most one a minute). The driver's own
+/// line per attempt is gone, the password is never shown, and /status and /readyz say what is wrong.
+#[test]
+fn a_wrong_postgres_user_is_one_error_naming_database_url() {
+    let (broker, db, nasa, dir) = (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    let mut env = daemon_env(&broker, &db, &nasa, dir.path());
+    let wrong = db.url.replace("postgres://postgres@", "postgres://no_such_role:s3cret@");
+    set(&mut env, "DATABASE_URL", &wrong);
+    set(&mut env, "RETRY_MAX_BACKOFF_MS", "500");
+    let started = std::time::Instant::now();
+    let daemon = Daemon::spawn(&env);
+    let naming = || lines_at(&daemon, "error", "DATABASE_URL");
+    wait_until(Duration::from_secs(5), "an ERROR naming DATABASE_URL", || !naming().is_empty());
+    let first = started.elapsed();
+    let line = &naming()[0];
+    assert_eq!(line["message"], "Postgres misconfigured: check DATABASE_URL", "{line}");
+    let text = line["error.message"].as_str().unwrap();
+    assert!(text.contains("role \"no_such_role\" does not exist") && text.contains("user name"), "{text}");
+
+    let addr = daemon.http_addr();
+    wait_until(Duration::from_secs(25), "20 s of retrying", || started.elapsed() > Duration::from_secs(20));
+    assert_eq!(naming().len(), 1, "one ERROR while the cause stays the same:\n{}", daemon.dump());
+    let mentions = daemon.lines().iter().filter(|l| l.contains("no_such_role")).count();
+    assert_eq!(mentions, 1, "the driver's own line is not repeated per attempt:\n{}", daemon.dump());
+    assert!(!daemon.dump().contains("s3cret"), "the password never appears");
+
+    let (status, st) = http_json(&addr, "GET", "/status", None);
+    assert_eq!(status, 200);
+    let postgres = st["dependencies"].as_array().unwrap().iter().find(|d| d["name"] == "Postgres").unwrap().clone();
+    assert_eq!(postgres["state"], "misconfigured", "{st}");
+    assert_eq!(postgres["fix_variable"], "DATABASE_URL");
+    assert!(postgres["last_error"].as_str().unwrap().contains("does not exist") && postgres["since"].is_string(), "{postgres}");
+    let kafka = st["dependencies"].as_array().unwrap().iter().find(|d| d["name"] == "Kafka").unwrap().clone();
+    assert_eq!(kafka["state"], "up", "{st}");
+    let (code, body) = http(&addr, "GET", "/readyz", &[]);
+    assert_eq!(code, 503);
+    assert!(body.contains("Postgres: misconfigured since") && body.contains("Kafka: up since"), "{body}");
+    eprintln!("first ERROR after {:.2} s; 1 ERROR in {:.0} s", first.as_secs_f64(), started.elapsed().as_secs_f64());
+}
+
+/// KAFKA_BROKERS where nothing listens: an outage, a WARN with the address and "connection refused".
+#[test]
+fn kafka_brokers_at_a_closed_port_is_a_warn_with_the_address() {
+    let (broker, db, nasa, dir) = (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    let mut env = daemon_env(&broker, &db, &nasa, dir.path());
+    let closed = format!("127.0.0.1:{}", free_port());
+    set(&mut env, "KAFKA_BROKERS", &closed);
+    let started = std::time::Instant::now();
+    let daemon = Daemon::spawn(&env);
+    let warns = || lines_at(&daemon, "warn", &closed);
+    wait_until(Duration::from_secs(5), "a WARN naming the broker address", || !warns().is_empty());
+    let first = started.elapsed();
+    let line = &warns()[0];
+    assert_eq!(line["message"], format!("Kafka unreachable at {closed}"), "{line}");
+    assert_eq!(line["labels.address"], closed.as_str());
+    assert!(line["error.message"].as_str().unwrap().contains("connection refused"), "{line}");
+    let addr = daemon.http_addr();
+    let (code, body) = http(&addr, "GET", "/readyz", &[]);
+    assert_eq!(code, 503);
+    assert!(body.contains(&format!("Kafka: unreachable since")) && body.contains("connection refused"), "{body}");
+    eprintln!("WARN after {:.2} s", first.as_secs_f64());
+}

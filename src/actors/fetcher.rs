@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::publisher::{Publish, Publisher, WaitIdle};
 use crate::supervision::{Lifeline, Slot};
 use crate::backoff::Backoff;
+use crate::deps::{Dependency, DEPENDENCIES};
 use crate::config::RANDOM_TOPICS;
 use crate::event::ImageEvent;
 use crate::metrics::METRICS;
@@ -72,6 +73,15 @@ impl Fetcher {
             act.failures += 1;
             d
         };
+        let nasa_state = match &outcome {
+            Cycle::Published | Cycle::NoHits(_) => Some(Ok(())),
+            Cycle::NasaFailed(e) => Some(Err(e.as_dependency_error(&self.nasa.address()))),
+            Cycle::PublisherFailed(..) => None,
+        };
+        if let Some(state) = nasa_state {
+            // Each failure is logged below with its attempt; the state is for /status.
+            DEPENDENCIES.record(Dependency::NasaApi, state.as_ref().map(|_| ()));
+        }
         match outcome {
             Cycle::Published => {
                 if self.failures > 0 {

@@ -17,7 +17,8 @@ use super::publisher::{self, Flush, Publisher};
 use super::storer::Storer;
 use super::subscriber::{ConsumerState, ConsumerStatus, Drain, Pipeline, Subscriber};
 use crate::consumer::MemberSettings;
-use crate::backoff::{self, Backoff};
+use crate::backoff::Backoff;
+use crate::deps::{probe_tcp, wait_until_usable, Dependency, DEPENDENCIES};
 use crate::config::Config;
 use crate::db;
 use crate::http::{self, AppState, CrashFn, RunningFn};
@@ -115,7 +116,12 @@ pub async fn run(config: Config, root: Logger) -> u8 {
     let slots = Slots::new();
     let restarts = RestartCounts::default();
     let mut supervisor = Supervisor::new(log.clone(), restarts.clone());
-    let pool = config.database_url.as_ref().filter(|_| config.consumer_enabled).map(|u| db::pool(u.expose(), config.download_concurrency as u32 + 2));
+    DEPENDENCIES.expect(&dependencies(&config));
+    let pool = config
+        .database_url
+        .as_ref()
+        .filter(|_| config.consumer_enabled)
+        .map(|u| db::pool(u, config.download_concurrency as u32 + 2, for_component(&root, "postgres")));
     let app = match app_state(&config, &root, &slots, restarts, pool.clone()) {
         Ok(app) => app,
         Err(e) => {
@@ -130,6 +136,7 @@ pub async fn run(config: Config, root: Logger) -> u8 {
             return 1;
         }
     };
+    actix::spawn(watch_dependencies(config.clone(), for_component(&root, "dependencies")));
     let started = tokio::select! {
         r = prepare(&config, &root, &slots, &mut supervisor, pool, &app) => r,
         _ = wait_stop() => { info!(log, "signal received during start-up; exiting"); return 0; }
@@ -188,7 +195,7 @@ async fn prepare(
     let log = &for_component(root, "startup");
     let retry = Backoff::new(config.retry_min_backoff, config.retry_max_backoff, 0.2);
     let topics = [config.kafka_topic.as_str(), config.kafka_dlq_topic.as_str()];
-    backoff::retry(log, "Kafka unavailable", retry, &NEVER, || kafka::ensure_topics(&config.kafka_brokers, &topics, log)).await;
+    wait_until_usable(log, Dependency::Kafka, retry, &NEVER, || kafka::ensure_topics_checked(&config.kafka_brokers, &topics, log)).await;
     let policy = Policy {
         backoff: Backoff::new(config.supervisor_min_backoff, config.supervisor_max_backoff, 0.2),
         stable_after: config.supervisor_restart_window,
@@ -227,11 +234,17 @@ async fn consumer_children(
     status: ConsumerStatus,
 ) -> Result<Children, StartError> {
     let log = &for_component(root, "startup");
+    let url = config.database_url.clone().expect("the consumer role has a DATABASE_URL");
     let migrations = || {
-        let pool = pool.clone();
-        async move { tokio::task::spawn_blocking(move || db::migrate(&pool)).await.expect("migrations do not panic") }
+        let (pool, url) = (pool.clone(), url.clone());
+        // Log in outside the pool first: its answer comes at once and says what is wrong.
+        let login_and_migrate = move || {
+            db::check_login(&url)?;
+            db::migrate(&pool).map_err(|e| db::classify_connection(&e.to_string(), &url.address()))
+        };
+        async move { tokio::task::spawn_blocking(login_and_migrate).await.expect("migrations do not panic") }
     };
-    let applied = backoff::retry(log, "Postgres unavailable", retry, &NEVER, migrations).await.expect("never stopped");
+    let applied = wait_until_usable(log, Dependency::Postgres, retry, &NEVER, migrations).await.expect("never stopped");
     info!(log, "database ready"; "labels.migrations_applied" => applied.len());
 
     let sub_log = for_component(root, "subscriber");
@@ -298,6 +311,45 @@ fn producer_children(config: &Config, root: &Logger, slots: &Slots, retry: Backo
             }),
         ),
     ]
+}
+
+/// The dependencies of the enabled roles.
+fn dependencies(config: &Config) -> Vec<Dependency> {
+    let mut deps = vec![Dependency::Kafka];
+    if config.consumer_enabled {
+        deps.push(Dependency::Postgres);
+    }
+    if config.producer_enabled {
+        deps.push(Dependency::NasaApi);
+    }
+    deps
+}
+
+/// How often the dependencies are tried while the daemon runs (for /status and the page).
+const DEPENDENCY_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Tries Kafka (a TCP connection to a broker) and Postgres (a login) every few seconds, so that
+/// /status says what is wrong even while no event is in flight. The NASA API is reported by
+/// the Fetcher's own requests. A change of cause is logged once.
+async fn watch_dependencies(config: Config, log: Logger) {
+    let brokers = kafka::broker_addresses(&config.kafka_brokers);
+    let database = config.database_url.clone().filter(|_| config.consumer_enabled);
+    loop {
+        let (brokers, database) = (brokers.clone(), database.clone());
+        let results = tokio::task::spawn_blocking(move || {
+            let kafka = probe_tcp(Dependency::Kafka, &brokers, Duration::from_secs(2));
+            let postgres = database.map(|url| db::check_login(&url).map(drop));
+            (kafka, postgres)
+        })
+        .await;
+        if let Ok((kafka, postgres)) = results {
+            DEPENDENCIES.report(&log, Dependency::Kafka, kafka.as_ref().map(|_| ()));
+            if let Some(postgres) = postgres {
+                DEPENDENCIES.report(&log, Dependency::Postgres, postgres.as_ref().map(|_| ()));
+            }
+        }
+        tokio::time::sleep(DEPENDENCY_CHECK_INTERVAL).await;
+    }
 }
 
 /// Stop fetching, flush the producer, let in-flight events finish and commit them.

@@ -9,7 +9,10 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use std::time::Duration;
 use uuid::Uuid;
 
+use crate::config::DatabaseUrl;
+use crate::deps::{Dependency, DependencyError, DEPENDENCIES};
 use crate::errors::{EventError, Permanent, Transient};
+use slog::Logger;
 use schema::images;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -18,12 +21,86 @@ pub type PgPool = Pool<ConnectionManager<PgConnection>>;
 type PgConn = PooledConnection<ConnectionManager<PgConnection>>;
 
 /// A pool that connects lazily, so that the daemon starts (and waits) while Postgres is down.
-pub fn pool(database_url: &str, max_size: u32) -> PgPool {
+/// Its failed connection attempts go to the dependency state, which logs a change of cause
+/// once (r2d2's default handler logs every attempt: two lines a second while a role is missing).
+pub fn pool(database_url: &DatabaseUrl, max_size: u32, log: Logger) -> PgPool {
     Pool::builder()
         .max_size(max_size)
         .min_idle(Some(0))
         .connection_timeout(Duration::from_secs(5))
-        .build_unchecked(ConnectionManager::new(database_url))
+        .error_handler(Box::new(ReportToDependencies { address: database_url.address(), log }))
+        .build_unchecked(ConnectionManager::new(with_connect_timeout(database_url.expose())))
+}
+
+#[derive(Debug)]
+struct ReportToDependencies {
+    address: String,
+    log: Logger,
+}
+
+impl r2d2::HandleError<diesel::r2d2::Error> for ReportToDependencies {
+    fn handle_error(&self, e: diesel::r2d2::Error) {
+        DEPENDENCIES.report(&self.log, Dependency::Postgres, Err(&classify_connection(&e.to_string(), &self.address)));
+    }
+}
+
+/// The URL with libpq's `connect_timeout` (5 s) unless it sets one: without it a connection to a
+/// host that drops packets waits for the kernel's TCP timeout, minutes.
+fn with_connect_timeout(url: &str) -> String {
+    if url.contains("connect_timeout=") {
+        return url.to_owned();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}connect_timeout=5")
+}
+
+/// Logs in once, outside the pool: the answer comes at once and says why it failed.
+pub fn check_login(database_url: &DatabaseUrl) -> Result<PgConnection, DependencyError> {
+    PgConnection::establish(&with_connect_timeout(database_url.expose()))
+        .map_err(|e| classify_connection(&e.to_string(), &database_url.address()))
+}
+
+/// Types a failed login by whether retrying can fix it. Postgres's refusals (FATAL) name the
+/// problem; the fix names the part of DATABASE_URL to check.
+pub fn classify_connection(message: &str, address: &str) -> DependencyError {
+    let lower = message.to_ascii_lowercase();
+    let fatal = message.split_once("FATAL:").map(|(_, rest)| rest.trim()).unwrap_or(message.trim());
+    let problem = fatal.lines().next().unwrap_or("").trim().to_owned();
+    let misconfigured = |fix: &'static str| DependencyError::Misconfigured {
+        dependency: Dependency::Postgres,
+        variable: "DATABASE_URL",
+        problem: problem.clone(),
+        fix,
+    };
+    if lower.contains("password authentication failed") || lower.contains("no password supplied") {
+        return misconfigured("the user and password in it");
+    }
+    if lower.contains("role") && lower.contains("does not exist") {
+        return misconfigured("the user name in it (the role must exist in Postgres)");
+    }
+    if lower.contains("database") && lower.contains("does not exist") {
+        return misconfigured("the database name in it (create the database, or fix the name)");
+    }
+    if lower.contains("no pg_hba.conf entry") {
+        return misconfigured("the user and host in it (pg_hba.conf must allow them)");
+    }
+    let cause = if lower.contains("connection refused") {
+        Some("connection refused")
+    } else if lower.contains("timeout expired") || lower.contains("timed out") {
+        Some("connection timed out")
+    } else if lower.contains("could not translate host name") {
+        Some("host name not resolved")
+    } else if lower.contains("server closed the connection") || lower.contains("connection reset") {
+        Some("connection closed by the server")
+    } else if lower.contains("the database system is starting up") || lower.contains("shutting down") {
+        Some("Postgres is starting or stopping")
+    } else {
+        None
+    };
+    match cause {
+        Some(cause) => DependencyError::Unreachable { dependency: Dependency::Postgres, address: address.to_owned(), cause: cause.into() },
+        None => DependencyError::Failed { dependency: Dependency::Postgres, message: problem },
+    }
 }
 
 fn conn(pool: &PgPool) -> Result<PgConn, Transient> {
@@ -151,4 +228,37 @@ pub fn image_bytes(pool: &PgPool, nasa_id: &str) -> Result<Option<(String, Strin
         .first(&mut conn(pool)?)
         .optional()
         .map_err(|e| Transient::Database(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logins_postgres_refuses_are_misconfigurations_naming_database_url() {
+        let at = "127.0.0.1:5432";
+        for (message, fix) in [
+            ("connection to server at \"127.0.0.1\", port 5432 failed: FATAL:  role \"wrong\" does not exist", "user name"),
+            ("connection to server at \"127.0.0.1\", port 5432 failed: FATAL:  database \"nope\" does not exist", "database name"),
+            ("connection to server at \"db\", port 5432 failed: FATAL:  password authentication failed for user \"app\"", "password"),
+        ] {
+            let e = classify_connection(message, at);
+            assert!(e.is_misconfiguration(), "{e}");
+            let text = e.to_string();
+            assert!(text.contains("check DATABASE_URL") && text.contains(fix), "{text}");
+            assert!(!text.contains("FATAL"), "{text}");
+        }
+        let refused = "connection to server at \"127.0.0.1\", port 1 failed: Connection refused\n\tIs the server running on that host and accepting TCP/IP connections?";
+        assert_eq!(
+            classify_connection(refused, "127.0.0.1:1").to_string(),
+            "Postgres unreachable at 127.0.0.1:1: connection refused; retrying until it is back"
+        );
+    }
+
+    #[test]
+    fn a_connect_timeout_is_added_unless_the_url_has_one() {
+        assert_eq!(with_connect_timeout("postgres://u@h/db"), "postgres://u@h/db?connect_timeout=5");
+        assert_eq!(with_connect_timeout("postgres://u@h/db?sslmode=disable"), "postgres://u@h/db?sslmode=disable&connect_timeout=5");
+        assert_eq!(with_connect_timeout("postgres://u@h/db?connect_timeout=1"), "postgres://u@h/db?connect_timeout=1");
+    }
 }
