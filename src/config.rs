@@ -26,6 +26,9 @@ pub enum Command {
     Run,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Check the configuration and try every dependency the enabled roles need (Kafka, Postgres,
+    /// the NASA API, DATA_DIR, HTTP_ADDR); one line per check with what to fix; exit 0 or 1.
+    Check,
     /// Publish one event per image of a search, through the outbox; resumable.
     Backfill(BackfillArgs),
     /// Ask the daemon's /healthz on HTTP_ADDR (0.0.0.0 as 127.0.0.1); exit 0 when it answers 200,

@@ -70,6 +70,17 @@ impl DependencyError {
         }
     }
 
+    /// What is wrong and what to check, without the dependency's name (for `check`'s lines).
+    pub fn summary(&self) -> String {
+        match self {
+            DependencyError::Misconfigured { variable, problem, fix, .. } => format!("{problem}; check {variable}: {fix}"),
+            DependencyError::Unreachable { dependency, address, cause } => {
+                format!("unreachable at {address}: {cause}; check {} and that {dependency} runs there", dependency.variable())
+            }
+            DependencyError::Failed { dependency, message } => format!("{message}; check {}", dependency.variable()),
+        }
+    }
+
     /// Whether only a change of configuration (or of the dependency's own setup) fixes it.
     pub fn is_misconfiguration(&self) -> bool {
         matches!(self, DependencyError::Misconfigured { .. })

@@ -6,6 +6,7 @@
 pub mod actors;
 pub mod backfill;
 pub mod backoff;
+pub mod check;
 pub mod config;
 pub mod consumer;
 pub mod db;

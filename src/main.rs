@@ -30,6 +30,10 @@ fn main() -> ExitCode {
             }
         };
     }
+    if command == Command::Check {
+        // No logger: the checks' lines are the output.
+        return check(&config);
+    }
     // A backfill keeps stdout for its progress; its logs go to stderr.
     let root = match command {
         Command::Backfill(_) => logging::logger(std::io::stderr(), config.log_level, &config.environment),
@@ -62,7 +66,20 @@ fn main() -> ExitCode {
             let log = logging::for_component(&root, "backfill");
             ExitCode::from(actix::System::new().block_on(backfill::run(config, args, log)))
         }
-        Command::Healthcheck => unreachable!("answered above"),
+        Command::Healthcheck | Command::Check => unreachable!("answered above"),
+    }
+}
+
+fn check(config: &Config) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime for the checks");
+    let checks = runtime.block_on(nasa_ingest::check::run(config));
+    for c in &checks {
+        println!("{}", c.line());
+    }
+    if checks.iter().all(|c| c.outcome.is_ok()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

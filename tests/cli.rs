@@ -132,3 +132,65 @@ fn healthcheck_asks_healthz_on_http_addr() {
     assert_eq!(code, Some(1), "a bad setting is unhealthy, not Docker's reserved 2: {stderr}");
     assert!(stderr.contains("HTTP_ADDR"), "{stderr}");
 }
+
+fn check_env(broker: &Broker, db: &TestDb, nasa: &FakeNasa, dir: &std::path::Path) -> Vec<(String, String)> {
+    let mut env = daemon_env(broker, db, nasa, dir);
+    set(&mut env, "HTTP_ADDR", &format!("127.0.0.1:{}", free_port()));
+    env
+}
+
+fn run_check(env: &[(String, String)]) -> (Option<i32>, Vec<String>, String) {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (code, stdout, stderr) = run(&env, &["check"]);
+    (code, stdout.lines().map(str::to_owned).collect(), stderr)
+}
+
+/// The line of the check `name`.
+fn line<'a>(lines: &'a [String], name: &str) -> &'a str {
+    lines.iter().find(|l| l[4..].starts_with(&format!("{name}:"))).unwrap_or_else(|| panic!("no {name} line in {lines:#?}"))
+}
+
+/// `check` against everything working: one ✓ line per dependency of both roles, exit 0.
+#[test]
+fn check_passes_against_a_healthy_setup() {
+    let (broker, db, nasa, dir) = (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    let started = std::time::Instant::now();
+    let (code, lines, stderr) = run_check(&check_env(&broker, &db, &nasa, dir.path()));
+    eprintln!("check took {:.2} s:\n{}", started.elapsed().as_secs_f64(), lines.join("\n"));
+    assert_eq!(code, Some(0), "{lines:#?} {stderr}");
+    for name in ["configuration", "Kafka", "Postgres", "migrations", "NASA API", "DATA_DIR", "HTTP_ADDR"] {
+        assert!(line(&lines, name).starts_with("✓ "), "{lines:#?}");
+    }
+    assert!(line(&lines, "migrations").contains("pending"), "a fresh database has migrations to apply: {lines:#?}");
+    assert!(line(&lines, "Kafka").contains(&broker.topic), "{lines:#?}");
+}
+
+/// `check` against a broken setup: each broken dependency is a ✗ line naming the variable to
+/// fix, the working one still ✓, exit 1; the password is never printed.
+#[test]
+fn check_fails_against_a_broken_setup_naming_what_to_fix() {
+    let (broker, db, nasa, dir) = (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    let mut env = check_env(&broker, &db, &nasa, dir.path());
+    let closed = format!("127.0.0.1:{}", free_port());
+    set(&mut env, "KAFKA_BROKERS", &closed);
+    set(&mut env, "DATABASE_URL", &db.url.replace("postgres://postgres@", "postgres://no_such_role:s3cret@"));
+    // A regular file where DATA_DIR's parent should be: not writable, even for root.
+    std::fs::write(dir.path().join("file"), b"").unwrap();
+    set(&mut env, "DATA_DIR", &dir.path().join("file/data").display().to_string());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    set(&mut env, "HTTP_ADDR", &taken_addr);
+    let (code, lines, stderr) = run_check(&env);
+    eprintln!("{}", lines.join("\n"));
+    assert_eq!(code, Some(1), "{lines:#?} {stderr}");
+    let kafka = line(&lines, "Kafka");
+    assert!(kafka.starts_with("✗ ") && kafka.contains(&closed) && kafka.contains("connection refused") && kafka.contains("KAFKA_BROKERS"), "{kafka}");
+    let postgres = line(&lines, "Postgres");
+    assert!(postgres.starts_with("✗ ") && postgres.contains("no_such_role") && postgres.contains("check DATABASE_URL"), "{postgres}");
+    let data_dir = line(&lines, "DATA_DIR");
+    assert!(data_dir.starts_with("✗ ") && data_dir.contains("DATA_DIR=") && data_dir.contains("not writable"), "{data_dir}");
+    let http_addr = line(&lines, "HTTP_ADDR");
+    assert!(http_addr.starts_with("✗ ") && http_addr.contains(&format!("HTTP_ADDR={taken_addr}")), "{http_addr}");
+    assert!(line(&lines, "NASA API").starts_with("✓ "), "{lines:#?}");
+    assert!(!lines.join("\n").contains("s3cret") && !stderr.contains("s3cret"));
+}

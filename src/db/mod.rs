@@ -114,6 +114,12 @@ pub fn migrate(pool: &PgPool) -> Result<Vec<String>, Transient> {
     Ok(applied.iter().map(|m| m.to_string()).collect())
 }
 
+/// The names of the migrations not applied yet.
+pub fn pending_migrations(conn: &mut PgConnection) -> Result<Vec<String>, String> {
+    let pending = conn.pending_migrations(MIGRATIONS).map_err(|e| e.to_string())?;
+    Ok(pending.iter().map(|m| m.name().to_string()).collect())
+}
+
 /// Whether the pool can reach Postgres now.
 pub fn ping(pool: &PgPool) -> Result<(), Transient> {
     diesel::sql_query("SELECT 1").execute(&mut conn(pool)?).map(drop).map_err(|e| Transient::Database(e.to_string()))

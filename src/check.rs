@@ -1,0 +1,123 @@
+//! `nasa-ingest check`: validates the configuration (done before this runs) and tries everything
+//! the enabled roles need, once, the way the daemon would: Kafka's metadata and the topics, the
+//! Postgres login and migration state, one NASA API search, DATA_DIR and HTTP_ADDR. One line per
+//! check, ✓ or ✗ with what to fix; exit 0 when all pass, 1 otherwise.
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use std::path::Path;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::deps::{probe_tcp, Dependency};
+use crate::nasa::NasaClient;
+use crate::{db, kafka};
+
+/// The outcome of one check: what was found, or what is wrong and what to do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub name: &'static str,
+    pub outcome: Result<String, String>,
+}
+
+impl Check {
+    fn new(name: &'static str, outcome: Result<String, String>) -> Check {
+        Check { name, outcome }
+    }
+
+    /// `✓ name: detail` or `✗ name: problem and fix`.
+    pub fn line(&self) -> String {
+        match &self.outcome {
+            Ok(detail) => format!("✓ {}: {detail}", self.name),
+            Err(problem) => format!("✗ {}: {problem}", self.name),
+        }
+    }
+}
+
+/// Runs every check of the enabled roles, in the order the daemon needs them.
+pub async fn run(config: &Config) -> Vec<Check> {
+    let mut checks = vec![Check::new("configuration", Ok(format!("valid; roles {}", config.roles())))];
+    let kafka = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || check_kafka(&config)).await.expect("the Kafka check does not panic")
+    };
+    checks.push(kafka);
+    if let Some(url) = config.database_url.clone().filter(|_| config.consumer_enabled) {
+        checks.extend(tokio::task::spawn_blocking(move || check_postgres(&url)).await.expect("the Postgres check does not panic"));
+    }
+    if config.producer_enabled {
+        checks.push(check_nasa(config).await);
+        checks.push(Check::new("DATA_DIR", check_data_dir(&config.data_dir)));
+    }
+    checks.push(Check::new("HTTP_ADDR", check_http_addr(config.http_addr)));
+    checks
+}
+
+/// A broker answers, its metadata lists the cluster, and the topics exist or can be created.
+fn check_kafka(config: &Config) -> Check {
+    let outcome = (|| {
+        let addresses = kafka::broker_addresses(&config.kafka_brokers);
+        probe_tcp(Dependency::Kafka, &addresses, Duration::from_secs(3)).map_err(|e| e.summary())?;
+        let quiet = kafka::LogContext { log: slog::Logger::root(slog::Discard, slog::o!()) };
+        let client: BaseConsumer<kafka::LogContext> =
+            kafka::base_config(&config.kafka_brokers).create_with_context(quiet).map_err(|e| format!("{e}; check KAFKA_BROKERS"))?;
+        let metadata = client
+            .fetch_metadata(None, Duration::from_secs(5))
+            .map_err(|e| kafka::classify(&e, &addresses, &[]).summary())?;
+        let mut found = Vec::new();
+        for name in [&config.kafka_topic, &config.kafka_dlq_topic] {
+            match metadata.topics().iter().find(|t| t.name() == name.as_str()) {
+                Some(t) if t.error().is_some() => {
+                    return Err(format!("topic {name}: {:?}; check KAFKA_TOPIC and the broker's ACLs", t.error().unwrap()))
+                }
+                Some(t) => found.push(format!("{name} ({} partitions)", t.partitions().len())),
+                None => found.push(format!("{name} (missing; created at start)")),
+            }
+        }
+        Ok(format!("{} broker(s) at {}; topics {}", metadata.brokers().len(), config.kafka_brokers, found.join(", ")))
+    })();
+    Check::new("Kafka", outcome)
+}
+
+/// The login (user, password, database) and the migration state.
+fn check_postgres(url: &crate::config::DatabaseUrl) -> Vec<Check> {
+    let mut conn = match db::check_login(url) {
+        Ok(conn) => conn,
+        Err(e) => return vec![Check::new("Postgres", Err(e.summary()))],
+    };
+    let login = Check::new("Postgres", Ok(format!("logged in at {}", url.redacted())));
+    let migrations = match db::pending_migrations(&mut conn) {
+        Ok(pending) if pending.is_empty() => Ok("all applied".to_owned()),
+        Ok(pending) => Ok(format!("{} pending ({}): applied at start, or by `nasa-ingest migrate`", pending.len(), pending.join(", "))),
+        Err(e) => Err(format!("cannot read the migration state: {e}; check that the DATABASE_URL user may read and create tables")),
+    };
+    vec![login, Check::new("migrations", migrations)]
+}
+
+/// One search, as the Fetcher makes it.
+async fn check_nasa(config: &Config) -> Check {
+    let client = NasaClient::new(config.nasa_api_url.clone(), config.image_variant, config.nasa_timeout);
+    let query = config.query.as_deref().unwrap_or(crate::config::RANDOM_TOPICS[0]);
+    let outcome = match client.search(query, 1).await {
+        Ok(page) => Ok(format!("{} answers: {} hits for {query:?}", config.nasa_api_url, page.metadata.total_hits)),
+        Err(e) => Err(e.as_dependency_error(&client.address()).summary()),
+    };
+    Check::new("NASA API", outcome)
+}
+
+/// A file can be created, written and removed in DATA_DIR (it is created when missing).
+pub fn check_data_dir(dir: &Path) -> Result<String, String> {
+    let probe = dir.join(format!(".check-{}", std::process::id()));
+    let result = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&probe, b"check")).and_then(|()| std::fs::remove_file(&probe));
+    match result {
+        Ok(()) => Ok(format!("{} is writable", dir.display())),
+        Err(e) => Err(format!("DATA_DIR={} is not writable ({e}); make it a writable directory or point DATA_DIR elsewhere", dir.display())),
+    }
+}
+
+/// The address can be bound now (nothing else listens there).
+pub fn check_http_addr(addr: std::net::SocketAddr) -> Result<String, String> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => Ok(format!("{addr} is free")),
+        Err(e) => Err(format!("HTTP_ADDR={addr} cannot be bound ({e}); stop what listens there or choose another port")),
+    }
+}
