@@ -10,6 +10,7 @@ use std::time::Duration;
 use url::Url;
 
 use crate::image::ImageVariant;
+use crate::logging::LogFormat;
 
 #[derive(Parser, Debug)]
 #[command(name = "nasa-ingest", version, about = "Keeps a Postgres archive of NASA images fed through Kafka.")]
@@ -152,6 +153,10 @@ pub struct Settings {
     /// error, warn, info, debug or trace.
     #[arg(long, env = "LOG_LEVEL", global = true)]
     pub log_level: Option<String>,
+    /// json (ECS, one object per line) or text (one short line per event); default: text when
+    /// the log stream is a terminal, else json.
+    #[arg(long, env = "LOG_FORMAT", global = true)]
+    pub log_format: Option<String>,
 }
 
 /// The names of every env var the program reads (each setting's own; KAFKA_BROKERS's two old
@@ -200,6 +205,8 @@ pub struct Config {
     pub sentry_dsn: Option<String>,
     pub sentry_min_interval: Duration,
     pub log_level: slog::Level,
+    /// None: decided by whether the log stream is a terminal.
+    pub log_format: Option<LogFormat>,
 }
 
 /// A database URL whose `Debug` and `Display` never show the password.
@@ -320,6 +327,7 @@ impl Config {
                 86_400,
             )?),
             log_level: parse_log_level(&s.log_level)?,
+            log_format: parse_log_format(&s.log_format)?,
         })
     }
 
@@ -450,6 +458,15 @@ fn parse_hosts(v: &Option<String>) -> Result<Vec<String>, ConfigError> {
 fn parse_socket_addr(var: &'static str, v: &Option<String>, default: &str) -> Result<std::net::SocketAddr, ConfigError> {
     let raw = non_empty(v).unwrap_or(default);
     raw.parse().map_err(|_| invalid(var, raw, "ip:port such as 0.0.0.0:8081 (port 0 picks a free one)"))
+}
+
+fn parse_log_format(v: &Option<String>) -> Result<Option<LogFormat>, ConfigError> {
+    let Some(raw) = non_empty(v) else { return Ok(None) };
+    match raw.to_ascii_lowercase().as_str() {
+        "json" => Ok(Some(LogFormat::Json)),
+        "text" => Ok(Some(LogFormat::Text)),
+        _ => Err(invalid("LOG_FORMAT", raw, "json or text (unset: text on a terminal, else json)")),
+    }
 }
 
 fn parse_log_level(v: &Option<String>) -> Result<slog::Level, ConfigError> {

@@ -1,4 +1,5 @@
-//! Logs: one JSON object per line on stdout in Elastic Common Schema, for Filebeat to ship to ELK.
+//! Logs: one JSON object per line on stdout in Elastic Common Schema, for Filebeat to ship to ELK;
+//! or, for a person at a terminal, one short text line per event (`LOG_FORMAT`).
 //!
 //! `@timestamp`, `log.level` and `message` come first, then the service fields. Call sites add
 //! `log.logger` (the actor), `error.type` / `error.message`, and pipeline facts as `labels.*`.
@@ -24,9 +25,82 @@ pub fn ecs_level(level: Level) -> &'static str {
     }
 }
 
+/// How log lines are written: `LOG_FORMAT`, else text on a terminal and JSON otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+impl LogFormat {
+    /// The format given, else the one that suits the stream: text when a person watches it.
+    pub fn or_for(given: Option<LogFormat>, stream_is_terminal: bool) -> LogFormat {
+        given.unwrap_or(if stream_is_terminal { LogFormat::Text } else { LogFormat::Json })
+    }
+}
+
 /// The daemon's logger, writing to stdout.
-pub fn stdout_logger(level: Level, environment: &str) -> Logger {
-    logger(std::io::stdout(), level, environment)
+pub fn stdout_logger(level: Level, environment: &str, format: Option<LogFormat>) -> Logger {
+    use std::io::IsTerminal;
+    logger_in(std::io::stdout(), LogFormat::or_for(format, std::io::stdout().is_terminal()), level, environment)
+}
+
+/// The backfill's logger: stderr, since stdout has its progress.
+pub fn stderr_logger(level: Level, environment: &str, format: Option<LogFormat>) -> Logger {
+    use std::io::IsTerminal;
+    logger_in(std::io::stderr(), LogFormat::or_for(format, std::io::stderr().is_terminal()), level, environment)
+}
+
+/// A logger writing `format` lines to `out`.
+pub fn logger_in<W: Write + Send + 'static>(out: W, format: LogFormat, level: Level, environment: &str) -> Logger {
+    match format {
+        LogFormat::Json => logger(out, level, environment),
+        LogFormat::Text => {
+            let drain = SentryDrain(TextDrain(Mutex::new(out))).filter_level(level).ignore_res();
+            Logger::root(drain, o!())
+        }
+    }
+}
+
+/// `18:49:15.123 WARN  startup     Kafka unreachable at 127.0.0.1:1  address=127.0.0.1:1 error="..."`:
+/// the time (UTC), the level, the actor, the message, then the `labels.*` and the error message.
+struct TextDrain<W>(Mutex<W>);
+
+impl<W: Write> Drain for TextDrain<W> {
+    type Ok = ();
+    type Err = std::io::Error;
+
+    fn log(&self, record: &Record, values: &slog::OwnedKVList) -> Result<(), std::io::Error> {
+        let mut fields = Fields::default();
+        let _ = slog::KV::serialize(&record.kv(), record, &mut fields);
+        // slog hands a record's pairs over last first: put them back in the order written.
+        fields.0.reverse();
+        let _ = slog::KV::serialize(values, record, &mut fields);
+        let line = text_line(&Utc::now().format("%H:%M:%S%.3f").to_string(), record.level(), &record.msg().to_string(), &fields);
+        let mut out = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        out.write_all(line.as_bytes())?;
+        out.flush()
+    }
+}
+
+fn text_line(time: &str, level: Level, message: &str, fields: &Fields) -> String {
+    let actor = fields.get("log.logger").unwrap_or_default();
+    let mut line = format!("{time} {:<5} {actor:<11} {message}", ecs_level(level).to_ascii_uppercase());
+    for (key, value) in &fields.0 {
+        let name = match key.strip_prefix("labels.") {
+            Some(name) => name,
+            None if *key == "error.message" => "error",
+            None => continue,
+        };
+        if value.is_empty() {
+            continue;
+        }
+        let quoted = value.contains([' ', '"', '=']);
+        let value = if quoted { format!("{value:?}") } else { value.clone() };
+        line.push_str(&format!("  {name}={value}"));
+    }
+    line.push('\n');
+    line
 }
 
 /// A logger writing ECS lines to `out`. Writes are synchronous (a mutex, no async queue) so that
@@ -158,6 +232,21 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn text_lines_are_short_time_level_actor_message_labels() {
+        let buf = Buf::default();
+        let log = for_component(&logger_in(buf.clone(), LogFormat::Text, Level::Info, "test"), "startup");
+        warn!(log, "Kafka unreachable at 127.0.0.1:1"; "labels.address" => "127.0.0.1:1", "error.type" => "unreachable",
+            "error.message" => "connection refused");
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let (time, rest) = text.split_once(' ').unwrap();
+        assert_eq!(time.len(), 12, "HH:MM:SS.mmm: {text}");
+        assert_eq!(rest, "WARN  startup     Kafka unreachable at 127.0.0.1:1  address=127.0.0.1:1  error=\"connection refused\"\n");
+        assert_eq!(LogFormat::or_for(None, true), LogFormat::Text);
+        assert_eq!(LogFormat::or_for(None, false), LogFormat::Json);
+        assert_eq!(LogFormat::or_for(Some(LogFormat::Json), true), LogFormat::Json);
     }
 
     #[test]

@@ -294,3 +294,64 @@ fn kafka_brokers_at_a_closed_port_is_a_warn_with_the_address() {
     assert!(body.contains(&format!("Kafka: unreachable since")) && body.contains("connection refused"), "{body}");
     eprintln!("WARN after {:.2} s", first.as_secs_f64());
 }
+
+/// The daemon's stdout under a pseudo-terminal (`script`), until `needle` shows up; then SIGTERM
+/// (script passes it on). `timeout` ends the daemon in any case.
+fn output_on_a_terminal(env: &[(String, String)], needle: &str) -> Vec<String> {
+    use std::io::Read;
+    let command = format!("exec timeout --foreground 60 {} run", daemon_bin());
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qec", &command, "/dev/null"]).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.stdout(std::process::Stdio::piped()).stdin(std::process::Stdio::null()).spawn().expect("script runs");
+    let mut out = child.stdout.take().unwrap();
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    wait_until(Duration::from_secs(20), needle, || text.lock().unwrap().contains(needle));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().ok();
+    let text = text.lock().unwrap().clone();
+    text.lines().map(|l| l.trim_end_matches('\r').to_owned()).filter(|l| !l.is_empty()).collect()
+}
+
+/// On a terminal the log is text, one short line per event: time, level, actor, message, labels.
+/// LOG_FORMAT=json keeps JSON there; off a terminal JSON is the default (every other test).
+#[test]
+fn logs_are_text_on_a_terminal_and_json_otherwise() {
+    let closed = format!("127.0.0.1:{}", free_port());
+    let env: Vec<(String, String)> = [
+        ("KAFKA_BROKERS", closed.as_str()),
+        ("CONSUMER_ENABLED", "false"),
+        ("HTTP_ADDR", "127.0.0.1:0"),
+        ("DATA_DIR", &tempfile::tempdir().unwrap().into_path().display().to_string()),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let lines = output_on_a_terminal(&env, "Kafka unreachable");
+    assert!(lines.iter().all(|l| !l.starts_with('{')), "no JSON on a terminal: {lines:#?}");
+    let warn = lines.iter().find(|l| l.contains("Kafka unreachable")).unwrap();
+    let (time, rest) = warn.split_once(' ').unwrap();
+    assert!(time.len() == 12 && time.as_bytes()[2] == b':' && time.as_bytes()[8] == b'.', "{warn}");
+    assert!(rest.starts_with(&format!("WARN  startup     Kafka unreachable at {closed}  ")), "{warn}");
+    assert!(rest.contains(&format!("address={closed}")) && rest.contains("error=\"Kafka unreachable at"), "{warn}");
+    assert!(lines.iter().any(|l| l.contains("INFO  supervisor  starting  roles=producer")), "{lines:#?}");
+
+    let mut json_env = env.clone();
+    set(&mut json_env, "LOG_FORMAT", "json");
+    let lines = output_on_a_terminal(&json_env, "Kafka unreachable");
+    let warn = lines.iter().find(|l| l.contains("Kafka unreachable")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(warn).unwrap_or_else(|e| panic!("LOG_FORMAT=json: {e}: {warn}"));
+    assert_eq!(v["labels.address"], closed.as_str());
+}
