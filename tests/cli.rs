@@ -194,3 +194,31 @@ fn check_fails_against_a_broken_setup_naming_what_to_fix() {
     assert!(line(&lines, "NASA API").starts_with("✓ "), "{lines:#?}");
     assert!(!lines.join("\n").contains("s3cret") && !stderr.contains("s3cret"));
 }
+
+/// Settings the daemon cannot start with, found only at start, exit 2 like a bad value, with
+/// one line naming the variable: HTTP_ADDR in use (with the address), DATA_DIR not writable.
+#[test]
+fn http_addr_in_use_and_data_dir_unwritable_exit_2_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let data_dir = dir.path().display().to_string();
+    let closed = format!("127.0.0.1:{}", free_port());
+    let base = [DB, ("KAFKA_BROKERS", closed.as_str()), ("DATA_DIR", data_dir.as_str())];
+
+    let (code, stdout, stderr) = run(&[&base[..], &[("HTTP_ADDR", taken_addr.as_str())]].concat(), &["run"]);
+    assert_eq!(code, Some(2), "{stdout}{stderr}");
+    let naming: Vec<&str> = stdout.lines().chain(stderr.lines()).filter(|l| l.contains("HTTP_ADDR")).collect();
+    assert_eq!(naming.len(), 1, "{stdout}{stderr}");
+    assert!(naming[0].contains(&format!("HTTP_ADDR={taken_addr}")) && naming[0].contains("in use"), "{}", naming[0]);
+
+    std::fs::write(dir.path().join("file"), b"").unwrap();
+    let unwritable = dir.path().join("file/data").display().to_string();
+    let free = format!("127.0.0.1:{}", free_port());
+    let env = [DB, ("KAFKA_BROKERS", closed.as_str()), ("DATA_DIR", unwritable.as_str()), ("HTTP_ADDR", free.as_str())];
+    let (code, stdout, stderr) = run(&env, &["run"]);
+    assert_eq!(code, Some(2), "{stdout}{stderr}");
+    let naming: Vec<&str> = stdout.lines().chain(stderr.lines()).filter(|l| l.contains("DATA_DIR")).collect();
+    assert_eq!(naming.len(), 1, "{stdout}{stderr}");
+    assert!(naming[0].contains(&format!("DATA_DIR={unwritable} is not writable")), "{}", naming[0]);
+}

@@ -38,12 +38,36 @@ static NEVER: AtomicBool = AtomicBool::new(false);
 /// Exit code when an actor passed its restart limit: a container orchestrator restarts the process.
 pub const EXIT_RESTART_LIMIT: u8 = 1;
 
+/// Exit code when a setting the process cannot start with was found at start (HTTP_ADDR in
+/// use, DATA_DIR unwritable): the same as a bad value, since a person has to change something.
+pub const EXIT_SETTING: u8 = 2;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("{0}")]
     Outbox(#[from] crate::outbox::OutboxError),
     #[error("cannot create a Kafka client: {0}; check KAFKA_BROKERS")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("HTTP_ADDR={addr} cannot be bound ({source}); stop what listens there or choose another port")]
+    HttpAddr { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    DataDir(String),
+}
+
+impl StartError {
+    /// 2 for a setting to change, 1 for anything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::HttpAddr { .. } | StartError::DataDir(_) => EXIT_SETTING,
+            StartError::Outbox(_) | StartError::Kafka(_) => 1,
+        }
+    }
+}
+
+/// Logs why the process cannot start, in one ERROR line; returns the exit code.
+fn start_failed(log: &Logger, e: StartError) -> u8 {
+    slog::error!(log, "{}", e; "error.type" => "start");
+    e.exit_code()
 }
 
 /// The stable addresses of every actor.
@@ -124,17 +148,11 @@ pub async fn run(config: Config, root: Logger) -> u8 {
         .map(|u| db::pool(u, config.download_concurrency as u32 + 2, for_component(&root, "postgres")));
     let app = match app_state(&config, &root, &slots, restarts, pool.clone()) {
         Ok(app) => app,
-        Err(e) => {
-            slog::error!(log, "cannot start"; "error.type" => "start", "error.message" => e.to_string());
-            return 1;
-        }
+        Err(e) => return start_failed(&log, e),
     };
     let endpoint = match http::start(config.http_addr, app.clone()) {
         Ok(endpoint) => endpoint,
-        Err(e) => {
-            slog::error!(log, "cannot listen on HTTP_ADDR"; "error.type" => "start", "error.message" => e.to_string());
-            return 1;
-        }
+        Err(source) => return start_failed(&log, StartError::HttpAddr { addr: config.http_addr, source }),
     };
     actix::spawn(watch_dependencies(config.clone(), for_component(&root, "dependencies")));
     let started = tokio::select! {
@@ -142,8 +160,7 @@ pub async fn run(config: Config, root: Logger) -> u8 {
         _ = wait_stop() => { info!(log, "signal received during start-up; exiting"); return 0; }
     };
     if let Err(e) = started {
-        slog::error!(log, "cannot start"; "error.type" => "start", "error.message" => e.to_string());
-        return 1;
+        return start_failed(&log, e);
     }
     info!(log, "started"; "labels.roles" => config.roles());
     app.started.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -166,7 +183,13 @@ fn app_state(
 ) -> Result<Arc<AppState>, StartError> {
     let http_log = for_component(root, "http");
     let kafka = kafka::base_config(&config.kafka_brokers).create_with_context(kafka::LogContext { log: http_log.clone() })?;
-    let outbox = if config.producer_enabled { Some(Outbox::open(&config.data_dir)?) } else { None };
+    let outbox = if config.producer_enabled {
+        // Writable now, or the first event would fail much later.
+        crate::check::check_data_dir(&config.data_dir).map_err(StartError::DataDir)?;
+        Some(Outbox::open(&config.data_dir)?)
+    } else {
+        None
+    };
     Ok(Arc::new(AppState {
         log: http_log,
         roles: config.roles(),
