@@ -62,7 +62,7 @@ pub fn logger_in<W: Write + Send + 'static>(out: W, format: LogFormat, level: Le
     }
 }
 
-/// `18:49:15.123 WARN  startup     Kafka unreachable at 127.0.0.1:1  address=127.0.0.1:1 error="..."`:
+/// `18:49:15.123 WARN  startup      Kafka unreachable at 127.0.0.1:1  address=127.0.0.1:1 error="..."`:
 /// the time (UTC), the level, the actor, the message, then the `labels.*` and the error message.
 struct TextDrain<W>(Mutex<W>);
 
@@ -85,7 +85,7 @@ impl<W: Write> Drain for TextDrain<W> {
 
 fn text_line(time: &str, level: Level, message: &str, fields: &Fields) -> String {
     let actor = fields.get("log.logger").unwrap_or_default();
-    let mut line = format!("{time} {:<5} {actor:<11} {message}", ecs_level(level).to_ascii_uppercase());
+    let mut line = format!("{time} {:<5} {actor:<12} {message}", ecs_level(level).to_ascii_uppercase());
     for (key, value) in &fields.0 {
         let name = match key.strip_prefix("labels.") {
             Some(name) => name,
@@ -243,7 +243,7 @@ mod tests {
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         let (time, rest) = text.split_once(' ').unwrap();
         assert_eq!(time.len(), 12, "HH:MM:SS.mmm: {text}");
-        assert_eq!(rest, "WARN  startup     Kafka unreachable at 127.0.0.1:1  address=127.0.0.1:1  error=\"connection refused\"\n");
+        assert_eq!(rest, "WARN  startup      Kafka unreachable at 127.0.0.1:1  address=127.0.0.1:1  error=\"connection refused\"\n");
         assert_eq!(LogFormat::or_for(None, true), LogFormat::Text);
         assert_eq!(LogFormat::or_for(None, false), LogFormat::Json);
         assert_eq!(LogFormat::or_for(Some(LogFormat::Json), true), LogFormat::Json);
