@@ -30,6 +30,20 @@ pub enum Permanent {
 }
 
 impl Permanent {
+    /// Every `kind()`, so that /metrics shows each reason at 0 before the first dead letter.
+    pub const KINDS: [&'static str; 10] = [
+        "not_json",
+        "missing_field",
+        "unknown_event_type",
+        "bad_url",
+        "host_not_allowed",
+        "image_http_4xx",
+        "too_large",
+        "not_an_image",
+        "db_rejected",
+        "panic",
+    ];
+
     /// A short stable name, for the `error.type` log field and the DLQ `reason` header.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -70,6 +84,9 @@ pub enum Transient {
 }
 
 impl Transient {
+    /// Every `kind()`, so that /metrics shows each cause at 0 before the first retry.
+    pub const KINDS: [&'static str; 7] = ["image_http_5xx", "image_download", "postgres", "postgres_refused", "panic", "kafka", "actor_down"];
+
     pub fn kind(&self) -> &'static str {
         match self {
             Transient::ServerStatus { .. } => "image_http_5xx",
@@ -98,5 +115,37 @@ impl EventError {
             EventError::Transient(t) => t.kind(),
             EventError::Permanent(p) => p.kind(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_lists_every_kind() {
+        let permanent = [
+            Permanent::NotJson(String::new()),
+            Permanent::MissingField("x"),
+            Permanent::UnknownEventType(String::new()),
+            Permanent::BadUrl(String::new()),
+            Permanent::HostNotAllowed(String::new()),
+            Permanent::ClientStatus { status: 404, url: String::new() },
+            Permanent::TooLarge { limit: 1 },
+            Permanent::NotAnImage,
+            Permanent::DbRejected(String::new()),
+            Permanent::Panicked(String::new()),
+        ];
+        assert_eq!(permanent.iter().map(Permanent::kind).collect::<Vec<_>>(), Permanent::KINDS);
+        let transient = [
+            Transient::ServerStatus { status: 503, url: String::new() },
+            Transient::Download(String::new()),
+            Transient::Database(String::new()),
+            Transient::DatabaseRefused(String::new()),
+            Transient::Panicked(String::new()),
+            Transient::Kafka(String::new()),
+            Transient::ActorDown("x"),
+        ];
+        assert_eq!(transient.iter().map(Transient::kind).collect::<Vec<_>>(), Transient::KINDS);
     }
 }

@@ -70,8 +70,9 @@ pub fn start(addr: SocketAddr, state: Arc<AppState>) -> std::io::Result<Endpoint
         let app = App::new()
             .app_data(data.clone())
             .route("/", web::get().to(page))
-            .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz))
+            // HEAD too: load balancers and `curl -I` probe with it (actix sends the head only).
+            .route("/healthz", web::route().guard(get_or_head()).to(healthz))
+            .route("/readyz", web::route().guard(get_or_head()).to(readyz))
             .route("/metrics", web::get().to(metrics))
             .route("/status", web::get().to(status))
             .route("/images/{nasa_id}", web::get().to(image));
@@ -93,6 +94,10 @@ pub fn start(addr: SocketAddr, state: Arc<AppState>) -> std::io::Result<Endpoint
     actix::spawn(server);
     info!(log, "HTTP endpoint listening"; "labels.addr" => bound.to_string(), "labels.admin_routes" => admin);
     Ok(Endpoint { addr: bound, handle })
+}
+
+fn get_or_head() -> impl actix_web::guard::Guard {
+    actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head())
 }
 
 async fn healthz() -> HttpResponse {

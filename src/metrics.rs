@@ -51,7 +51,12 @@ impl Metrics {
         )
         .unwrap();
         r.register(Box::new(processing_seconds.clone())).unwrap();
-        Metrics {
+        // process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds, ...
+        r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())).unwrap();
+        let build_info = IntGaugeVec::new(Opts::new("nasa_ingest_build_info", "Always 1; the version is the label"), &["version"]).unwrap();
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        r.register(Box::new(build_info)).unwrap();
+        let metrics = Metrics {
             fetched: counter(&r, "events_fetched_total", "Images found on the NASA API and turned into events"),
             published: counter(&r, "events_published_total", "Events acknowledged by Kafka"),
             consumed: counter(&r, "events_consumed_total", "Messages read from the images topic"),
@@ -65,6 +70,22 @@ impl Metrics {
             consumer_lag,
             processing_seconds,
             registry: r,
+        };
+        metrics.start_known_labels_at_zero();
+        metrics
+    }
+
+    /// Every label value known in advance is exposed at 0 from the start: a rate or an alert on
+    /// `increase(...)` then sees the first incident, and a dashboard lists every series.
+    fn start_known_labels_at_zero(&self) {
+        for actor in crate::actors::NAMES {
+            self.restarts.with_label_values(&[actor]);
+        }
+        for reason in crate::errors::Permanent::KINDS {
+            self.dead_lettered.with_label_values(&[reason]);
+        }
+        for cause in crate::errors::Transient::KINDS.into_iter().chain(crate::nasa::NasaError::KINDS) {
+            self.retries.with_label_values(&[cause]);
         }
     }
 
@@ -103,6 +124,20 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_labels_start_at_zero_with_process_and_build_info() {
+        let text = METRICS.render();
+        for series in [
+            "nasa_ingest_actor_restarts_total{actor=\"storer\"}",
+            "nasa_ingest_events_dead_lettered_total{reason=\"too_large\"}",
+            "nasa_ingest_retries_total{cause=\"nasa_timeout\"}",
+        ] {
+            assert!(text.lines().any(|l| l.starts_with(series)), "{series} missing:\n{text}");
+        }
+        assert!(text.contains(&format!("nasa_ingest_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))), "{text}");
+        assert!(text.contains("process_resident_memory_bytes") && text.contains("process_open_fds"), "{text}");
+    }
 
     #[test]
     fn lag_reads_back_what_the_gauge_holds() {

@@ -31,6 +31,9 @@ pub enum NasaError {
 }
 
 impl NasaError {
+    /// Every `kind()`, so that /metrics shows each cause at 0 before the first retry.
+    pub const KINDS: [&'static str; 5] = ["nasa_unreachable", "nasa_timeout", "nasa_rate_limited", "nasa_status", "nasa_bad_json"];
+
     pub fn kind(&self) -> &'static str {
         match self {
             NasaError::Unreachable(_) => "nasa_unreachable",

@@ -358,3 +358,60 @@ fn logs_are_text_on_a_terminal_and_json_otherwise() {
     let v: serde_json::Value = serde_json::from_str(warn).unwrap_or_else(|e| panic!("LOG_FORMAT=json: {e}: {warn}"));
     assert_eq!(v["labels.address"], closed.as_str());
 }
+
+/// The whole raw answer to a request without a body (HEAD answers have a head only).
+fn raw_answer(addr: &str, method: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Before any incident: every known actor, dead-letter reason and retry cause is a series at 0,
+/// the process metrics and the build's version are there; HEAD /healthz and /readyz answer as
+/// GET does, without a body.
+#[test]
+fn metrics_are_there_before_any_incident_and_head_probes_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = format!("127.0.0.1:{}", free_port());
+    let env: Vec<(String, String)> = [
+        ("KAFKA_BROKERS", closed.as_str()),
+        ("CONSUMER_ENABLED", "false"),
+        ("HTTP_ADDR", "127.0.0.1:0"),
+        ("DATA_DIR", &dir.path().display().to_string()),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let daemon = Daemon::spawn(&env);
+    let addr = daemon.http_addr();
+    let (status, metrics) = http(&addr, "GET", "/metrics", &[]);
+    assert_eq!(status, 200);
+    let value = |series: &str| -> Option<f64> {
+        metrics.lines().find(|l| l.starts_with(series) && l[series.len()..].starts_with(' ')).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    for actor in ["fetcher", "publisher", "subscriber", "downloader", "storer"] {
+        assert_eq!(value(&format!("nasa_ingest_actor_restarts_total{{actor=\"{actor}\"}}")), Some(0.0), "{actor}: {metrics}");
+    }
+    for reason in ["not_json", "bad_url", "host_not_allowed", "image_http_4xx", "too_large", "not_an_image", "db_rejected", "panic"] {
+        assert_eq!(value(&format!("nasa_ingest_events_dead_lettered_total{{reason=\"{reason}\"}}")), Some(0.0), "{reason}");
+    }
+    for cause in ["kafka", "postgres", "image_http_5xx", "image_download", "nasa_unreachable", "nasa_timeout", "nasa_status"] {
+        assert_eq!(value(&format!("nasa_ingest_retries_total{{cause=\"{cause}\"}}")), Some(0.0), "{cause}");
+    }
+    assert!(value("process_resident_memory_bytes").unwrap() > 1e6, "{metrics}");
+    assert!(value("process_open_fds").unwrap() >= 3.0);
+    assert!(value("process_cpu_seconds_total").is_some());
+    assert_eq!(value(&format!("nasa_ingest_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))), Some(1.0));
+
+    for (path, code) in [("/healthz", "200"), ("/readyz", "503")] {
+        let get = raw_answer(&addr, "GET", path);
+        let head = raw_answer(&addr, "HEAD", path);
+        assert!(get.starts_with(&format!("HTTP/1.1 {code}")), "GET {path}: {get}");
+        assert!(head.starts_with(&format!("HTTP/1.1 {code}")), "HEAD {path}: {head}");
+        assert!(head.ends_with("\r\n\r\n"), "HEAD {path} has no body: {head:?}");
+    }
+}

@@ -6,3 +6,6 @@ pub mod publisher;
 pub mod storer;
 pub mod subscriber;
 pub mod supervisor;
+
+/// Every actor's name (the supervisor's children, `log.logger`, the restart metric's label).
+pub const NAMES: [&str; 5] = ["fetcher", "publisher", "subscriber", "downloader", "storer"];
