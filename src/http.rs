@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::db::{self, PgPool};
+use crate::actors::fetcher::FETCHES;
 use crate::deps::DEPENDENCIES;
 use crate::kafka::LogContext;
 use crate::metrics::METRICS;
@@ -150,19 +151,22 @@ async fn metrics() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(METRICS.render())
 }
 
-fn status_json(state: &AppState) -> serde_json::Value {
+/// Everything `/status` and the page show. `images_in_database` is None without the consumer
+/// role, or when Postgres did not answer.
+fn status_json(state: &AppState, images_in_database: Option<i64>) -> serde_json::Value {
     let started = state.started.load(Ordering::SeqCst);
     let actors: Vec<_> = state
         .actors
         .iter()
         .map(|(name, running)| {
-            let (restarts, last_error) = state.restarts.get(name);
+            let restarts = state.restarts.get(name);
             let state = match (running(), started) {
                 (true, _) => "running",
                 (false, false) => "starting",
                 (false, true) => "down",
             };
-            json!({"name": name, "state": state, "restarts": restarts, "last_error": last_error})
+            json!({"name": name, "state": state, "restarts": restarts.count, "last_error": restarts.last_error,
+                "restart_times": restarts.times})
         })
         .collect();
     let pending_id = state.outbox.as_ref().and_then(|o| o.pending().ok().flatten()).map(|e| e.event_id.to_string());
@@ -179,16 +183,28 @@ fn status_json(state: &AppState) -> serde_json::Value {
         "pending_event_id": pending_id,
         "consumer_lag": lag,
         "consumer": state.consumer.as_ref().map(|c| c.report()),
+        // Since this process started; the database's count is `in_database`.
         "counts": {
             "fetched": METRICS.fetched.get(), "published": METRICS.published.get(), "consumed": METRICS.consumed.get(),
             "stored": METRICS.stored.get(), "duplicates": METRICS.duplicates.get(),
             "dead_lettered": METRICS.dead_lettered_total(),
         },
+        "rates_per_minute": METRICS.rates_per_minute(),
+        "in_database": {"images": images_in_database},
+        "fetches": state.roles.contains("producer").then(|| FETCHES.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+        "recent_problems": crate::logging::recent_problems(),
     })
 }
 
+/// The number of stored images, unless Postgres does not answer within the pool's timeout.
+async fn images_in_database(state: &AppState) -> Option<i64> {
+    let pool = state.pool.clone()?;
+    web::block(move || db::count_images(&pool)).await.ok()?.ok()
+}
+
 async fn status(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(status_json(&state))
+    let images = images_in_database(&state).await;
+    HttpResponse::Ok().json(status_json(&state, images))
 }
 
 async fn image(state: web::Data<AppState>, req: HttpRequest, nasa_id: web::Path<String>) -> HttpResponse {
@@ -236,7 +252,6 @@ fn path_segment(s: &str) -> String {
 }
 
 async fn page(state: web::Data<AppState>) -> HttpResponse {
-    let st = status_json(&state);
     let (images, total) = match state.pool.clone() {
         Some(pool) => web::block(move || (db::latest_images(&pool, 24), db::count_images(&pool))).await.unwrap_or_else(|e| {
             let err = crate::errors::Transient::Database(e.to_string());
@@ -244,7 +259,94 @@ async fn page(state: web::Data<AppState>) -> HttpResponse {
         }),
         None => (Ok(vec![]), Ok(0)),
     };
+    let st = status_json(&state, total.as_ref().ok().copied());
     HttpResponse::Ok().content_type("text/html; charset=utf-8").body(render_page(&st, images, total))
+}
+
+/// The time of an RFC 3339 timestamp, as HH:MM:SS (the page is read the same day).
+fn clock(rfc3339: &str) -> String {
+    rfc3339.get(11..19).unwrap_or(rfc3339).to_owned()
+}
+
+/// Each dependency: state, since when, and its last error.
+fn dependencies_panel(st: &serde_json::Value) -> String {
+    let items: String = st["dependencies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            let state = d["state"].as_str().unwrap_or("");
+            let cls = match state {
+                "up" => "ok",
+                "unknown" => "muted",
+                _ => "bad",
+            };
+            let error = d["last_error"].as_str().map(|e| format!(r#"<br><span class=muted>last error: {}</span>"#, escape(e))).unwrap_or_default();
+            format!(
+                r#"<li class=dep><b>{name}</b> <span class={cls}>{state}</span> <span class=muted>since {since} UTC</span>{error}</li>"#,
+                name = escape(d["name"].as_str().unwrap_or("")),
+                state = escape(state),
+                since = escape(&clock(d["since"].as_str().unwrap_or(""))),
+            )
+        })
+        .collect();
+    format!(r#"<h2>Dependencies</h2><ul id=dependencies>{items}</ul>"#)
+}
+
+/// Rates over the last minute, and the Fetcher's last and next cycle.
+fn activity_panel(st: &serde_json::Value) -> String {
+    let r = &st["rates_per_minute"];
+    let mut items = format!(
+        "<li><b>per minute</b> (last minute): {} fetched · {} published · {} consumed · {} stored</li>",
+        r["fetched"], r["published"], r["consumed"], r["stored"]
+    );
+    let f = &st["fetches"];
+    if !f.is_null() {
+        let last = match (f["last_at"].as_str(), f["last_outcome"].as_str()) {
+            (Some(at), Some(outcome)) => format!("{} UTC: {}", clock(at), escape(outcome)),
+            _ => "not yet".into(),
+        };
+        let next = f["next_at"].as_str().map(|at| format!("{} UTC", clock(at))).unwrap_or_else(|| "after start-up".into());
+        items.push_str(&format!("<li><b>last fetch</b> {last}</li><li><b>next fetch</b> {next}</li>"));
+    }
+    format!("<h2>Activity</h2><ul>{items}</ul>")
+}
+
+/// The last WARN and ERROR lines, newest first.
+fn problems_panel(st: &serde_json::Value) -> String {
+    let rows: Vec<String> = st["recent_problems"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let level = p["level"].as_str().unwrap_or("");
+            format!(
+                r#"<tr><td class=muted>{time}</td><td class={cls}>{level}</td><td>{actor}</td><td>{message}{error}</td></tr>"#,
+                time = escape(&clock(p["time"].as_str().unwrap_or(""))),
+                cls = if level == "warn" { "warn" } else { "bad" },
+                level = escape(level),
+                actor = escape(p["actor"].as_str().unwrap_or("")),
+                message = escape(p["message"].as_str().unwrap_or("")),
+                error = p["error"].as_str().map(|e| format!(r#"<br><span class=muted>{}</span>"#, escape(e))).unwrap_or_default(),
+            )
+        })
+        .collect();
+    let body = if rows.is_empty() {
+        "<p class=muted>None since start.</p>".to_owned()
+    } else {
+        format!("<table id=problems><tr><th>time (UTC)</th><th>level</th><th>actor</th><th>message</th></tr>{}</table>", rows.join(""))
+    };
+    format!("<h2>Recent warnings and errors</h2>{body}")
+}
+
+/// " (at 12:01:02, 12:03:04 UTC)" for the latest restarts, else nothing.
+fn restart_times(times: &serde_json::Value) -> String {
+    let times: Vec<String> = times.as_array().into_iter().flatten().filter_map(|t| t.as_str()).map(|t| escape(&clock(t))).collect();
+    if times.is_empty() {
+        String::new()
+    } else {
+        format!(" (at {} UTC)", times.join(", "))
+    }
 }
 
 /// The consumer's group membership: member id, partitions held, and a stall if there is one.
@@ -280,16 +382,18 @@ fn render_page(
         .map(|a| {
             let up = a["state"] == "running";
             format!(
-                r#"<li class="{cls}"><b>{name}</b> {state} · {restarts} restarts{err}</li>"#,
+                r#"<li class="{cls}"><b>{name}</b> {state} · {restarts} restarts{times}{err}</li>"#,
                 cls = if up { "ok" } else { "bad" },
                 name = escape(a["name"].as_str().unwrap_or("")),
                 state = escape(a["state"].as_str().unwrap_or("")),
                 restarts = a["restarts"],
+                times = restart_times(&a["restart_times"]),
                 err = a["last_error"].as_str().map(|e| format!(" · last: {}", escape(e))).unwrap_or_default(),
             )
         })
         .collect();
     let consumer = consumer_panel(&st["consumer"]);
+    let (dependencies, activity, problems) = (dependencies_panel(st), activity_panel(st), problems_panel(st));
     let c = &st["counts"];
     let lag: i64 = st["consumer_lag"].as_object().map(|m| m.values().filter_map(|v| v.as_i64()).sum()).unwrap_or(0);
     let gallery = match images {
@@ -319,7 +423,9 @@ fn render_page(
 body{{font-family:system-ui,sans-serif;margin:1.5rem;background:#0b1020;color:#e8ecf5}}
 h1{{margin:0 0 .3rem}} .muted{{color:#9aa4bd;font-size:.85rem}} .ok{{color:#7ee2a8}} .bad{{color:#ff8c8c}}
 .cards{{display:flex;gap:1rem;flex-wrap:wrap;margin:1rem 0}} .card{{background:#151c33;border-radius:8px;padding:.8rem 1rem;min-width:9rem}}
-.card b{{display:block;font-size:1.6rem}} ul{{list-style:none;padding:0}} li{{margin:.2rem 0}}
+.card b{{display:block;font-size:1.6rem}} ul{{list-style:none;padding:0}} li{{margin:.2rem 0}} .warn{{color:#ffd27a}}
+.cols{{display:grid;grid-template-columns:repeat(auto-fit,minmax(380px,1fr));gap:0 2rem}}
+table{{border-collapse:collapse;font-size:.9rem;width:100%}} td,th{{text-align:left;padding:.2rem .5rem;vertical-align:top;border-bottom:1px solid #222a44}}
 .gallery{{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:1rem}}
 figure{{margin:0;background:#151c33;border-radius:8px;overflow:hidden}} figure img{{width:100%;height:160px;object-fit:cover;display:block;background:#222}}
 figcaption{{padding:.5rem .6rem;font-size:.9rem}}
@@ -327,16 +433,18 @@ figcaption{{padding:.5rem .6rem;font-size:.9rem}}
 <h1>nasa-ingest</h1>
 <div class=muted>version {version} · roles {roles} · up {uptime} s · <a href="/status" style="color:#9ab">/status</a> · <a href="/metrics" style="color:#9ab">/metrics</a></div>
 <div class=cards>
-<div class=card><b>{stored_total}</b>images stored</div>
-<div class=card><b>{published}</b>events published</div>
-<div class=card><b>{consumed}</b>events consumed</div>
-<div class=card><b>{duplicates}</b>duplicates skipped</div>
-<div class=card><b>{dlq}</b>dead letters</div>
+<div class=card><b>{stored_total}</b>images in the database</div>
+<div class=card><b>{published}</b>published since start</div>
+<div class=card><b>{consumed}</b>consumed since start</div>
+<div class=card><b>{duplicates}</b>duplicates since start</div>
+<div class=card><b>{dlq}</b>dead letters since start</div>
 <div class=card><b>{pending}</b>pending in outbox</div>
 <div class=card><b>{lag}</b>consumer lag</div>
 </div>
+<div class=cols><div>{dependencies}
 <h2>Actors</h2><ul>{actors}</ul>
-{consumer}
+{consumer}</div><div>{activity}
+{problems}</div></div>
 <h2>Latest images</h2><div class=gallery>{gallery}</div>
 </body></html>"#,
         version = escape(st["version"].as_str().unwrap_or("")),

@@ -8,7 +8,8 @@
 use chrono::{SecondsFormat, Utc};
 use slog::{o, Drain, FnValue, Level, Logger, PushFnValue, Record};
 use std::io::Write;
-use std::sync::Mutex;
+use std::collections::VecDeque;
+use std::sync::{LazyLock, Mutex};
 
 pub const ECS_VERSION: &str = "8.11.0";
 pub const SERVICE_NAME: &str = "nasa-ingest";
@@ -126,7 +127,8 @@ pub fn logger<W: Write + Send + 'static>(out: W, level: Level, environment: &str
     Logger::root(drain, o!())
 }
 
-/// Sends ERROR and CRITICAL lines to Sentry (when enabled), with their actor, nasa_id and error.
+/// Sends ERROR and CRITICAL lines to Sentry (when enabled), with their actor, nasa_id and error,
+/// and keeps the last WARN and ERROR lines for `/status` and the page.
 /// Panics are left to Sentry's panic hook, which has their stack trace.
 struct SentryDrain<D>(D);
 
@@ -135,11 +137,13 @@ impl<D: Drain> Drain for SentryDrain<D> {
     type Err = D::Err;
 
     fn log(&self, record: &Record, values: &slog::OwnedKVList) -> Result<D::Ok, D::Err> {
-        if record.level().is_at_least(Level::Error) {
+        if record.level().is_at_least(Level::Warning) {
             let mut fields = Fields::default();
             let _ = slog::KV::serialize(&record.kv(), record, &mut fields);
             let _ = slog::KV::serialize(values, record, &mut fields);
-            if fields.get("error.type").as_deref() != Some("panic") {
+            // Kept for the page whatever LOG_LEVEL filters out below.
+            remember_problem(record, &fields);
+            if record.level().is_at_least(Level::Error) && fields.get("error.type").as_deref() != Some("panic") {
                 let info = crate::telemetry::EventInfo {
                     actor: fields.get("log.logger"),
                     nasa_id: fields.get("labels.nasa_id"),
@@ -151,6 +155,41 @@ impl<D: Drain> Drain for SentryDrain<D> {
         }
         self.0.log(record, values)
     }
+}
+
+/// How many WARN and ERROR lines `/status` and the page show.
+pub const RECENT_PROBLEMS: usize = 20;
+
+/// A WARN or ERROR line, as `/status` shows it.
+#[derive(Clone, Debug, serde::Serialize, PartialEq)]
+pub struct Problem {
+    pub time: String,
+    pub level: &'static str,
+    pub actor: String,
+    pub message: String,
+    pub error: Option<String>,
+}
+
+static PROBLEMS: LazyLock<Mutex<VecDeque<Problem>>> = LazyLock::new(Mutex::default);
+
+fn remember_problem(record: &Record, fields: &Fields) {
+    let problem = Problem {
+        time: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+        level: ecs_level(record.level()),
+        actor: fields.get("log.logger").unwrap_or_default(),
+        message: record.msg().to_string(),
+        error: fields.get("error.message"),
+    };
+    let mut problems = PROBLEMS.lock().unwrap_or_else(|e| e.into_inner());
+    if problems.len() == RECENT_PROBLEMS {
+        problems.pop_front();
+    }
+    problems.push_back(problem);
+}
+
+/// The last WARN and ERROR lines of this process (at most [`RECENT_PROBLEMS`]), newest first.
+pub fn recent_problems() -> Vec<Problem> {
+    PROBLEMS.lock().unwrap_or_else(|e| e.into_inner()).iter().rev().cloned().collect()
 }
 
 /// The key-values of a record, as text.

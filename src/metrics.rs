@@ -2,7 +2,9 @@
 //! counts what it does, the HTTP endpoint renders it.
 
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
-use std::sync::LazyLock;
+use std::collections::VecDeque;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 pub struct Metrics {
     registry: Registry,
@@ -21,6 +23,12 @@ pub struct Metrics {
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The window of the rates on /status and the page.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Counter samples of the last minute, for per-minute rates.
+static SAMPLES: LazyLock<Mutex<VecDeque<(Instant, [u64; 4])>>> = LazyLock::new(Mutex::default);
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(format!("nasa_ingest_{name}"), help).expect("valid metric");
@@ -89,6 +97,33 @@ impl Metrics {
         }
     }
 
+    fn counts(&self) -> [u64; 4] {
+        [self.fetched.get(), self.published.get(), self.consumed.get(), self.stored.get()]
+    }
+
+    /// Takes a sample of the counters; rates are computed over the samples of the last minute.
+    pub fn sample_rates(&self) {
+        let mut samples = SAMPLES.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        samples.push_back((now, self.counts()));
+        while samples.front().is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW) {
+            samples.pop_front();
+        }
+    }
+
+    /// Events per minute over the last minute (or since the first sample): fetched, published,
+    /// consumed, stored. Zero until two samples exist.
+    pub fn rates_per_minute(&self) -> serde_json::Value {
+        let samples = SAMPLES.lock().unwrap_or_else(|e| e.into_inner());
+        let (Some((t0, first)), Some((t1, last))) = (samples.front(), samples.back()) else { return rates([0.0; 4]) };
+        let minutes = t1.duration_since(*t0).as_secs_f64() / 60.0;
+        if minutes <= 0.0 {
+            return rates([0.0; 4]);
+        }
+        let per_minute = |i: usize| ((last[i] - first[i]) as f64 / minutes * 10.0).round() / 10.0;
+        rates([per_minute(0), per_minute(1), per_minute(2), per_minute(3)])
+    }
+
     /// Dead letters over every reason.
     pub fn dead_lettered_total(&self) -> u64 {
         use prometheus::core::Collector;
@@ -119,6 +154,10 @@ impl Metrics {
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding never fails");
         String::from_utf8(out).expect("the text format is UTF-8")
     }
+}
+
+fn rates(values: [f64; 4]) -> serde_json::Value {
+    serde_json::json!({"fetched": values[0], "published": values[1], "consumed": values[2], "stored": values[3]})
 }
 
 #[cfg(test)]

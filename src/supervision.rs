@@ -198,21 +198,37 @@ struct Child {
     recent: VecDeque<Instant>,
 }
 
+/// How many restart times of one actor the status page shows.
+pub const RESTART_TIMES_KEPT: usize = 5;
+
+/// The restarts of one actor since the start of the process.
+#[derive(Default, Clone, Debug)]
+pub struct Restarts {
+    pub count: u64,
+    pub last_error: Option<String>,
+    /// The latest restarts' times (RFC 3339, UTC), newest last.
+    pub times: VecDeque<String>,
+}
+
 /// Restarts per actor since the start of the process, for metrics and the status page.
 #[derive(Default, Clone)]
-pub struct RestartCounts(Arc<Mutex<HashMap<&'static str, (u64, Option<String>)>>>);
+pub struct RestartCounts(Arc<Mutex<HashMap<&'static str, Restarts>>>);
 
 impl RestartCounts {
     /// Counts a restart of `name` (the supervisor's, or one an actor makes of its own resources).
     pub fn record(&self, name: &'static str, reason: &str) -> u64 {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let e = m.entry(name).or_default();
-        e.0 += 1;
-        e.1 = Some(reason.to_owned());
-        e.0
+        e.count += 1;
+        e.last_error = Some(reason.to_owned());
+        if e.times.len() == RESTART_TIMES_KEPT {
+            e.times.pop_front();
+        }
+        e.times.push_back(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        e.count
     }
-    /// (restarts, last failure) of `name`.
-    pub fn get(&self, name: &str) -> (u64, Option<String>) {
+    /// The restarts of `name`.
+    pub fn get(&self, name: &str) -> Restarts {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned().unwrap_or_default()
     }
 }
@@ -448,9 +464,9 @@ mod tests {
             assert_eq!(outcome, Outcome::Shutdown);
             assert_eq!(starts.load(Ordering::SeqCst), 2);
             assert!(started_at.elapsed() >= Duration::from_millis(70), "restarted only after the 50 ms backoff");
-            let (n, reason) = counts.get("worker");
-            assert_eq!(n, 1);
-            assert!(reason.unwrap().contains("crash of Worker"), "the panic message is the reason");
+            let restarts = counts.get("worker");
+            assert_eq!((restarts.count, restarts.times.len()), (1, 1));
+            assert!(restarts.last_error.unwrap().contains("crash of Worker"), "the panic message is the reason");
         });
     }
 

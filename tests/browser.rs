@@ -92,3 +92,47 @@ fn status_page_gallery_images_decode_in_chromium() {
     eprintln!("screenshot: {}", out.display());
     http_json(&driver.addr, "DELETE", &format!("/session/{session}"), None);
 }
+
+/// While Postgres is cut, the page in Chromium says so in its dependencies panel (state, since
+/// when, the last error) and its recent warnings show the outage; /status says the same.
+#[test]
+fn the_page_shows_postgres_cut_in_its_dependencies_panel() {
+    let (broker, db, nasa, dir) = (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    let proxy = TcpProxy::start("127.0.0.1:5432");
+    let mut env = daemon_env(&broker, &db, &nasa, dir.path());
+    set(&mut env, "DATABASE_URL", &db.url.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port)));
+    let daemon = Daemon::spawn(&env);
+    let addr = daemon.http_addr();
+    wait_until(Duration::from_secs(90), "2 images stored", || db.rows().len() >= 2);
+    proxy.cut();
+    let postgres = || {
+        let st = http_json(&addr, "GET", "/status", None).1;
+        st["dependencies"].as_array().unwrap().iter().find(|d| d["name"] == "Postgres").cloned().unwrap()
+    };
+    wait_until(Duration::from_secs(20), "Postgres unreachable in /status", || postgres()["state"] == "unreachable");
+    assert!(postgres()["last_error"].as_str().unwrap().contains(&format!("127.0.0.1:{}", proxy.port)), "{}", postgres());
+
+    let driver = ChromeDriver::start();
+    let profile = tempfile::tempdir().unwrap();
+    let session = driver.session(profile.path());
+    let (status, resp) = http_json(&driver.addr, "POST", &format!("/session/{session}/url"), Some(&json!({"url": format!("http://{addr}/")})));
+    assert_eq!(status, 200, "{resp}");
+    let panel = driver.run(&session, "return document.querySelector('#dependencies').innerText");
+    let panel = panel.as_str().unwrap_or_default();
+    assert!(panel.contains("Postgres unreachable since"), "{panel}");
+    assert!(panel.contains("Kafka up since"), "{panel}");
+    assert!(panel.contains("NASA API up since"), "{panel}");
+    // Newest first: the WARN lines of the outage (the dependency's own, or the events' retries).
+    let newest = driver.run(&session, "return document.querySelector('#problems tr:nth-child(2)').innerText");
+    let newest = newest.as_str().unwrap_or_default();
+    assert!(newest.contains("\twarn\t") && newest.contains("Postgres"), "{newest}");
+    let shot = http_json(&driver.addr, "GET", &format!("/session/{session}/screenshot"), None).1["value"].as_str().unwrap().to_owned();
+    let png = base64::engine::general_purpose::STANDARD.decode(shot).unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+    let out = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/status-page-postgres-cut.png");
+    std::fs::write(&out, png).unwrap();
+    eprintln!("screenshot: {}", out.display());
+    http_json(&driver.addr, "DELETE", &format!("/session/{session}"), None);
+    proxy.restore();
+    wait_until(Duration::from_secs(20), "Postgres up again", || postgres()["state"] == "up");
+}

@@ -40,6 +40,38 @@ enum Cycle {
     PublisherFailed(String, Option<ImageEvent>),
 }
 
+impl Cycle {
+    /// What came of the cycle, in a few words (for /status).
+    fn summary(&self) -> String {
+        match self {
+            Cycle::Published => "published".into(),
+            Cycle::NoHits(query) => format!("no images for {query:?}"),
+            Cycle::NasaFailed(e) => format!("failed: {e}"),
+            Cycle::PublisherFailed(reason, _) => format!("publisher unavailable: {reason}"),
+        }
+    }
+}
+
+/// When the Fetcher last finished a cycle, what came of it, and when the next one starts.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Fetches {
+    pub last_at: Option<String>,
+    pub last_outcome: Option<String>,
+    pub next_at: Option<String>,
+}
+
+impl Fetches {
+    fn finished(&mut self, outcome: String, next_in: Duration) {
+        let now = chrono::Utc::now();
+        let next = now + chrono::Duration::from_std(next_in).unwrap_or_default();
+        let time = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        *self = Fetches { last_at: Some(time(now)), last_outcome: Some(outcome), next_at: Some(time(next)) };
+    }
+}
+
+/// The Fetcher's latest cycle (one Fetcher per process; its restarts keep the history).
+pub static FETCHES: std::sync::LazyLock<std::sync::Mutex<Fetches>> = std::sync::LazyLock::new(Default::default);
+
 pub struct FetcherSettings {
     pub query: Option<String>,
     pub interval: Duration,
@@ -61,7 +93,9 @@ impl Fetcher {
         let query = self.query.clone().unwrap_or_else(|| RANDOM_TOPICS.choose(&mut rand::rng()).expect("not empty").to_string());
         let work = fetch_and_publish(self.nasa.clone(), self.publisher.clone(), query, self.unsent.take(), self.log.clone());
         ctx.spawn(work.into_actor(self).map(move |outcome, act, ctx| {
+            let summary = outcome.summary();
             let delay = act.next_delay(outcome, started);
+            FETCHES.lock().unwrap_or_else(|e| e.into_inner()).finished(summary, delay);
             act.schedule(ctx, delay);
         }));
     }

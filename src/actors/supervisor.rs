@@ -155,6 +155,7 @@ pub async fn run(config: Config, root: Logger) -> u8 {
         Err(source) => return start_failed(&log, StartError::HttpAddr { addr: config.http_addr, source }),
     };
     actix::spawn(watch_dependencies(config.clone(), for_component(&root, "dependencies")));
+    actix::spawn(sample_rates());
     let started = tokio::select! {
         r = prepare(&config, &root, &slots, &mut supervisor, pool, &app) => r,
         _ = wait_stop() => { info!(log, "signal received during start-up; exiting"); return 0; }
@@ -372,6 +373,14 @@ async fn watch_dependencies(config: Config, log: Logger) {
             }
         }
         tokio::time::sleep(DEPENDENCY_CHECK_INTERVAL).await;
+    }
+}
+
+/// Samples the counters for the per-minute rates of /status.
+async fn sample_rates() {
+    loop {
+        crate::metrics::METRICS.sample_rates();
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }
 
