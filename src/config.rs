@@ -13,7 +13,12 @@ use crate::image::ImageVariant;
 use crate::logging::LogFormat;
 
 #[derive(Parser, Debug)]
-#[command(name = "nasa-ingest", version, about = "Keeps a Postgres archive of NASA images fed through Kafka.")]
+#[command(
+    name = "nasa-ingest",
+    version,
+    about = "Keeps a Postgres archive of NASA images fed through Kafka.",
+    after_help = "Every setting is an environment variable or the flag beside it. `nasa-ingest check` tries them."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -56,106 +61,106 @@ pub struct BackfillArgs {
 /// The raw settings, as given. Every field is a string so that validation can name the variable.
 #[derive(Args, Debug, Clone, Default)]
 pub struct Settings {
-    /// Kafka bootstrap servers, host:port[,host:port]. Also read from KAFKA_BOOTSTRAP_SERVERS or KAFKA_BOOTSTRAP.
-    #[arg(long, env = "KAFKA_BROKERS", global = true)]
+    /// Kafka bootstrap servers, host:port[,host:port]. Also read from KAFKA_BOOTSTRAP_SERVERS or KAFKA_BOOTSTRAP. [default: 127.0.0.1:9092]
+    #[arg(long, env = "KAFKA_BROKERS", global = true, hide_env_values = true, help_heading = "Kafka")]
     pub kafka_brokers: Option<String>,
-    /// Topic the events go to; dead letters go to "<topic>.dlq".
-    #[arg(long, env = "KAFKA_TOPIC", global = true)]
+    /// Topic the events go to; dead letters go to "<topic>.dlq". [default: images]
+    #[arg(long, env = "KAFKA_TOPIC", global = true, hide_env_values = true, help_heading = "Kafka")]
     pub kafka_topic: Option<String>,
-    /// Consumer group of the consumer role.
-    #[arg(long, env = "KAFKA_GROUP_ID", global = true)]
+    /// Consumer group of the consumer role. [default: images-writer]
+    #[arg(long, env = "KAFKA_GROUP_ID", global = true, hide_env_values = true, help_heading = "Kafka")]
     pub kafka_group_id: Option<String>,
     /// postgres://user[:password]@host[:port]/database (needed by the consumer role and `migrate`).
-    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true, help_heading = "Postgres")]
     pub database_url: Option<String>,
-    /// Base URL of the NASA Images API.
-    #[arg(long, env = "NASA_API_URL", global = true)]
+    /// Base URL of the NASA Images API. [default: https://images-api.nasa.gov]
+    #[arg(long, env = "NASA_API_URL", global = true, hide_env_values = true, help_heading = "Producer: NASA API")]
     pub nasa_api_url: Option<String>,
     /// Search term; empty picks one of moon, mars, earth, nebula, galaxy, saturn, jupiter, apollo each time.
-    #[arg(long, env = "QUERY", global = true)]
+    #[arg(long, env = "QUERY", global = true, hide_env_values = true, help_heading = "Producer: NASA API")]
     pub query: Option<String>,
-    /// Seconds between two fetched images.
-    #[arg(long, env = "INTERVAL_SECONDS", global = true)]
+    /// Seconds between two fetched images. [default: 30]
+    #[arg(long, env = "INTERVAL_SECONDS", global = true, hide_env_values = true, help_heading = "Producer: NASA API")]
     pub interval_seconds: Option<String>,
-    /// Run the producer role (Fetcher + Publisher).
-    #[arg(long, env = "PRODUCER_ENABLED", global = true)]
+    /// Run the producer role (Fetcher + Publisher). [default: true]
+    #[arg(long, env = "PRODUCER_ENABLED", global = true, hide_env_values = true, help_heading = "Roles")]
     pub producer_enabled: Option<String>,
-    /// Run the consumer role (Subscriber + Downloader + Storer).
-    #[arg(long, env = "CONSUMER_ENABLED", global = true)]
+    /// Run the consumer role (Subscriber + Downloader + Storer). [default: true]
+    #[arg(long, env = "CONSUMER_ENABLED", global = true, hide_env_values = true, help_heading = "Roles")]
     pub consumer_enabled: Option<String>,
-    /// Wanted image size: orig, large, medium, small or thumb (the next smaller jpg when missing).
-    #[arg(long, env = "IMAGE_VARIANT", global = true)]
+    /// Wanted image size: orig, large, medium, small or thumb (the next smaller jpg when missing). [default: orig]
+    #[arg(long, env = "IMAGE_VARIANT", global = true, hide_env_values = true, help_heading = "Producer: NASA API")]
     pub image_variant: Option<String>,
-    /// Largest image accepted, in bytes.
-    #[arg(long, env = "MAX_IMAGE_BYTES", global = true)]
+    /// Largest image accepted, in bytes. [default: 52428800]
+    #[arg(long, env = "MAX_IMAGE_BYTES", global = true, hide_env_values = true, help_heading = "Consumer: downloads")]
     pub max_image_bytes: Option<String>,
-    /// Comma-separated hosts images may be downloaded from.
-    #[arg(long, env = "ALLOWED_IMAGE_HOSTS", global = true)]
+    /// Comma-separated hosts images may be downloaded from. [default: images-assets.nasa.gov]
+    #[arg(long, env = "ALLOWED_IMAGE_HOSTS", global = true, hide_env_values = true, help_heading = "Consumer: downloads")]
     pub allowed_image_hosts: Option<String>,
-    /// Events processed at once by the consumer role.
-    #[arg(long, env = "DOWNLOAD_CONCURRENCY", global = true)]
+    /// Events processed at once by the consumer role. [default: 8]
+    #[arg(long, env = "DOWNLOAD_CONCURRENCY", global = true, hide_env_values = true, help_heading = "Consumer: downloads")]
     pub download_concurrency: Option<String>,
     /// Seconds a consumer may hold no partition, or the group's partitions may not move while
-    /// they have lag, before it counts as stalled (logged, not ready, and rejoined).
-    #[arg(long, env = "CONSUMER_STALL_SECS", global = true)]
+    /// they have lag, before it counts as stalled (logged, not ready, and rejoined). [default: 60]
+    #[arg(long, env = "CONSUMER_STALL_SECS", global = true, hide_env_values = true, help_heading = "Consumer: downloads")]
     pub consumer_stall_secs: Option<String>,
-    /// Seconds a whole image download may take.
-    #[arg(long, env = "DOWNLOAD_TIMEOUT_SECONDS", global = true)]
+    /// Seconds a whole image download may take. [default: 60]
+    #[arg(long, env = "DOWNLOAD_TIMEOUT_SECONDS", global = true, hide_env_values = true, help_heading = "Consumer: downloads")]
     pub download_timeout_seconds: Option<String>,
-    /// Directory for local state: the producer's outbox of pending events.
-    #[arg(long, env = "DATA_DIR", global = true)]
+    /// Directory for local state: the producer's outbox of pending events. [default: data]
+    #[arg(long, env = "DATA_DIR", global = true, hide_env_values = true, help_heading = "Producer: outbox and publishing")]
     pub data_dir: Option<String>,
-    /// How long a send may go unacknowledged before `Kafka unavailable` is logged, in ms (the send goes on).
-    #[arg(long, env = "PUBLISH_TIMEOUT_MS", global = true)]
+    /// How long a send may go unacknowledged before `Kafka unavailable` is logged, in ms (the send goes on). [default: 5000]
+    #[arg(long, env = "PUBLISH_TIMEOUT_MS", global = true, hide_env_values = true, help_heading = "Producer: outbox and publishing")]
     pub publish_timeout_ms: Option<String>,
-    /// Seconds one NASA API request may take.
-    #[arg(long, env = "NASA_TIMEOUT_SECONDS", global = true)]
+    /// Seconds one NASA API request may take. [default: 20]
+    #[arg(long, env = "NASA_TIMEOUT_SECONDS", global = true, hide_env_values = true, help_heading = "Producer: NASA API")]
     pub nasa_timeout_seconds: Option<String>,
-    /// First delay of the publisher's retries while Kafka is unavailable, in ms.
-    #[arg(long, env = "PUBLISH_MIN_BACKOFF_MS", global = true)]
+    /// First delay of the publisher's retries while Kafka is unavailable, in ms. [default: 500]
+    #[arg(long, env = "PUBLISH_MIN_BACKOFF_MS", global = true, hide_env_values = true, help_heading = "Producer: outbox and publishing")]
     pub publish_min_backoff_ms: Option<String>,
-    /// Longest delay of the publisher's retries, in ms.
-    #[arg(long, env = "PUBLISH_MAX_BACKOFF_MS", global = true)]
+    /// Longest delay of the publisher's retries, in ms. [default: 30000]
+    #[arg(long, env = "PUBLISH_MAX_BACKOFF_MS", global = true, hide_env_values = true, help_heading = "Producer: outbox and publishing")]
     pub publish_max_backoff_ms: Option<String>,
-    /// First delay of the other retries (NASA API, image downloads, Postgres), in ms.
-    #[arg(long, env = "RETRY_MIN_BACKOFF_MS", global = true)]
+    /// First delay of the other retries (NASA API, image downloads, Postgres), in ms. [default: 500]
+    #[arg(long, env = "RETRY_MIN_BACKOFF_MS", global = true, hide_env_values = true, help_heading = "Retries and restarts")]
     pub retry_min_backoff_ms: Option<String>,
-    /// Longest delay of the other retries, in ms.
-    #[arg(long, env = "RETRY_MAX_BACKOFF_MS", global = true)]
+    /// Longest delay of the other retries, in ms. [default: 30000]
+    #[arg(long, env = "RETRY_MAX_BACKOFF_MS", global = true, hide_env_values = true, help_heading = "Retries and restarts")]
     pub retry_max_backoff_ms: Option<String>,
-    /// First delay before an actor that died is restarted, in ms.
-    #[arg(long, env = "SUPERVISOR_MIN_BACKOFF_MS", global = true)]
+    /// First delay before an actor that died is restarted, in ms. [default: 500]
+    #[arg(long, env = "SUPERVISOR_MIN_BACKOFF_MS", global = true, hide_env_values = true, help_heading = "Retries and restarts")]
     pub supervisor_min_backoff_ms: Option<String>,
-    /// Longest delay before a restart, in ms.
-    #[arg(long, env = "SUPERVISOR_MAX_BACKOFF_MS", global = true)]
+    /// Longest delay before a restart, in ms. [default: 30000]
+    #[arg(long, env = "SUPERVISOR_MAX_BACKOFF_MS", global = true, hide_env_values = true, help_heading = "Retries and restarts")]
     pub supervisor_max_backoff_ms: Option<String>,
-    /// Restarts of one actor allowed within the window; one more stops the process (exit code 1).
-    #[arg(long, env = "SUPERVISOR_MAX_RESTARTS", global = true)]
+    /// Restarts of one actor allowed within the window; one more stops the process (exit code 1). [default: 5]
+    #[arg(long, env = "SUPERVISOR_MAX_RESTARTS", global = true, hide_env_values = true, help_heading = "Retries and restarts")]
     pub supervisor_max_restarts: Option<String>,
-    /// The restart window, in seconds; an actor that ran this long restarts from the minimum backoff.
-    #[arg(long, env = "SUPERVISOR_RESTART_WINDOW_SECS", global = true)]
+    /// The restart window, in seconds; an actor that ran this long restarts from the minimum backoff. [default: 60]
+    #[arg(long, env = "SUPERVISOR_RESTART_WINDOW_SECS", global = true, hide_env_values = true, help_heading = "Retries and restarts")]
     pub supervisor_restart_window_secs: Option<String>,
-    /// Address of the HTTP endpoint (health, admin).
-    #[arg(long, env = "HTTP_ADDR", global = true)]
+    /// Address of the HTTP endpoint (health, admin). [default: 0.0.0.0:8081]
+    #[arg(long, env = "HTTP_ADDR", global = true, hide_env_values = true, help_heading = "HTTP endpoint")]
     pub http_addr: Option<String>,
     /// Bearer token of the admin routes (fault injection); empty: the routes do not exist.
-    #[arg(long, env = "ADMIN_TOKEN", global = true, hide_env_values = true)]
+    #[arg(long, env = "ADMIN_TOKEN", global = true, hide_env_values = true, help_heading = "HTTP endpoint")]
     pub admin_token: Option<String>,
-    /// Deployment name reported in logs and to Sentry.
-    #[arg(long, env = "ENVIRONMENT", global = true)]
+    /// Deployment name reported in logs and to Sentry. [default: local]
+    #[arg(long, env = "ENVIRONMENT", global = true, hide_env_values = true, help_heading = "Logs and Sentry")]
     pub environment: Option<String>,
     /// Sentry DSN; empty disables Sentry.
-    #[arg(long, env = "SENTRY_DSN", global = true, hide_env_values = true)]
+    #[arg(long, env = "SENTRY_DSN", global = true, hide_env_values = true, help_heading = "Logs and Sentry")]
     pub sentry_dsn: Option<String>,
-    /// Least seconds between two Sentry events with the same fingerprint.
-    #[arg(long, env = "SENTRY_MIN_INTERVAL_SECS", global = true)]
+    /// Least seconds between two Sentry events with the same fingerprint. [default: 600]
+    #[arg(long, env = "SENTRY_MIN_INTERVAL_SECS", global = true, hide_env_values = true, help_heading = "Logs and Sentry")]
     pub sentry_min_interval_secs: Option<String>,
-    /// error, warn, info, debug or trace.
-    #[arg(long, env = "LOG_LEVEL", global = true)]
+    /// error, warn, info, debug or trace. [default: info]
+    #[arg(long, env = "LOG_LEVEL", global = true, hide_env_values = true, help_heading = "Logs and Sentry")]
     pub log_level: Option<String>,
     /// json (ECS, one object per line) or text (one short line per event); default: text when
     /// the log stream is a terminal, else json.
-    #[arg(long, env = "LOG_FORMAT", global = true)]
+    #[arg(long, env = "LOG_FORMAT", global = true, hide_env_values = true, help_heading = "Logs and Sentry")]
     pub log_format: Option<String>,
 }
 
@@ -252,83 +257,103 @@ pub enum ConfigError {
     NoRole,
 }
 
+impl ConfigError {
+    /// The variable to fix.
+    pub fn var(&self) -> &'static str {
+        match self {
+            ConfigError::Invalid { var, .. } | ConfigError::InvalidSecret { var, .. } | ConfigError::Missing { var, .. } => var,
+            ConfigError::NoRole => "PRODUCER_ENABLED",
+        }
+    }
+}
+
 impl Config {
-    /// Validates the raw settings. `command` decides which settings are required.
-    pub fn from_settings(s: &Settings, command: &Command) -> Result<Config, ConfigError> {
-        let mut producer_enabled = parse_bool("PRODUCER_ENABLED", &s.producer_enabled, true)?;
-        let mut consumer_enabled = parse_bool("CONSUMER_ENABLED", &s.consumer_enabled, true)?;
+    /// Validates the raw settings. `command` decides which settings are required. Every bad
+    /// setting is reported, not only the first: a person fixes them all in one go.
+    pub fn from_settings(s: &Settings, command: &Command) -> Result<Config, ConfigErrors> {
+        let mut e = Errors::default();
+        let mut producer_enabled = e.take(parse_bool("PRODUCER_ENABLED", &s.producer_enabled, true));
+        let mut consumer_enabled = e.take(parse_bool("CONSUMER_ENABLED", &s.consumer_enabled, true));
         if matches!(command, Command::Backfill(_)) {
             // A backfill only publishes.
             (producer_enabled, consumer_enabled) = (true, false);
         }
-        if !producer_enabled && !consumer_enabled {
-            return Err(ConfigError::NoRole);
+        if !producer_enabled && !consumer_enabled && e.0.is_empty() {
+            e.0.push(ConfigError::NoRole);
         }
-        let database_url = parse_database_url(&s.database_url)?;
-        if database_url.is_none() && (consumer_enabled || *command == Command::Migrate) {
-            return Err(ConfigError::Missing { var: "DATABASE_URL", accepted: DATABASE_URL_FORM.into() });
+        let database_url = e.take(parse_database_url(&s.database_url));
+        if database_url.is_none() && (consumer_enabled || *command == Command::Migrate) && e.0.iter().all(|x| x.var() != "DATABASE_URL") {
+            e.0.push(ConfigError::Missing { var: "DATABASE_URL", accepted: DATABASE_URL_FORM.into() });
         }
-        let kafka_topic = parse_name("KAFKA_TOPIC", &s.kafka_topic, "images")?;
-        let publish_min_backoff = parse_millis("PUBLISH_MIN_BACKOFF_MS", &s.publish_min_backoff_ms, 500)?;
-        let publish_max_backoff = parse_millis("PUBLISH_MAX_BACKOFF_MS", &s.publish_max_backoff_ms, 30_000)?;
-        let retry_min_backoff = parse_millis("RETRY_MIN_BACKOFF_MS", &s.retry_min_backoff_ms, 500)?;
-        let retry_max_backoff = parse_millis("RETRY_MAX_BACKOFF_MS", &s.retry_max_backoff_ms, 30_000)?;
-        let supervisor_min_backoff = parse_millis("SUPERVISOR_MIN_BACKOFF_MS", &s.supervisor_min_backoff_ms, 500)?;
-        let supervisor_max_backoff = parse_millis("SUPERVISOR_MAX_BACKOFF_MS", &s.supervisor_max_backoff_ms, 30_000)?;
-        Ok(Config {
-            kafka_brokers: parse_brokers(&kafka_brokers_setting(s))?,
+        let kafka_topic = e.take(parse_name("KAFKA_TOPIC", &s.kafka_topic, "images"));
+        let publish_min_backoff = e.take(parse_millis("PUBLISH_MIN_BACKOFF_MS", &s.publish_min_backoff_ms, 500));
+        let publish_max_backoff = e.take(parse_millis("PUBLISH_MAX_BACKOFF_MS", &s.publish_max_backoff_ms, 30_000));
+        let retry_min_backoff = e.take(parse_millis("RETRY_MIN_BACKOFF_MS", &s.retry_min_backoff_ms, 500));
+        let retry_max_backoff = e.take(parse_millis("RETRY_MAX_BACKOFF_MS", &s.retry_max_backoff_ms, 30_000));
+        let supervisor_min_backoff = e.take(parse_millis("SUPERVISOR_MIN_BACKOFF_MS", &s.supervisor_min_backoff_ms, 500));
+        let supervisor_max_backoff = e.take(parse_millis("SUPERVISOR_MAX_BACKOFF_MS", &s.supervisor_max_backoff_ms, 30_000));
+        let config = Config {
+            kafka_brokers: e.take(parse_brokers(&kafka_brokers_setting(s))),
             kafka_dlq_topic: format!("{kafka_topic}.dlq"),
             kafka_topic,
-            kafka_group_id: parse_name("KAFKA_GROUP_ID", &s.kafka_group_id, "images-writer")?,
+            kafka_group_id: e.take(parse_name("KAFKA_GROUP_ID", &s.kafka_group_id, "images-writer")),
             database_url,
-            nasa_api_url: parse_http_url("NASA_API_URL", &s.nasa_api_url, "https://images-api.nasa.gov")?,
+            nasa_api_url: e.take_or(parse_http_url("NASA_API_URL", &s.nasa_api_url, DEFAULT_NASA_API_URL), || {
+                Url::parse(DEFAULT_NASA_API_URL).expect("a valid URL")
+            }),
             query: non_empty(&s.query).map(str::to_owned),
-            interval: Duration::from_secs(parse_number("INTERVAL_SECONDS", &s.interval_seconds, 30, 1, 86_400)?),
+            interval: Duration::from_secs(e.take(parse_number("INTERVAL_SECONDS", &s.interval_seconds, 30, 1, 86_400))),
             producer_enabled,
             consumer_enabled,
-            image_variant: parse_variant(&s.image_variant)?,
-            max_image_bytes: parse_number("MAX_IMAGE_BYTES", &s.max_image_bytes, 50 * 1024 * 1024, 1, 1 << 40)?,
-            allowed_image_hosts: parse_hosts(&s.allowed_image_hosts)?,
-            download_concurrency: parse_number("DOWNLOAD_CONCURRENCY", &s.download_concurrency, 8, 1, 1024)? as usize,
-            consumer_stall: Duration::from_secs(parse_number("CONSUMER_STALL_SECS", &s.consumer_stall_secs, 60, 5, 86_400)?),
-            download_timeout: Duration::from_secs(parse_number(
+            image_variant: e.take_or(parse_variant(&s.image_variant), || ImageVariant::Orig),
+            max_image_bytes: e.take(parse_number("MAX_IMAGE_BYTES", &s.max_image_bytes, 50 * 1024 * 1024, 1, 1 << 40)),
+            allowed_image_hosts: e.take(parse_hosts(&s.allowed_image_hosts)),
+            download_concurrency: e.take(parse_number("DOWNLOAD_CONCURRENCY", &s.download_concurrency, 8, 1, 1024)) as usize,
+            consumer_stall: Duration::from_secs(e.take(parse_number("CONSUMER_STALL_SECS", &s.consumer_stall_secs, 60, 5, 86_400))),
+            download_timeout: Duration::from_secs(e.take(parse_number(
                 "DOWNLOAD_TIMEOUT_SECONDS",
                 &s.download_timeout_seconds,
                 60,
                 1,
                 3600,
-            )?),
+            ))),
             data_dir: PathBuf::from(non_empty(&s.data_dir).unwrap_or("data")),
-            publish_timeout: parse_millis("PUBLISH_TIMEOUT_MS", &s.publish_timeout_ms, 5_000)?,
-            nasa_timeout: Duration::from_secs(parse_number("NASA_TIMEOUT_SECONDS", &s.nasa_timeout_seconds, 20, 1, 600)?),
+            publish_timeout: e.take(parse_millis("PUBLISH_TIMEOUT_MS", &s.publish_timeout_ms, 5_000)),
+            nasa_timeout: Duration::from_secs(e.take(parse_number("NASA_TIMEOUT_SECONDS", &s.nasa_timeout_seconds, 20, 1, 600))),
             publish_min_backoff,
-            publish_max_backoff: at_least("PUBLISH_MAX_BACKOFF_MS", publish_max_backoff, publish_min_backoff)?,
+            publish_max_backoff: e.take(at_least("PUBLISH_MAX_BACKOFF_MS", publish_max_backoff, publish_min_backoff)),
             retry_min_backoff,
-            retry_max_backoff: at_least("RETRY_MAX_BACKOFF_MS", retry_max_backoff, retry_min_backoff)?,
+            retry_max_backoff: e.take(at_least("RETRY_MAX_BACKOFF_MS", retry_max_backoff, retry_min_backoff)),
             supervisor_min_backoff,
-            supervisor_max_backoff: at_least("SUPERVISOR_MAX_BACKOFF_MS", supervisor_max_backoff, supervisor_min_backoff)?,
-            supervisor_max_restarts: parse_number("SUPERVISOR_MAX_RESTARTS", &s.supervisor_max_restarts, 5, 0, 10_000)? as u32,
-            supervisor_restart_window: Duration::from_secs(parse_number(
+            supervisor_max_backoff: e.take(at_least("SUPERVISOR_MAX_BACKOFF_MS", supervisor_max_backoff, supervisor_min_backoff)),
+            supervisor_max_restarts: e.take(parse_number("SUPERVISOR_MAX_RESTARTS", &s.supervisor_max_restarts, 5, 0, 10_000)) as u32,
+            supervisor_restart_window: Duration::from_secs(e.take(parse_number(
                 "SUPERVISOR_RESTART_WINDOW_SECS",
                 &s.supervisor_restart_window_secs,
                 60,
                 1,
                 86_400,
-            )?),
-            http_addr: parse_socket_addr("HTTP_ADDR", &s.http_addr, "0.0.0.0:8081")?,
+            ))),
+            http_addr: e.take_or(parse_socket_addr("HTTP_ADDR", &s.http_addr, DEFAULT_HTTP_ADDR), || {
+                DEFAULT_HTTP_ADDR.parse().expect("a valid address")
+            }),
             admin_token: non_empty(&s.admin_token).map(str::to_owned),
             environment: non_empty(&s.environment).unwrap_or("local").to_owned(),
-            sentry_dsn: parse_sentry_dsn(&s.sentry_dsn)?,
-            sentry_min_interval: Duration::from_secs(parse_number(
+            sentry_dsn: e.take(parse_sentry_dsn(&s.sentry_dsn)),
+            sentry_min_interval: Duration::from_secs(e.take(parse_number(
                 "SENTRY_MIN_INTERVAL_SECS",
                 &s.sentry_min_interval_secs,
                 600,
                 0,
                 86_400,
-            )?),
-            log_level: parse_log_level(&s.log_level)?,
-            log_format: parse_log_format(&s.log_format)?,
-        })
+            ))),
+            log_level: e.take_or(parse_log_level(&s.log_level), || slog::Level::Info),
+            log_format: e.take(parse_log_format(&s.log_format)),
+        };
+        match e.0.is_empty() {
+            true => Ok(config),
+            false => Err(ConfigErrors(e.0)),
+        }
     }
 
     /// The roles, for logs and Sentry tags: "producer", "consumer" or "producer+consumer".
@@ -342,6 +367,38 @@ impl Config {
 }
 
 const DATABASE_URL_FORM: &str = "postgres://user[:password]@host[:port]/database";
+const DEFAULT_NASA_API_URL: &str = "https://images-api.nasa.gov";
+const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8081";
+
+/// The errors found so far; a bad setting's value is replaced by a stand-in so that validation
+/// goes on to the next setting (the stand-ins are never used: any error fails the whole config).
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn take<T: Default>(&mut self, r: Result<T, ConfigError>) -> T {
+        self.take_or(r, T::default)
+    }
+    fn take_or<T>(&mut self, r: Result<T, ConfigError>, stand_in: impl FnOnce() -> T) -> T {
+        r.unwrap_or_else(|e| {
+            self.0.push(e);
+            stand_in()
+        })
+    }
+}
+
+/// Every bad setting, one per line.
+#[derive(Debug, PartialEq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let lines: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&lines.join("\n"))
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
 
 fn non_empty(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
@@ -518,10 +575,45 @@ mod tests {
         assert_eq!(msg, "INTERVAL_SECONDS=\"soon\" is not valid: expected a whole number from 1 to 86400");
     }
 
+    /// Every "[default: X]" that --help shows is the value used when the setting is unset.
+    #[test]
+    fn the_defaults_help_shows_are_the_defaults_used() {
+        use clap::{CommandFactory, Parser};
+        let config = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["nasa-ingest", "--database-url", "postgres://u@db/x"], args].concat()).unwrap();
+            format!("{:?}", Config::from_settings(&cli.settings, &Command::Run).unwrap())
+        };
+        let unset = config(&[]);
+        let mut checked = 0;
+        for arg in Cli::command().get_arguments() {
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let Some(default) = help.split("[default: ").nth(1).and_then(|d| d.strip_suffix(']')) else { continue };
+            let flag = format!("--{}", arg.get_long().unwrap());
+            assert_eq!(config(&[&flag, default]), unset, "{flag} {default}");
+            checked += 1;
+        }
+        assert!(checked >= 25, "{checked} defaults shown");
+    }
+
+    #[test]
+    fn every_bad_setting_is_reported_at_once() {
+        let s = Settings {
+            interval_seconds: Some("soon".into()),
+            http_addr: Some("nowhere".into()),
+            log_level: Some("loud".into()),
+            ..Default::default()
+        };
+        let errors = Config::from_settings(&s, &Command::Run).unwrap_err();
+        let vars: Vec<&str> = errors.0.iter().map(ConfigError::var).collect();
+        assert_eq!(vars, ["DATABASE_URL", "INTERVAL_SECONDS", "HTTP_ADDR", "LOG_LEVEL"]);
+        assert_eq!(errors.to_string().lines().count(), 4);
+    }
+
     #[test]
     fn consumer_needs_a_database_but_producer_alone_does_not() {
         let s = Settings::default();
-        assert!(matches!(Config::from_settings(&s, &Command::Run), Err(ConfigError::Missing { var: "DATABASE_URL", .. })));
+        let errors = Config::from_settings(&s, &Command::Run).unwrap_err().0;
+        assert!(matches!(errors.as_slice(), [ConfigError::Missing { var: "DATABASE_URL", .. }]), "{errors:?}");
         let s = Settings { consumer_enabled: Some("false".into()), ..Default::default() };
         assert!(Config::from_settings(&s, &Command::Run).is_ok());
     }

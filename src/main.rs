@@ -11,12 +11,13 @@ fn main() -> ExitCode {
     let config = match Config::from_settings(&cli.settings, &command) {
         Ok(c) => c,
         // Docker reserves a healthcheck's exit code 2: a bad setting is just unhealthy there.
-        Err(e) if command == Command::Healthcheck => {
-            eprintln!("nasa-ingest healthcheck: {e}");
+        Err(errors) if command == Command::Healthcheck => {
+            errors.0.iter().for_each(|e| eprintln!("nasa-ingest healthcheck: {e}"));
             return ExitCode::FAILURE;
         }
-        Err(e) => {
-            eprintln!("nasa-ingest: {e}");
+        Err(errors) => {
+            // One line per bad setting, each naming the variable.
+            errors.0.iter().for_each(|e| eprintln!("nasa-ingest: {e}"));
             return ExitCode::from(2);
         }
     };

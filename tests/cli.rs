@@ -222,3 +222,28 @@ fn http_addr_in_use_and_data_dir_unwritable_exit_2_naming_the_variable() {
     assert_eq!(naming.len(), 1, "{stdout}{stderr}");
     assert!(naming[0].contains(&format!("DATA_DIR={unwritable} is not writable")), "{}", naming[0]);
 }
+
+/// Every bad setting at once, one line each, exit 2: a person fixes them in one go.
+#[test]
+fn every_bad_setting_is_reported_at_once() {
+    let (code, stdout, stderr) = run(&[("INTERVAL_SECONDS", "soon"), ("HTTP_ADDR", "nowhere"), ("LOG_FORMAT", "fancy")], &[]);
+    assert_eq!(code, Some(2));
+    assert!(stdout.is_empty(), "{stdout}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 4, "{stderr}");
+    for (line, var) in lines.iter().zip(["DATABASE_URL", "INTERVAL_SECONDS", "HTTP_ADDR", "LOG_FORMAT"]) {
+        assert!(line.starts_with(&format!("nasa-ingest: {var}")), "{line}");
+    }
+}
+
+/// --help groups the settings, shows each default, and never the values set in the environment.
+#[test]
+fn help_groups_the_settings_with_their_defaults_and_hides_values() {
+    let (code, stdout, _) = run(&[("KAFKA_BROKERS", "secret-host:1"), ("QUERY", "private-term")], &["--help"]);
+    assert_eq!(code, Some(0));
+    for heading in ["Kafka:", "Postgres:", "Roles:", "Retries and restarts:", "HTTP endpoint:", "Logs and Sentry:"] {
+        assert!(stdout.lines().any(|l| l == heading), "no {heading} group:\n{stdout}");
+    }
+    assert!(stdout.contains("[default: 30] [env: INTERVAL_SECONDS]"), "{stdout}");
+    assert!(!stdout.contains("secret-host") && !stdout.contains("private-term"), "{stdout}");
+}
