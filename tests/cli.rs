@@ -247,3 +247,16 @@ fn help_groups_the_settings_with_their_defaults_and_hides_values() {
     assert!(stdout.contains("[default: 30] [env: INTERVAL_SECONDS]"), "{stdout}");
     assert!(!stdout.contains("secret-host") && !stdout.contains("private-term"), "{stdout}");
 }
+
+/// scripts/run refuses what it does not know (before installing or starting anything), and the
+/// scripts' messages carry no colour codes when they are not on a terminal.
+#[test]
+fn scripts_run_refuses_unknown_arguments_and_writes_plain_text_off_a_terminal() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(format!("{root}/scripts/run")).arg("--fake-nasaa").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim(), "scripts/run: unknown argument '--fake-nasaa'; usage: scripts/run [--fake-nasa]");
+    let out = Command::new("bash").current_dir(root).args(["-c", ". scripts/lib.sh; say hello"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "==> hello\n");
+}
