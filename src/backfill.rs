@@ -7,7 +7,9 @@
 //!   a later run skips them. Ctrl-C stops after the event being published; nothing is sent twice.
 //!   (After a kill -9 between the broker's acknowledgement and that append, one event can be sent
 //!   again; the consumer skips it as a duplicate.)
-//! - Progress: a bar with rate and ETA on a terminal, plain lines otherwise.
+//! - Progress: a bar with rate and ETA on a terminal (log lines scroll above it), plain lines
+//!   otherwise.
+//! - Ctrl-C during a retry's backoff stops at once; while an event is being published, after it.
 
 use actix::prelude::*;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -112,6 +114,42 @@ where
     Ok(out)
 }
 
+/// The bar being drawn, if any: log lines are written above it.
+static BAR: std::sync::Mutex<Option<ProgressBar>> = std::sync::Mutex::new(None);
+
+/// The backfill's log stream: while a bar is drawn, each complete line is written with the bar
+/// cleared first and redrawn after, so the lines scroll above the bar instead of through it.
+/// (The JSON logger writes a line in pieces: they are held until the newline.)
+pub struct AboveTheBar<W: Write> {
+    out: W,
+    pending: Vec<u8>,
+}
+
+impl<W: Write> AboveTheBar<W> {
+    pub fn new(out: W) -> Self {
+        AboveTheBar { out, pending: Vec::new() }
+    }
+}
+
+impl<W: Write> Write for AboveTheBar<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.pending.extend_from_slice(buf);
+        if let Some(end) = self.pending.iter().rposition(|b| *b == b'\n') {
+            let lines: Vec<u8> = self.pending.drain(..=end).collect();
+            let bar = BAR.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            match bar {
+                Some(bar) => bar.suspend(|| self.out.write_all(&lines))?,
+                None => self.out.write_all(&lines)?,
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
 /// Shows progress: a bar on a terminal, else a plain line every 2 s and at the end.
 struct Progress {
     bar: Option<ProgressBar>,
@@ -131,6 +169,7 @@ impl Progress {
                     .expect("a valid template")
                     .progress_chars("=> "),
             );
+            *BAR.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar.clone());
             bar
         });
         let now = Instant::now();
@@ -178,7 +217,12 @@ impl Progress {
 
     fn finish(&self, outcome: &str) {
         match &self.bar {
-            Some(bar) => bar.finish_with_message(outcome.to_owned()),
+            Some(bar) => {
+                bar.finish_with_message(outcome.to_owned());
+                *BAR.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                // The finished bar stays; what follows starts on a line of its own.
+                println!();
+            }
             None => println!("{} · {outcome}", self.line()),
         }
     }

@@ -44,19 +44,41 @@ where
 {
     let mut n: u32 = 0;
     loop {
-        match attempt().await {
+        // An attempt is a read that can be made again: a stop need not wait for its answer.
+        let outcome = tokio::select! {
+            r = attempt() => r,
+            _ = stopped(stop) => return None,
+        };
+        match outcome {
             Ok(v) => return Some(v),
             Err(e) => {
                 let delay = backoff.delay(n);
                 n += 1;
                 warn!(log, "{}", what; "error.message" => e.to_string(), "labels.attempt" => n,
                     "labels.delay_ms" => delay.as_millis() as u64);
-                if stop.load(Ordering::SeqCst) {
+                if !sleep_unless_stopped(stop, delay).await {
                     return None;
                 }
-                tokio::time::sleep(delay).await;
             }
         }
+    }
+}
+
+/// How often a wait looks at its stop flag: Ctrl-C is answered within this.
+const STOP_POLL: Duration = Duration::from_millis(50);
+
+/// Resolves once `stop` is set.
+pub async fn stopped(stop: &AtomicBool) {
+    while !stop.load(Ordering::SeqCst) {
+        tokio::time::sleep(STOP_POLL).await;
+    }
+}
+
+/// Sleeps `delay` unless `stop` is set first (then at once); false when stopped.
+pub async fn sleep_unless_stopped(stop: &AtomicBool, delay: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => !stop.load(Ordering::SeqCst),
+        _ = stopped(stop) => false,
     }
 }
 

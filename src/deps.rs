@@ -243,17 +243,20 @@ where
 {
     let mut n: u32 = 0;
     loop {
-        match attempt().await {
+        let outcome = tokio::select! {
+            r = attempt() => r,
+            _ = crate::backoff::stopped(stop) => return None,
+        };
+        match outcome {
             Ok(v) => {
                 DEPENDENCIES.report(log, dep, Ok(()));
                 return Some(v);
             }
             Err(e) => {
                 DEPENDENCIES.report(log, dep, Err(&e));
-                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if !crate::backoff::sleep_unless_stopped(stop, backoff.delay(n)).await {
                     return None;
                 }
-                tokio::time::sleep(backoff.delay(n)).await;
                 n = n.saturating_add(1);
             }
         }

@@ -46,10 +46,11 @@ pub fn stdout_logger(level: Level, environment: &str, format: Option<LogFormat>)
     logger_in(std::io::stdout(), LogFormat::or_for(format, std::io::stdout().is_terminal()), level, environment)
 }
 
-/// The backfill's logger: stderr, since stdout has its progress.
-pub fn stderr_logger(level: Level, environment: &str, format: Option<LogFormat>) -> Logger {
+/// The backfill's logger: stderr, since stdout has its progress bar; lines go above the bar.
+pub fn backfill_logger(level: Level, environment: &str, format: Option<LogFormat>) -> Logger {
     use std::io::IsTerminal;
-    logger_in(std::io::stderr(), LogFormat::or_for(format, std::io::stderr().is_terminal()), level, environment)
+    let format = LogFormat::or_for(format, std::io::stderr().is_terminal());
+    logger_in(crate::backfill::AboveTheBar::new(std::io::stderr()), format, level, environment)
 }
 
 /// A logger writing `format` lines to `out`.

@@ -37,7 +37,7 @@ fn main() -> ExitCode {
     }
     // A backfill keeps stdout for its progress; its logs go to stderr.
     let root = match command {
-        Command::Backfill(_) => logging::stderr_logger(config.log_level, &config.environment, config.log_format),
+        Command::Backfill(_) => logging::backfill_logger(config.log_level, &config.environment, config.log_format),
         _ => logging::stdout_logger(config.log_level, &config.environment, config.log_format),
     };
     let log = logging::for_component(&root, "main");

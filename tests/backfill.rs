@@ -96,3 +96,78 @@ fn an_interrupted_backfill_resumes_without_duplicates() {
     assert!(ids.values().all(|n| *n == 1), "resumed without duplicates: {ids:?}");
     assert!(nasa.state.searches.load(Ordering::SeqCst) >= 4);
 }
+
+/// Ctrl-C while a retry waits out its backoff (20 s here) stops the backfill at once, exit 130.
+#[test]
+fn ctrl_c_during_a_backoff_stops_at_once() {
+    let (broker, nasa, data) = (Broker::shared(), fake_nasa(), tempfile::tempdir().unwrap());
+    nasa.state.set_api_mode(ApiMode::Status(503));
+    let mut child = backfill_cmd(&broker, &nasa, data.path(), &["--query", "moon"])
+        .env("RETRY_MIN_BACKOFF_MS", "20000")
+        .env("RETRY_MAX_BACKOFF_MS", "20000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut lines = stderr.lines().map_while(Result::ok);
+    assert!(lines.any(|l| l.contains("NASA API request failed, will retry")), "the first attempt fails");
+    let interrupted = std::time::Instant::now();
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = child.wait().unwrap();
+    let took = interrupted.elapsed();
+    eprintln!("exited {:.2} s after Ctrl-C", took.as_secs_f64());
+    assert_eq!(status.code(), Some(130));
+    assert!(took < Duration::from_secs(2), "stopped at once, not after the backoff: {took:?}");
+}
+
+/// On a terminal the log lines scroll above the progress bar: each starts a line of its own
+/// instead of being glued to the bar's text.
+#[test]
+fn on_a_terminal_log_lines_go_above_the_bar() {
+    let (broker, nasa, data) = (Broker::shared(), fake_nasa(), tempfile::tempdir().unwrap());
+    // Slow answers: the bar is drawn between the events.
+    *nasa.state.api_delay.lock().unwrap() = Duration::from_millis(200);
+    let command = format!(
+        "exec env -i PATH=\"$PATH\" TERM=xterm KAFKA_BROKERS={} KAFKA_TOPIC={} NASA_API_URL={} DATA_DIR={} timeout --foreground 60 {} backfill --query moon",
+        broker.addr,
+        broker.topic,
+        nasa.url,
+        data.path().display(),
+        daemon_bin()
+    );
+    let out = Command::new("script").args(["-qec", &command, "/dev/null"]).stdin(Stdio::null()).output().unwrap();
+    let raw = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{raw}");
+    let sent: Vec<&str> = raw.split('\n').filter(|l| l.contains(" sent  nasa_id=")).collect();
+    assert_eq!(sent.len(), 7, "one text line per event sent: {raw:?}");
+    assert!(raw.contains("7/7 images"), "the bar was drawn: {raw:?}");
+    let finished: Vec<&str> = raw.split('\n').filter(|l| l.contains("backfill finished")).collect();
+    for line in sent.into_iter().chain(finished) {
+        // What the terminal shows on that line: the text after the last carriage return, with
+        // the escape sequences (the bar's clearing) removed.
+        let shown = strip_escapes(line.rsplit('\r').find(|piece| !strip_escapes(piece).trim().is_empty()).unwrap_or(""));
+        assert!(shown.as_bytes()[0].is_ascii_digit() && shown.contains(" INFO  backfill "), "a line of its own: {line:?}");
+    }
+}
+
+/// The text without ANSI escape sequences (ESC [ ... letter).
+fn strip_escapes(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
