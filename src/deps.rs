@@ -13,6 +13,7 @@ use serde::Serialize;
 use slog::{error, info, warn, Logger};
 use std::collections::BTreeMap;
 use std::sync::{LazyLock, Mutex};
+use std::time::Instant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum Dependency {
@@ -125,7 +126,13 @@ struct Entry {
     last_error: Option<String>,
     fix_variable: Option<&'static str>,
     since: DateTime<Utc>,
+    /// When a change of this dependency was last logged.
+    last_logged: Option<Instant>,
 }
+
+/// A new cause within the same state (connection refused, then timed out) is logged at most
+/// this often.
+const SAME_STATE_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The state of every dependency this process uses.
 #[derive(Default)]
@@ -147,39 +154,63 @@ impl Dependencies {
                 last_error: None,
                 fix_variable: None,
                 since: Utc::now(),
+                last_logged: None,
             });
         }
     }
 
-    /// Records the outcome of one attempt; logs only when the cause changed (a misconfiguration
-    /// as ERROR, an outage as WARN, the recovery as INFO). Returns whether it logged.
+    /// Records the outcome of one attempt; logs when the state changes (a misconfiguration as
+    /// ERROR, an outage as WARN, the recovery as INFO), and when the cause changes within the
+    /// same state at most once a minute (an outage's cause may alternate between attempts).
+    /// Returns whether it logged.
     pub fn report(&self, log: &Logger, dep: Dependency, outcome: Result<(), &DependencyError>) -> bool {
-        let changed = self.record(dep, outcome);
-        if changed {
+        let news = self.update(dep, outcome, true);
+        if news {
             log_change(log, dep, outcome);
         }
-        changed
+        news
+    }
+
+    /// Like [`report`](Self::report), for a probe that sees only part of what can go wrong (a
+    /// TCP connection, a login): its success clears only the states in `clears`, so that it does
+    /// not hide, then bring back, a failure it cannot see (a refused topic, a failed migration).
+    pub fn report_probe(&self, log: &Logger, dep: Dependency, outcome: Result<(), &DependencyError>, clears: &[&str]) -> bool {
+        let current = self.entries.lock().unwrap().get(&dep).map(|e| e.state);
+        if outcome.is_ok() && current.is_some_and(|state| !["unknown", "up"].contains(&state) && !clears.contains(&state)) {
+            return false;
+        }
+        self.report(log, dep, outcome)
     }
 
     /// Records the outcome without logging (for callers that log each failure themselves).
-    /// Returns whether the cause changed.
-    pub fn record(&self, dep: Dependency, outcome: Result<(), &DependencyError>) -> bool {
+    pub fn record(&self, dep: Dependency, outcome: Result<(), &DependencyError>) {
+        self.update(dep, outcome, false);
+    }
+
+    /// Records the outcome; returns whether it is news to log.
+    fn update(&self, dep: Dependency, outcome: Result<(), &DependencyError>, logging: bool) -> bool {
         let mut entries = self.entries.lock().unwrap();
         let previous = entries.get(&dep).cloned();
         let (state, cause, fix_variable) = match outcome {
             Ok(()) => ("up", None, None),
             Err(e) => (e.state(), Some(e.cause()), e.is_misconfiguration().then(|| dep.variable())),
         };
-        let same = previous.as_ref().is_some_and(|p| p.state == state && p.cause == cause);
+        let same_state = previous.as_ref().is_some_and(|p| p.state == state);
+        let same_cause = same_state && previous.as_ref().is_some_and(|p| p.cause == cause);
         let since = match &previous {
-            Some(p) if p.state == state => p.since,
+            Some(p) if same_state => p.since,
             _ => Utc::now(),
         };
         // The last error stays shown after a recovery: "up since 12:03, last error: ...".
         let last_error = outcome.err().map(|e| e.to_string()).or_else(|| previous.as_ref().and_then(|p| p.last_error.clone()));
-        entries.insert(dep, Entry { state, cause, last_error, fix_variable, since });
+        let last_logged = previous.as_ref().and_then(|p| p.last_logged);
         // The first success is not news; the first failure is.
-        !same && !(outcome.is_ok() && previous.is_none_or(|p| p.state == "unknown"))
+        let first_success = outcome.is_ok() && previous.as_ref().is_none_or(|p| p.state == "unknown");
+        let news = !first_success
+            && (!same_state || (!same_cause && last_logged.is_none_or(|t| t.elapsed() >= SAME_STATE_LOG_INTERVAL)));
+        let last_logged = if news && logging { Some(Instant::now()) } else { last_logged };
+        entries.insert(dep, Entry { state, cause, last_error, fix_variable, since, last_logged });
+        news
     }
 
     pub fn snapshot(&self) -> Vec<DependencyStatus> {
@@ -361,6 +392,44 @@ mod tests {
         let status = &deps.snapshot()[0];
         assert_eq!((status.name, status.state), ("Postgres", "up"));
         assert!(status.last_error.as_deref().unwrap().contains("connection refused"), "{status:?}");
+    }
+
+    fn unreachable(cause: &str) -> DependencyError {
+        DependencyError::Unreachable { dependency: Dependency::Kafka, address: "k:9092".into(), cause: cause.into() }
+    }
+
+    #[test]
+    fn alternating_causes_of_one_outage_are_logged_once_a_minute() {
+        let buf = Buf::default();
+        let log = crate::logging::logger(buf.clone(), slog::Level::Info, "test");
+        let deps = Dependencies::default();
+        for _ in 0..20 {
+            deps.report(&log, Dependency::Kafka, Err(&unreachable("connection refused")));
+            deps.report(&log, Dependency::Kafka, Err(&unreachable("no broker answers")));
+        }
+        assert_eq!(lines(&buf).len(), 1, "{:?}", lines(&buf));
+    }
+
+    #[test]
+    fn a_probe_does_not_clear_a_failure_it_cannot_see() {
+        let buf = Buf::default();
+        let log = crate::logging::logger(buf.clone(), slog::Level::Info, "test");
+        let deps = Dependencies::default();
+        let refused = DependencyError::Misconfigured {
+            dependency: Dependency::Kafka,
+            variable: "KAFKA_TOPIC",
+            problem: "TopicAuthorizationFailed".into(),
+            fix: "the ACLs",
+        };
+        for _ in 0..10 {
+            deps.report(&log, Dependency::Kafka, Err(&refused));
+            deps.report_probe(&log, Dependency::Kafka, Ok(()), &["unreachable"]);
+        }
+        assert_eq!(lines(&buf).len(), 1, "one ERROR, no flapping: {:?}", lines(&buf));
+        assert_eq!(deps.snapshot()[0].state, "misconfigured");
+        deps.report(&log, Dependency::Kafka, Err(&unreachable("connection refused")));
+        deps.report_probe(&log, Dependency::Kafka, Ok(()), &["unreachable"]);
+        assert_eq!(deps.snapshot()[0].state, "up", "what the probe sees, it clears");
     }
 
     #[test]

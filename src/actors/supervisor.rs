@@ -367,9 +367,12 @@ async fn watch_dependencies(config: Config, log: Logger) {
         })
         .await;
         if let Ok((kafka, postgres)) = results {
-            DEPENDENCIES.report(&log, Dependency::Kafka, kafka.as_ref().map(|_| ()));
+            // A TCP connection shows only whether Kafka is reachable; a login, also whether
+            // DATABASE_URL is right (not whether the migrations ran).
+            DEPENDENCIES.report_probe(&log, Dependency::Kafka, kafka.as_ref().map(|_| ()), &["unreachable"]);
             if let Some(postgres) = postgres {
-                DEPENDENCIES.report(&log, Dependency::Postgres, postgres.as_ref().map(|_| ()));
+                let clears = ["unreachable", "misconfigured"];
+                DEPENDENCIES.report_probe(&log, Dependency::Postgres, postgres.as_ref().map(|_| ()), &clears);
             }
         }
         tokio::time::sleep(DEPENDENCY_CHECK_INTERVAL).await;
