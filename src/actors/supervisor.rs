@@ -24,6 +24,7 @@ use crate::http::{self, AppState, CrashFn, RunningFn};
 use crate::kafka;
 use crate::logging::for_component;
 use crate::nasa::NasaClient;
+use crate::datadir::Owner;
 use crate::outbox::Outbox;
 use crate::supervision::{ChildSpec, Crash, Lifeline, Outcome, Policy, RestartCounts, RestartType, Slot, Supervisor};
 
@@ -159,7 +160,7 @@ fn app_state(
 ) -> Result<Arc<AppState>, StartError> {
     let http_log = for_component(root, "http");
     let kafka = kafka::base_config(&config.kafka_brokers).create_with_context(kafka::LogContext { log: http_log.clone() })?;
-    let outbox = if config.producer_enabled { Some(Outbox::open(&config.data_dir)?) } else { None };
+    let outbox = if config.producer_enabled { Some(Outbox::open(&config.data_dir, Owner::Daemon)?) } else { None };
     Ok(Arc::new(AppState {
         log: http_log,
         roles: config.roles(),
