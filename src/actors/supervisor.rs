@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use super::downloader::Downloader;
 use super::fetcher::{Fetcher, FetcherSettings, StopFetching};
 use super::publisher::{self, Flush, Publisher};
-use super::storer::Storer;
+use super::storer::{BatchLimits, Storer};
 use super::subscriber::{ConsumerState, ConsumerStatus, Drain, Pipeline, Subscriber};
 use crate::consumer::MemberSettings;
 use crate::backoff::{self, Backoff};
@@ -256,7 +256,7 @@ async fn consumer_children(
     let (storer_slot, downloader_slot, subscriber_slot) = (slots.storer.clone(), slots.downloader.clone(), slots.subscriber.clone());
     let (hosts, max_bytes, timeout) = (config.allowed_image_hosts.clone(), config.max_image_bytes, config.download_timeout);
     Ok(vec![
-        ("storer", Box::new(move |l| Ok(storer_slot.set(Some(Storer::new(pool.clone(), l).start()))))),
+        ("storer", Box::new(move |l| Ok(storer_slot.set(Some(Storer::new(pool.clone(), BatchLimits::default(), l).start()))))),
         (
             "downloader",
             Box::new(move |l| Ok(downloader_slot.set(Some(Downloader::new(hosts.clone(), max_bytes, timeout, l).start())))),
