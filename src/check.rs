@@ -1,6 +1,7 @@
 //! `nasa-ingest check`: validates the configuration (done before this runs) and tries everything
 //! the enabled roles need, once, the way the daemon would: Kafka's metadata and the topics, the
-//! Postgres login and migration state, one NASA API search, DATA_DIR and HTTP_ADDR. One line per
+//! Postgres login and migration state, one NASA API search, DATA_DIR (writable, and its outbox not
+//! locked by another producer) and HTTP_ADDR. One line per
 //! check, ✓ or ✗ with what to fix; exit 0 when all pass, 1 otherwise.
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -8,6 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::datadir::DataDirLock;
 use crate::deps::{probe_tcp, Dependency};
 use crate::nasa::NasaClient;
 use crate::{db, kafka};
@@ -104,14 +106,37 @@ async fn check_nasa(config: &Config) -> Check {
     Check::new("NASA API", outcome)
 }
 
-/// A file can be created, written and removed in DATA_DIR (it is created when missing).
+/// A file can be created, written and removed in DATA_DIR (it is created when missing), and no
+/// other producer holds its outbox's lock.
 pub fn check_data_dir(dir: &Path) -> Result<String, String> {
-    let probe = dir.join(format!(".check-{}", std::process::id()));
-    let result = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&probe, b"check")).and_then(|()| std::fs::remove_file(&probe));
-    match result {
-        Ok(()) => Ok(format!("{} is writable", dir.display())),
-        Err(e) => Err(format!("DATA_DIR={} is not writable ({e}); make it a writable directory or point DATA_DIR elsewhere", dir.display())),
+    try_writing(dir).map_err(|e| not_writable(dir, &e))?;
+    // Taken and dropped at once: only whether another process holds it matters here.
+    DataDirLock::acquire(dir).map_err(|e| e.to_string())?;
+    Ok(format!("{} is writable and not in use by another producer", dir.display()))
+}
+
+/// At the daemon's start: a DATA_DIR that is no writable directory (missing permission, a file in
+/// the way) is a setting to fix. A full or read-only filesystem is not: it is a passing fault the
+/// producer waits out (it keeps its event and retries), so it does not stop the start.
+pub fn check_data_dir_setting(dir: &Path) -> Result<(), String> {
+    match try_writing(dir) {
+        Err(e) if !is_passing_disk_fault(&e) => Err(not_writable(dir, &e)),
+        _ => Ok(()),
     }
+}
+
+fn try_writing(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".check-{}", std::process::id()));
+    std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&probe, b"check")).and_then(|()| std::fs::remove_file(&probe))
+}
+
+fn is_passing_disk_fault(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(e.kind(), K::StorageFull | K::ReadOnlyFilesystem | K::QuotaExceeded)
+}
+
+fn not_writable(dir: &Path, e: &std::io::Error) -> String {
+    format!("DATA_DIR={} is not writable ({e}); make it a writable directory or point DATA_DIR elsewhere", dir.display())
 }
 
 /// The address can be bound now (nothing else listens there).

@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod check;
 pub mod config;
 pub mod consumer;
+pub mod datadir;
 pub mod db;
 pub mod deps;
 pub mod errors;

@@ -90,7 +90,7 @@ fn migrate(config: &Config, log: &slog::Logger) -> ExitCode {
         error!(log, "migrations failed"; "error.type" => "postgres", "error.message" => e.to_string());
         return ExitCode::FAILURE;
     }
-    match db::migrate(&db::pool(url, 1, log.clone())) {
+    match db::migrate(&db::reporting_pool(url, 1, log.clone())) {
         Ok(applied) => {
             info!(log, "migrations applied"; "labels.applied" => applied.join(","), "labels.database" => url.redacted());
             ExitCode::SUCCESS

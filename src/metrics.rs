@@ -20,6 +20,8 @@ pub struct Metrics {
     pub outbox_pending: IntGauge,
     pub consumer_lag: IntGaugeVec,
     pub processing_seconds: Histogram,
+    /// Rows per statement the Storer wrote.
+    pub store_batch_rows: Histogram,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -59,6 +61,12 @@ impl Metrics {
         )
         .unwrap();
         r.register(Box::new(processing_seconds.clone())).unwrap();
+        let store_batch_rows = Histogram::with_opts(
+            HistogramOpts::new("nasa_ingest_store_batch_rows", "Rows the Storer wrote in one statement")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+        )
+        .unwrap();
+        r.register(Box::new(store_batch_rows.clone())).unwrap();
         // process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds, ...
         r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())).unwrap();
         let build_info = IntGaugeVec::new(Opts::new("nasa_ingest_build_info", "Always 1; the version is the label"), &["version"]).unwrap();
@@ -77,6 +85,7 @@ impl Metrics {
             outbox_pending,
             consumer_lag,
             processing_seconds,
+            store_batch_rows,
             registry: r,
         };
         metrics.start_known_labels_at_zero();

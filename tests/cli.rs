@@ -260,3 +260,27 @@ fn scripts_run_refuses_unknown_arguments_and_writes_plain_text_off_a_terminal() 
     let out = Command::new("bash").current_dir(root).args(["-c", ". scripts/lib.sh; say hello"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stderr), "==> hello\n");
 }
+
+/// `check` names the process that holds DATA_DIR's outbox (another producer would overwrite its
+/// pending event).
+#[test]
+fn check_names_the_process_holding_data_dir() {
+    let (nasa, dir) = (fake_nasa(), tempfile::tempdir().unwrap());
+    let _held = nasa_ingest::datadir::DataDirLock::acquire(dir.path()).unwrap();
+    let data_dir = dir.path().display().to_string();
+    let closed = format!("127.0.0.1:{}", free_port());
+    let http_addr = format!("127.0.0.1:{}", free_port());
+    let env = [
+        ("CONSUMER_ENABLED", "false"),
+        ("KAFKA_BROKERS", closed.as_str()),
+        ("NASA_API_URL", nasa.url.as_str()),
+        ("DATA_DIR", data_dir.as_str()),
+        ("HTTP_ADDR", http_addr.as_str()),
+    ];
+    let (code, stdout, stderr) = run(&env, &["check"]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    let lines: Vec<String> = stdout.lines().map(str::to_owned).collect();
+    let data_dir_line = line(&lines, "DATA_DIR");
+    assert!(data_dir_line.starts_with("✗ ") && data_dir_line.contains(&format!("pid {}", std::process::id())), "{data_dir_line}");
+    assert!(data_dir_line.contains("in use by another"), "{data_dir_line}");
+}

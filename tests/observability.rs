@@ -329,12 +329,13 @@ fn output_on_a_terminal(env: &[(String, String)], needle: &str) -> Vec<String> {
 /// LOG_FORMAT=json keeps JSON there; off a terminal JSON is the default (every other test).
 #[test]
 fn logs_are_text_on_a_terminal_and_json_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
     let closed = format!("127.0.0.1:{}", free_port());
     let env: Vec<(String, String)> = [
         ("KAFKA_BROKERS", closed.as_str()),
         ("CONSUMER_ENABLED", "false"),
         ("HTTP_ADDR", "127.0.0.1:0"),
-        ("DATA_DIR", &tempfile::tempdir().unwrap().into_path().display().to_string()),
+        ("DATA_DIR", &dir.path().display().to_string()),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

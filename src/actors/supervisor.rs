@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use super::downloader::Downloader;
 use super::fetcher::{Fetcher, FetcherSettings, StopFetching};
 use super::publisher::{self, Flush, Publisher};
-use super::storer::Storer;
+use super::storer::{BatchLimits, Storer};
 use super::subscriber::{ConsumerState, ConsumerStatus, Drain, Pipeline, Subscriber};
 use crate::consumer::MemberSettings;
 use crate::backoff::Backoff;
@@ -25,6 +25,7 @@ use crate::http::{self, AppState, CrashFn, RunningFn};
 use crate::kafka;
 use crate::logging::for_component;
 use crate::nasa::NasaClient;
+use crate::datadir::Owner;
 use crate::outbox::Outbox;
 use crate::supervision::{ChildSpec, Crash, Lifeline, Outcome, Policy, RestartCounts, RestartType, Slot, Supervisor};
 
@@ -66,7 +67,7 @@ impl StartError {
 
 /// Logs why the process cannot start, in one ERROR line; returns the exit code.
 fn start_failed(log: &Logger, e: StartError) -> u8 {
-    slog::error!(log, "{}", e; "error.type" => "start");
+    slog::error!(log, "cannot start"; "error.type" => "start", "error.message" => e.to_string());
     e.exit_code()
 }
 
@@ -145,7 +146,7 @@ pub async fn run(config: Config, root: Logger) -> u8 {
         .database_url
         .as_ref()
         .filter(|_| config.consumer_enabled)
-        .map(|u| db::pool(u, config.download_concurrency as u32 + 2, for_component(&root, "postgres")));
+        .map(|u| db::reporting_pool(u, config.download_concurrency as u32 + 2, for_component(&root, "postgres")));
     let app = match app_state(&config, &root, &slots, restarts, pool.clone()) {
         Ok(app) => app,
         Err(e) => return start_failed(&log, e),
@@ -185,9 +186,10 @@ fn app_state(
     let http_log = for_component(root, "http");
     let kafka = kafka::base_config(&config.kafka_brokers).create_with_context(kafka::LogContext { log: http_log.clone() })?;
     let outbox = if config.producer_enabled {
-        // Writable now, or the first event would fail much later.
-        crate::check::check_data_dir(&config.data_dir).map_err(StartError::DataDir)?;
-        Some(Outbox::open(&config.data_dir)?)
+        // Writable now, or the first event would fail much later (a full or read-only disk is a
+        // passing fault the producer waits out: it starts anyway).
+        crate::check::check_data_dir_setting(&config.data_dir).map_err(StartError::DataDir)?;
+        Some(Outbox::open(&config.data_dir, Owner::Daemon)?)
     } else {
         None
     };
@@ -292,7 +294,7 @@ async fn consumer_children(
     let (storer_slot, downloader_slot, subscriber_slot) = (slots.storer.clone(), slots.downloader.clone(), slots.subscriber.clone());
     let (hosts, max_bytes, timeout) = (config.allowed_image_hosts.clone(), config.max_image_bytes, config.download_timeout);
     Ok(vec![
-        ("storer", Box::new(move |l| Ok(storer_slot.set(Some(Storer::new(pool.clone(), l).start()))))),
+        ("storer", Box::new(move |l| Ok(storer_slot.set(Some(Storer::new(pool.clone(), BatchLimits::default(), l).start()))))),
         (
             "downloader",
             Box::new(move |l| Ok(downloader_slot.set(Some(Downloader::new(hosts.clone(), max_bytes, timeout, l).start())))),

@@ -21,15 +21,21 @@ pub type PgPool = Pool<ConnectionManager<PgConnection>>;
 type PgConn = PooledConnection<ConnectionManager<PgConnection>>;
 
 /// A pool that connects lazily, so that the daemon starts (and waits) while Postgres is down.
-/// Its failed connection attempts go to the dependency state, which logs a change of cause
-/// once (r2d2's default handler logs every attempt: two lines a second while a role is missing).
-pub fn pool(database_url: &DatabaseUrl, max_size: u32, log: Logger) -> PgPool {
-    Pool::builder()
-        .max_size(max_size)
-        .min_idle(Some(0))
-        .connection_timeout(Duration::from_secs(5))
+pub fn pool(database_url: &str, max_size: u32) -> PgPool {
+    builder(max_size).build_unchecked(ConnectionManager::new(with_connect_timeout(database_url)))
+}
+
+/// The daemon's pool: its failed connection attempts go to the dependency state, which logs a
+/// change of cause once (r2d2's default handler logs every attempt: two lines a second while a
+/// role is missing).
+pub fn reporting_pool(database_url: &DatabaseUrl, max_size: u32, log: Logger) -> PgPool {
+    builder(max_size)
         .error_handler(Box::new(ReportToDependencies { address: database_url.address(), log }))
         .build_unchecked(ConnectionManager::new(with_connect_timeout(database_url.expose())))
+}
+
+fn builder(max_size: u32) -> r2d2::Builder<ConnectionManager<PgConnection>> {
+    Pool::builder().max_size(max_size).min_idle(Some(0)).connection_timeout(Duration::from_secs(5))
 }
 
 #[derive(Debug)]
@@ -153,6 +159,28 @@ pub fn is_stored(pool: &PgPool, nasa_id: &str) -> Result<bool, Transient> {
     diesel::select(exists(images::table.filter(images::nasa_id.eq(nasa_id))))
         .get_result(&mut conn(pool)?)
         .map_err(|e| Transient::Database(e.to_string()))
+}
+
+/// Which of `ids` are stored already: one `nasa_id = ANY($1)` query.
+pub fn stored_among(pool: &PgPool, ids: &[String]) -> Result<std::collections::HashSet<String>, Transient> {
+    images::table
+        .filter(images::nasa_id.eq_any(ids))
+        .select(images::nasa_id)
+        .load::<String>(&mut conn(pool)?)
+        .map(|v| v.into_iter().collect())
+        .map_err(|e| Transient::Database(e.to_string()))
+}
+
+/// Inserts the rows in one statement, skipping nasa_ids that are there; returns those inserted.
+pub fn insert_batch(pool: &PgPool, rows: &[NewImage]) -> Result<std::collections::HashSet<String>, EventError> {
+    diesel::insert_into(images::table)
+        .values(rows)
+        .on_conflict(images::nasa_id)
+        .do_nothing()
+        .returning(images::nasa_id)
+        .get_results::<String>(&mut conn(pool)?)
+        .map(|v| v.into_iter().collect())
+        .map_err(classify)
 }
 
 /// Inserts unless the nasa_id is there: `ON CONFLICT (nasa_id) DO NOTHING`.
