@@ -140,6 +140,10 @@ pub struct Settings {
     /// The restart window, in seconds; an actor that ran this long restarts from the minimum backoff. [default: 60]
     #[arg(long, env = "SUPERVISOR_RESTART_WINDOW_SECS", global = true, hide_env_values = true, help_heading = "Retries and restarts")]
     pub supervisor_restart_window_secs: Option<String>,
+    /// Seconds start-up may wait for Kafka and Postgres before the process exits 1 naming what is
+    /// not reachable; 0 waits forever. [default: 0]
+    #[arg(long, env = "STARTUP_TIMEOUT_SECS", global = true, hide_env_values = true, help_heading = "Retries and restarts")]
+    pub startup_timeout_secs: Option<String>,
     /// Address of the HTTP endpoint (health, admin). [default: 0.0.0.0:8081]
     #[arg(long, env = "HTTP_ADDR", global = true, hide_env_values = true, help_heading = "HTTP endpoint")]
     pub http_addr: Option<String>,
@@ -204,6 +208,8 @@ pub struct Config {
     pub supervisor_max_backoff: Duration,
     pub supervisor_max_restarts: u32,
     pub supervisor_restart_window: Duration,
+    /// None: start-up waits for the dependencies forever.
+    pub startup_timeout: Option<Duration>,
     pub http_addr: std::net::SocketAddr,
     pub admin_token: Option<String>,
     pub environment: String,
@@ -334,6 +340,9 @@ impl Config {
                 1,
                 86_400,
             ))),
+            startup_timeout: Some(e.take(parse_number("STARTUP_TIMEOUT_SECS", &s.startup_timeout_secs, 0, 0, 86_400)))
+                .filter(|secs| *secs > 0)
+                .map(Duration::from_secs),
             http_addr: e.take_or(parse_socket_addr("HTTP_ADDR", &s.http_addr, DEFAULT_HTTP_ADDR), || {
                 DEFAULT_HTTP_ADDR.parse().expect("a valid address")
             }),

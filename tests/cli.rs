@@ -284,3 +284,29 @@ fn check_names_the_process_holding_data_dir() {
     assert!(data_dir_line.starts_with("✗ ") && data_dir_line.contains(&format!("pid {}", std::process::id())), "{data_dir_line}");
     assert!(data_dir_line.contains("in use by another"), "{data_dir_line}");
 }
+
+/// STARTUP_TIMEOUT_SECS: a start-up that cannot reach its dependencies in time exits 1 with one
+/// line naming the variable and what it waited for.
+#[test]
+fn startup_timeout_exits_1_naming_what_was_not_reachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = format!("127.0.0.1:{}", free_port());
+    let http_addr = format!("127.0.0.1:{}", free_port());
+    let data_dir = dir.path().display().to_string();
+    let env = [
+        ("CONSUMER_ENABLED", "false"),
+        ("KAFKA_BROKERS", closed.as_str()),
+        ("DATA_DIR", data_dir.as_str()),
+        ("HTTP_ADDR", http_addr.as_str()),
+        ("STARTUP_TIMEOUT_SECS", "2"),
+    ];
+    let started = std::time::Instant::now();
+    let (code, stdout, stderr) = run(&env, &["run"]);
+    let took = started.elapsed();
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(took >= std::time::Duration::from_secs(2) && took < std::time::Duration::from_secs(6), "{took:?}");
+    let line = stdout.lines().find(|l| l.contains("cannot start")).unwrap_or_else(|| panic!("{stdout}"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    let why = v["error.message"].as_str().unwrap();
+    assert!(why.contains("STARTUP_TIMEOUT_SECS=2") && why.contains(&format!("Kafka unreachable since")) && why.contains(&closed), "{why}");
+}

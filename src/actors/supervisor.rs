@@ -53,6 +53,8 @@ pub enum StartError {
     HttpAddr { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("{0}")]
     DataDir(String),
+    #[error("the dependencies were not usable within STARTUP_TIMEOUT_SECS={secs}: {waiting}; fix them, or raise STARTUP_TIMEOUT_SECS (0 waits forever)")]
+    StartupTimeout { secs: u64, waiting: String },
 }
 
 impl StartError {
@@ -60,7 +62,7 @@ impl StartError {
     pub fn exit_code(&self) -> u8 {
         match self {
             StartError::HttpAddr { .. } | StartError::DataDir(_) => EXIT_SETTING,
-            StartError::Outbox(_) | StartError::Kafka(_) => 1,
+            StartError::Outbox(_) | StartError::Kafka(_) | StartError::StartupTimeout { .. } => 1,
         }
     }
 }
@@ -160,6 +162,11 @@ pub async fn run(config: Config, root: Logger) -> u8 {
     let started = tokio::select! {
         r = prepare(&config, &root, &slots, &mut supervisor, pool, &app) => r,
         _ = wait_stop() => { info!(log, "signal received during start-up; exiting"); return 0; }
+        _ = startup_deadline(config.startup_timeout) => {
+            let secs = config.startup_timeout.unwrap_or_default().as_secs();
+            let waiting = DEPENDENCIES.not_up().unwrap_or_else(|| "still starting".into());
+            return start_failed(&log, StartError::StartupTimeout { secs, waiting });
+        }
     };
     if let Err(e) = started {
         return start_failed(&log, e);
@@ -337,6 +344,14 @@ fn producer_children(config: &Config, root: &Logger, slots: &Slots, retry: Backo
             }),
         ),
     ]
+}
+
+/// Resolves when STARTUP_TIMEOUT_SECS has passed; never when it is 0.
+async fn startup_deadline(timeout: Option<Duration>) {
+    match timeout {
+        Some(t) => tokio::time::sleep(t).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The dependencies of the enabled roles.
