@@ -175,7 +175,7 @@ fn status_json(state: &AppState, images_in_database: Option<i64>) -> serde_json:
         "service": "nasa-ingest",
         "version": env!("CARGO_PKG_VERSION"),
         "roles": state.roles,
-        "started": state.started.load(Ordering::SeqCst),
+        "started": started,
         "uptime_seconds": state.since.elapsed().as_secs(),
         "dependencies": DEPENDENCIES.snapshot(),
         "actors": actors,
