@@ -1,7 +1,8 @@
 //! nasa-ingest: keeps a Postgres archive of NASA images fed through Kafka.
 //!
-//! The daemon is a handful of actix actors in one process (see `actors::supervisor`,
-//! the composition root). Everything else in this crate is plain code the actors call.
+//! The daemon is a handful of actix actors in one process: `daemon` is the composition root that
+//! wires them (`main` → `daemon` → `actors`); `supervision` restarts them; everything else is
+//! plain code the actors and the endpoint call.
 
 pub mod actors;
 pub mod backfill;
@@ -9,12 +10,12 @@ pub mod backoff;
 pub mod check;
 pub mod config;
 pub mod consumer;
+pub mod daemon;
 pub mod datadir;
 pub mod db;
 pub mod deps;
 pub mod errors;
 pub mod event;
-pub mod fake_nasa;
 pub mod healthcheck;
 pub mod http;
 pub mod image;

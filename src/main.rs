@@ -3,7 +3,7 @@ use slog::{error, info};
 use std::process::ExitCode;
 
 use nasa_ingest::config::{Cli, Command, Config};
-use nasa_ingest::{actors::supervisor, backfill, db, healthcheck, logging, telemetry};
+use nasa_ingest::{backfill, daemon, db, healthcheck, logging, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -56,7 +56,7 @@ fn main() -> ExitCode {
         Command::Migrate => migrate(&config, &log),
         Command::Run => {
             let system = actix::System::new();
-            let code = system.block_on(supervisor::run(config, root));
+            let code = system.block_on(daemon::run(config, root));
             // Everything that matters is flushed and committed by now. Exit without running the
             // Kafka clients' destructors: with the broker down they can wait far past the 10 s a
             // SIGTERM allows.

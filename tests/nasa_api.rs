@@ -117,17 +117,17 @@ async fn api_failures_are_typed() {
 
 #[test]
 fn the_fake_makes_true_jpeg_png_and_tiff() {
-    let (jpeg, ct) = nasa_ingest::fake_nasa::make_image("/image/as11-40-5874/as11-40-5874~orig.jpg");
+    let (jpeg, ct) = common::fake_nasa::make_image("/image/as11-40-5874/as11-40-5874~orig.jpg");
     assert_eq!(ct, "image/jpeg");
     assert!(jpeg.starts_with(b"\xFF\xD8\xFF") && jpeg.ends_with(b"\xFF\xD9"), "SOI ... EOI");
-    let (png_bytes, ct) = nasa_ingest::fake_nasa::make_image("/image/PIA00405/PIA00405~orig.jpg");
+    let (png_bytes, ct) = common::fake_nasa::make_image("/image/PIA00405/PIA00405~orig.jpg");
     assert_eq!(ct, "image/png");
     let decoder = png::Decoder::new(std::io::Cursor::new(png_bytes));
     let mut reader = decoder.read_info().expect("a PNG a decoder reads");
     let mut buf = vec![0; reader.output_buffer_size()];
     let info = reader.next_frame(&mut buf).unwrap();
     assert_eq!((info.width, info.height), (96, 64));
-    let (tiff, ct) = nasa_ingest::fake_nasa::make_image("/image/PIA00573/PIA00573~orig.tif");
+    let (tiff, ct) = common::fake_nasa::make_image("/image/PIA00573/PIA00573~orig.tif");
     assert_eq!(ct, "image/tiff");
     assert!(tiff.starts_with(b"II*\x00"));
 }

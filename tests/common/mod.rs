@@ -19,7 +19,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub use nasa_ingest::fake_nasa::{ApiMode, FakeNasa};
+pub mod fake_nasa;
+pub use fake_nasa::{ApiMode, FakeNasa};
 
 pub fn fixtures_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nasa")

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-use super::downloader::Downloader;
-use super::fetcher::{Fetcher, FetcherSettings, StopFetching};
-use super::publisher::{self, Flush, Publisher};
-use super::storer::{BatchLimits, Storer};
-use super::subscriber::{ConsumerState, ConsumerStatus, Drain, Pipeline, Subscriber};
+use crate::actors::downloader::Downloader;
+use crate::actors::fetcher::{Fetcher, FetcherSettings, StopFetching};
+use crate::actors::publisher::{self, Flush, Publisher};
+use crate::actors::storer::{BatchLimits, Storer};
+use crate::actors::subscriber::{ConsumerState, ConsumerStatus, Drain, Pipeline, Subscriber};
 use crate::consumer::MemberSettings;
 use crate::backoff::Backoff;
 use crate::deps::{probe_tcp, wait_until_usable, Dependency, DEPENDENCIES};

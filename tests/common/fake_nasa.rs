@@ -1,5 +1,6 @@
 //! A fake NASA Images API and image server over real HTTP, built from fixture files
-//! (`tests/fixtures/nasa/`). Tests use it in-process; `fake-nasa` serves it for demos offline.
+//! (`tests/fixtures/nasa/`). Tests use it in-process; the `fake-nasa` example serves it for demos
+//! offline. Test code only: it is not compiled into the daemon.
 //!
 //! It substitutes its own origin for NASA's hosts in the JSON it serves, makes up real image
 //! bytes for file URLs (JPEG, PNG for `PIA*` ids, TIFF for `.tif`), remembers what it served,
@@ -18,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::config::RANDOM_TOPICS;
+use nasa_ingest::config::RANDOM_TOPICS;
 
 /// How the API endpoints (/search, /asset) behave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -228,7 +229,7 @@ fn source_topic(state: &FakeState, topic: &str) -> Option<&'static str> {
 fn synthesized_page(state: &FakeState, topic: &str, page: u64) -> Option<String> {
     let source = source_topic(state, topic)?;
     let text = fixture(state, &format!("search/{source}-page{page}.json"))?;
-    let ids: Vec<String> = crate::nasa::parse_search(text.as_bytes())
+    let ids: Vec<String> = nasa_ingest::nasa::parse_search(text.as_bytes())
         .ok()?
         .items
         .iter()
