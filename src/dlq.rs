@@ -51,6 +51,7 @@ const CLOCK_MARGIN: chrono::Duration = chrono::Duration::hours(1);
 pub const PANEL_LAST: usize = 20;
 
 const WORDS: Words = Words { command: "replay", done: "replayed", skipped: "skipped", items: "dead letters" };
+const DRY_RUN_WORDS: Words = Words { done: "would be replayed", ..WORDS };
 
 /// Why a `dlq` command failed. [`DlqError::is_transient`]: running it again may succeed.
 #[derive(Debug, thiserror::Error)]
@@ -533,7 +534,7 @@ pub fn replay(s: &ReplaySettings, stop: &AtomicBool, log: &Logger) -> Result<Rep
     let matching = plan.iter().filter(|(_, v)| *v != Verdict::NotMatching).count() as u64;
     info!(log, "replay planned"; "labels.group" => &s.group, "labels.read" => plan.len(), "labels.matching" => matching,
         "labels.dry_run" => s.dry_run);
-    let mut progress = s.show_progress.then(|| Progress::new(matching, WORDS));
+    let mut progress = s.show_progress.then(|| Progress::new(matching, if s.dry_run { DRY_RUN_WORDS } else { WORDS }));
     let producer = if s.dry_run { None } else { Some(kafka::producer(&s.brokers, PUBLISH_TIMEOUT, log.clone()).map_err(|e| DlqError::Client(e.to_string()))?) };
     let mut progression = Progression::new(&ranges);
     for (letter, verdict) in &plan {
