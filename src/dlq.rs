@@ -19,11 +19,11 @@
 use chrono::{DateTime, TimeZone, Utc};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use slog::{info, warn, Logger};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -536,57 +536,14 @@ pub fn replay(s: &ReplaySettings, stop: &AtomicBool, log: &Logger) -> Result<Rep
         "labels.dry_run" => s.dry_run);
     let mut progress = s.show_progress.then(|| Progress::new(matching, if s.dry_run { DRY_RUN_WORDS } else { WORDS }));
     let producer = if s.dry_run { None } else { Some(kafka::producer(&s.brokers, PUBLISH_TIMEOUT, log.clone()).map_err(|e| DlqError::Client(e.to_string()))?) };
-    let mut progression = Progression::new(&ranges);
-    for (letter, verdict) in &plan {
-        if stop.load(Ordering::SeqCst) {
-            summary.interrupted = true;
-            break;
-        }
-        let full = s.max.is_some_and(|m| summary.replayed >= m);
-        match verdict {
-            Verdict::NotMatching => {
-                summary.not_matching += 1;
-                progression.left(letter);
-            }
-            Verdict::Replay if full => {
-                summary.left_by_max += 1;
-                progression.left(letter);
-            }
-            Verdict::Replay => {
-                match &producer {
-                    Some(producer) => {
-                        publish(producer, &s.topic, letter, log)?;
-                        progression.dealt_with(letter);
-                        // Asynchronous: the next publish need not wait for it; the last commit is synchronous.
-                        progression.commit(&c, &s.dlq_topic, &s.group, CommitMode::Async)?;
-                    }
-                    None if s.show_progress => println!("would replay: {}", letter.line()),
-                    None => {}
-                }
-                summary.replayed += 1;
-                *summary.replayed_by_reason.entry(letter.reason.clone()).or_insert(0) += 1;
-                if let Some(p) = progress.as_mut() {
-                    p.done();
-                }
-            }
-            Verdict::ReplayedBefore | Verdict::OverMaxReplays => {
-                if *verdict == Verdict::ReplayedBefore {
-                    summary.replayed_before += 1;
-                } else {
-                    summary.over_max_replays += 1;
-                    warn!(log, "dead letter skipped: its event was replayed too often"; "labels.nasa_id" => &letter.nasa_id,
-                        "labels.dlq_place" => letter.place(), "labels.replay_count" => letter.replay_count, "error.type" => &letter.reason);
-                }
-                progression.dealt_with(letter);
-                if let Some(p) = progress.as_mut() {
-                    p.skipped();
-                }
-            }
-        }
-    }
+    let mut settler = Settler { log, committer: &c, settings: s, progression: Progression::new(&ranges), queue: VecDeque::new(), sent: 0, progress: progress.as_mut() };
+    let outcome = go_through(&plan, s, stop, producer.as_ref(), &mut settler, &mut summary);
+    // What was acknowledged is committed, also when a later send failed.
+    let settled = settler.settle_all();
     if !s.dry_run {
-        progression.commit(&c, &s.dlq_topic, &s.group, CommitMode::Sync)?;
+        settler.progression.commit(&c, &s.dlq_topic, &s.group, CommitMode::Sync)?;
     }
+    outcome.and(settled)?;
     if let Some(progress) = &progress {
         print_summary(progress, &summary, s);
     }
@@ -594,6 +551,131 @@ pub fn replay(s: &ReplaySettings, stop: &AtomicBool, log: &Logger) -> Result<Rep
         "labels.over_max_replays" => summary.over_max_replays, "labels.not_matching" => summary.not_matching,
         "labels.interrupted" => summary.interrupted, "labels.dry_run" => s.dry_run);
     Ok(summary)
+}
+
+/// Republished events awaiting their acknowledgement at once: the broker's round trip is paid
+/// once per window, not once per event.
+const IN_FLIGHT: usize = 32;
+
+/// One dead letter on its way through a run; steps are settled in the order they were read.
+enum Step<'a> {
+    /// Republished; dealt with once the broker acknowledged it.
+    Sent(&'a DeadLetter, DeliveryFuture),
+    /// Dealt with without a send: replayed before, or over the loop guard.
+    Passed(&'a DeadLetter),
+    /// Left for another run: not matching, or past `max`. A dry run leaves everything.
+    Left(&'a DeadLetter),
+}
+
+/// Settles steps in order, so that the committed offset never passes an unacknowledged send.
+struct Settler<'a, 'p> {
+    log: &'a Logger,
+    /// Commits the progress (on the dead-letter topic, for the replay's group).
+    committer: &'a BaseConsumer<LogContext>,
+    settings: &'a ReplaySettings,
+    progression: Progression,
+    queue: VecDeque<Step<'a>>,
+    sent: usize,
+    progress: Option<&'p mut Progress>,
+}
+
+impl<'a> Settler<'a, '_> {
+    fn push(&mut self, step: Step<'a>) -> Result<(), DlqError> {
+        self.sent += usize::from(matches!(step, Step::Sent(..)));
+        self.queue.push_back(step);
+        while self.sent > IN_FLIGHT {
+            self.settle_one()?;
+        }
+        Ok(())
+    }
+
+    fn settle_one(&mut self) -> Result<(), DlqError> {
+        match self.queue.pop_front() {
+            Some(Step::Sent(letter, delivery)) => {
+                self.sent -= 1;
+                acknowledged(letter, delivery, self.log)?;
+                self.progression.dealt_with(letter);
+                // Asynchronous: the next acknowledgement need not wait for it; the last commit is synchronous.
+                let s = self.settings;
+                self.progression.commit(self.committer, &s.dlq_topic, &s.group, CommitMode::Async)?;
+                if let Some(p) = self.progress.as_mut() {
+                    p.done();
+                }
+            }
+            Some(Step::Passed(letter)) => {
+                self.progression.dealt_with(letter);
+                if let Some(p) = self.progress.as_mut() {
+                    p.skipped();
+                }
+            }
+            Some(Step::Left(letter)) => self.progression.left(letter),
+            None => {}
+        }
+        Ok(())
+    }
+
+    fn settle_all(&mut self) -> Result<(), DlqError> {
+        while !self.queue.is_empty() {
+            self.settle_one()?;
+        }
+        Ok(())
+    }
+}
+
+/// Decides and sends, dead letter after dead letter, until the plan ends, `stop` or `max`.
+fn go_through<'a>(
+    plan: &'a [(DeadLetter, Verdict)],
+    s: &ReplaySettings,
+    stop: &AtomicBool,
+    producer: Option<&FutureProducer<LogContext>>,
+    settler: &mut Settler<'a, '_>,
+    summary: &mut ReplaySummary,
+) -> Result<(), DlqError> {
+    for (letter, verdict) in plan {
+        if stop.load(Ordering::SeqCst) {
+            summary.interrupted = true;
+            break;
+        }
+        let full = s.max.is_some_and(|m| summary.replayed >= m);
+        let step = match verdict {
+            Verdict::NotMatching => {
+                summary.not_matching += 1;
+                Step::Left(letter)
+            }
+            Verdict::Replay if full => {
+                summary.left_by_max += 1;
+                Step::Left(letter)
+            }
+            Verdict::Replay => {
+                summary.replayed += 1;
+                *summary.replayed_by_reason.entry(letter.reason.clone()).or_insert(0) += 1;
+                match producer {
+                    Some(producer) => Step::Sent(letter, send(producer, &s.topic, letter)?),
+                    None => {
+                        if s.show_progress {
+                            println!("would replay: {}", letter.line());
+                        }
+                        if let Some(p) = settler.progress.as_mut() {
+                            p.done();
+                        }
+                        Step::Left(letter)
+                    }
+                }
+            }
+            Verdict::ReplayedBefore => {
+                summary.replayed_before += 1;
+                Step::Passed(letter)
+            }
+            Verdict::OverMaxReplays => {
+                summary.over_max_replays += 1;
+                warn!(settler.log, "dead letter skipped: its event was replayed too often"; "labels.nasa_id" => &letter.nasa_id,
+                    "labels.dlq_place" => letter.place(), "labels.replay_count" => letter.replay_count, "error.type" => &letter.reason);
+                Step::Passed(letter)
+            }
+        };
+        settler.push(step)?;
+    }
+    Ok(())
 }
 
 /// Per partition, from the group's committed offset (or the start, with `from_start` or nothing
@@ -621,8 +703,8 @@ fn replay_ranges(c: &BaseConsumer<LogContext>, s: &ReplaySettings) -> Result<BTr
         .collect())
 }
 
-/// Sends one dead letter's key and payload back to `topic`; returns once the broker acknowledged it.
-fn publish(producer: &FutureProducer<LogContext>, topic: &str, l: &DeadLetter, log: &Logger) -> Result<(), DlqError> {
+/// Sends one dead letter's key and payload back to `topic`, with the replay's headers.
+fn send(producer: &FutureProducer<LogContext>, topic: &str, l: &DeadLetter) -> Result<DeliveryFuture, DlqError> {
     let (count, from) = ((l.replay_count + 1).to_string(), l.place());
     let headers = OwnedHeaders::new()
         .insert(Header { key: REPLAY_COUNT, value: Some(&count) })
@@ -634,11 +716,15 @@ fn publish(producer: &FutureProducer<LogContext>, topic: &str, l: &DeadLetter, l
     if let Some(payload) = &l.payload {
         record = record.payload(payload);
     }
-    let failed = |message: String| DlqError::Publish { place: from.clone(), message };
-    let delivery = producer.send_result(record).map_err(|(e, _)| failed(e.to_string()))?;
+    producer.send_result(record).map_err(|(e, _)| DlqError::Publish { place: from, message: e.to_string() })
+}
+
+/// Waits for the broker's acknowledgement of `l`'s republished event.
+fn acknowledged(l: &DeadLetter, delivery: DeliveryFuture, log: &Logger) -> Result<(), DlqError> {
+    let failed = |message: String| DlqError::Publish { place: l.place(), message };
     let delivered = futures::executor::block_on(delivery).map_err(|_| failed("the producer was closed".into()))?;
     let delivery = delivered.map_err(|(e, _)| failed(e.to_string()))?;
-    info!(log, "replayed"; "labels.nasa_id" => &l.nasa_id, "labels.reason" => &l.reason, "labels.dlq_place" => &from,
+    info!(log, "replayed"; "labels.nasa_id" => &l.nasa_id, "labels.reason" => &l.reason, "labels.dlq_place" => l.place(),
         "labels.replay_count" => l.replay_count + 1, "labels.partition" => delivery.partition, "labels.offset" => delivery.offset);
     Ok(())
 }

@@ -52,12 +52,21 @@ fn disallowed_events(broker: &Broker, nasa: &FakeNasa, prefix: &str, n: usize) -
     events
 }
 
-/// The end offset of each partition of `topic`.
+/// The end offset of each partition of `topic`. A topic the daemon just made may answer "not
+/// leader" for a moment: asked again until 20 s passed.
 fn end_offsets(broker: &Broker, topic: &str) -> Vec<i64> {
     let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &broker.addr).create().unwrap();
-    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
-    let partitions = md.topics()[0].partitions().len() as i32;
-    (0..partitions).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1).collect()
+    let read = || -> rdkafka::error::KafkaResult<Vec<i64>> {
+        let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let partitions = md.topics()[0].partitions().len() as i32;
+        (0..partitions).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(10)).map(|w| w.1)).collect()
+    };
+    let mut ends = read();
+    wait_until(Duration::from_secs(20), &format!("the end offsets of {topic}"), || {
+        ends = read();
+        ends.is_ok()
+    });
+    ends.unwrap()
 }
 
 fn messages_on(broker: &Broker, topic: &str) -> i64 {
