@@ -192,16 +192,36 @@ fn unreachable(brokers: &str, e: impl std::fmt::Display) -> DlqError {
     DlqError::Unreachable { brokers: brokers.to_owned(), message: e.to_string() }
 }
 
+/// Asks again while the broker answers with an error that passes (a partition without a leader
+/// just after the topic was made, the group coordinator loading after a restart), with growing
+/// delays, for up to [`READ_PATIENCE`].
+fn patiently<T>(brokers: &str, log: &Logger, what: &str, mut ask: impl FnMut() -> rdkafka::error::KafkaResult<T>) -> Result<T, DlqError> {
+    let backoff = crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(3), 0.2);
+    let started = Instant::now();
+    for attempt in 0.. {
+        match ask() {
+            Ok(answer) => return Ok(answer),
+            Err(e) if started.elapsed() < READ_PATIENCE => {
+                warn!(log, "Kafka did not answer; asking again"; "labels.what" => what, "error.type" => "kafka",
+                    "error.message" => e.to_string(), "labels.attempt" => attempt);
+                std::thread::sleep(backoff.delay(attempt));
+            }
+            Err(e) => return Err(unreachable(brokers, e)),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
 /// Each partition of `topic` with its low and high watermark.
-fn watermarks(c: &BaseConsumer<LogContext>, brokers: &str, topic: &str) -> Result<BTreeMap<i32, (i64, i64)>, DlqError> {
-    let metadata = c.fetch_metadata(Some(topic), Duration::from_secs(10)).map_err(|e| unreachable(brokers, e))?;
+fn watermarks(c: &BaseConsumer<LogContext>, brokers: &str, topic: &str, log: &Logger) -> Result<BTreeMap<i32, (i64, i64)>, DlqError> {
+    let metadata = patiently(brokers, log, "metadata", || c.fetch_metadata(Some(topic), Duration::from_secs(10)))?;
     let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions()).map(|p| p.id()).collect();
     if partitions.is_empty() {
         return Err(DlqError::NoTopic(topic.to_owned()));
     }
     partitions
         .into_iter()
-        .map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(10)).map(|w| (p, w)).map_err(|e| unreachable(brokers, e)))
+        .map(|p| patiently(brokers, log, "end offsets", || c.fetch_watermarks(topic, p, Duration::from_secs(10))).map(|w| (p, w)))
         .collect()
 }
 
@@ -274,13 +294,13 @@ fn replays_on(brokers: &str, topic: &str, oldest: Option<DateTime<Utc>>, stop: &
     let mut found = HashMap::new();
     let Some(oldest) = oldest else { return Ok(found) };
     let c = reader(brokers, "nasa-ingest-dlq-reader", log)?;
-    let ends = watermarks(&c, brokers, topic)?;
+    let ends = watermarks(&c, brokers, topic, log)?;
     let from = (oldest - CLOCK_MARGIN).timestamp_millis();
     let mut asked = TopicPartitionList::new();
     for p in ends.keys() {
         asked.add_partition_offset(topic, *p, Offset::Offset(from)).expect("a valid timestamp");
     }
-    let starts = c.offsets_for_times(asked, Duration::from_secs(10)).map_err(|e| unreachable(brokers, e))?;
+    let starts = patiently(brokers, log, "offsets by time", || c.offsets_for_times(asked.clone(), Duration::from_secs(10)))?;
     let ranges: BTreeMap<i32, (i64, i64)> = ends
         .iter()
         .map(|(p, (low, high))| {
@@ -329,7 +349,7 @@ pub struct Listing {
 pub fn list(s: &ListSettings, log: &Logger) -> Result<Listing, DlqError> {
     let never = AtomicBool::new(false);
     let c = reader(&s.brokers, "nasa-ingest-dlq-reader", log)?;
-    let ranges = watermarks(&c, &s.brokers, &s.dlq_topic)?;
+    let ranges = watermarks(&c, &s.brokers, &s.dlq_topic, log)?;
     let mut letters = read_letters(&c, &s.brokers, &s.dlq_topic, &ranges, &never)?.unwrap_or_default();
     letters.retain(|l| l.matches(&s.filter));
     letters.sort_by_key(|l| (l.time, l.partition, l.offset));
@@ -522,7 +542,7 @@ impl Progression {
 /// letter in flight; the next run goes on from there.
 pub fn replay(s: &ReplaySettings, stop: &AtomicBool, log: &Logger) -> Result<ReplaySummary, DlqError> {
     let c = reader(&s.brokers, &s.group, log)?;
-    let ranges = replay_ranges(&c, s)?;
+    let ranges = replay_ranges(&c, s, log)?;
     let mut summary = ReplaySummary { dry_run: s.dry_run, ..Default::default() };
     let Some(letters) = read_letters(&c, &s.brokers, &s.dlq_topic, &ranges, stop)? else {
         summary.interrupted = true;
@@ -536,7 +556,7 @@ pub fn replay(s: &ReplaySettings, stop: &AtomicBool, log: &Logger) -> Result<Rep
         "labels.dry_run" => s.dry_run);
     let mut progress = s.show_progress.then(|| Progress::new(matching, if s.dry_run { DRY_RUN_WORDS } else { WORDS }));
     let producer = if s.dry_run { None } else { Some(kafka::producer(&s.brokers, PUBLISH_TIMEOUT, log.clone()).map_err(|e| DlqError::Client(e.to_string()))?) };
-    let mut settler = Settler { log, committer: &c, settings: s, progression: Progression::new(&ranges), queue: VecDeque::new(), sent: 0, progress: progress.as_mut() };
+    let mut settler = Settler { log, committer: &c, settings: s, progression: Progression::new(&ranges), queue: VecDeque::new(), sent: 0, last_commit: Instant::now(), progress: progress.as_mut() };
     let outcome = go_through(&plan, s, stop, producer.as_ref(), &mut settler, &mut summary);
     // What was acknowledged is committed, also when a later send failed.
     let settled = settler.settle_all();
@@ -576,6 +596,7 @@ struct Settler<'a, 'p> {
     progression: Progression,
     queue: VecDeque<Step<'a>>,
     sent: usize,
+    last_commit: Instant,
     progress: Option<&'p mut Progress>,
 }
 
@@ -595,9 +616,13 @@ impl<'a> Settler<'a, '_> {
                 self.sent -= 1;
                 acknowledged(letter, delivery, self.log)?;
                 self.progression.dealt_with(letter);
-                // Asynchronous: the next acknowledgement need not wait for it; the last commit is synchronous.
-                let s = self.settings;
-                self.progression.commit(self.committer, &s.dlq_topic, &s.group, CommitMode::Async)?;
+                // At most every 200 ms (one request for many), asynchronous (the next
+                // acknowledgement need not wait for it); the last commit is synchronous.
+                if self.last_commit.elapsed() >= crate::consumer::COMMIT_EVERY {
+                    let s = self.settings;
+                    self.progression.commit(self.committer, &s.dlq_topic, &s.group, CommitMode::Async)?;
+                    self.last_commit = Instant::now();
+                }
                 if let Some(p) = self.progress.as_mut() {
                     p.done();
                 }
@@ -680,8 +705,8 @@ fn go_through<'a>(
 
 /// Per partition, from the group's committed offset (or the start, with `from_start` or nothing
 /// committed) to the end as it is now: dead letters written meanwhile wait for the next run.
-fn replay_ranges(c: &BaseConsumer<LogContext>, s: &ReplaySettings) -> Result<BTreeMap<i32, (i64, i64)>, DlqError> {
-    let marks = watermarks(c, &s.brokers, &s.dlq_topic)?;
+fn replay_ranges(c: &BaseConsumer<LogContext>, s: &ReplaySettings, log: &Logger) -> Result<BTreeMap<i32, (i64, i64)>, DlqError> {
+    let marks = watermarks(c, &s.brokers, &s.dlq_topic, log)?;
     let committed = if s.from_start {
         TopicPartitionList::new()
     } else {
@@ -689,7 +714,7 @@ fn replay_ranges(c: &BaseConsumer<LogContext>, s: &ReplaySettings) -> Result<BTr
         for p in marks.keys() {
             tpl.add_partition(&s.dlq_topic, *p);
         }
-        c.committed_offsets(tpl, Duration::from_secs(10)).map_err(|e| unreachable(&s.brokers, e))?
+        patiently(&s.brokers, log, "committed offsets", || c.committed_offsets(tpl.clone(), Duration::from_secs(10)))?
     };
     Ok(marks
         .iter()
@@ -868,7 +893,7 @@ impl DlqWatch {
     /// Follows the topic until a read fails; a new call starts again from the start.
     fn follow(&self, brokers: &str, topic: &str, log: &Logger) -> Result<(), DlqError> {
         let c = reader(brokers, "nasa-ingest-dlq-watch", log)?;
-        let ends = watermarks(&c, brokers, topic)?;
+        let ends = watermarks(&c, brokers, topic, log)?;
         let mut tpl = TopicPartitionList::new();
         for p in ends.keys() {
             tpl.add_partition_offset(topic, *p, Offset::Beginning).expect("a valid offset");
