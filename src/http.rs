@@ -376,7 +376,7 @@ table.dlq{{border-collapse:collapse;font-size:.9rem}} table.dlq td,table.dlq th{
 <div class=card><b>{published}</b>events published</div>
 <div class=card><b>{consumed}</b>events consumed</div>
 <div class=card><b>{duplicates}</b>duplicates skipped</div>
-<div class=card><b>{dlq}</b>dead letters</div>
+<div class=card><b>{dlq}</b><a href=#dead-letters style=color:inherit>dead letters</a></div>
 <div class=card><b>{pending}</b>pending in outbox</div>
 <div class=card><b>{lag}</b>consumer lag</div>
 </div>
@@ -392,7 +392,8 @@ table.dlq{{border-collapse:collapse;font-size:.9rem}} table.dlq td,table.dlq th{
         published = c["published"],
         consumed = c["consumed"],
         duplicates = c["duplicates"],
-        dlq = c["dead_lettered"],
+        // The topic's count (every process's, across restarts), once it was read; this process's until then.
+        dlq = st["dead_letters"]["on_topic"].as_u64().filter(|_| st["dead_letters"]["read_to_end"] == true).unwrap_or(c["dead_lettered"].as_u64().unwrap_or(0)),
         pending = st["pending_events"],
     )
 }
