@@ -5,6 +5,7 @@
 //! It starts Apache Kafka (one broker, or a three-node cluster), Postgres behind a TCP proxy that
 //! can cut it, the fake NASA API and image server with their fault switches, and four daemon slots:
 //! two with both roles, one consumer-only, and an extra consumer-only member that joins and leaves.
+//! Now and then a `backfill` runs on the DATA_DIR of a daemon with both roles (its own outbox slot).
 //! A feeder produces good events of its own, and poison messages when the schedule says so.
 //! The schedule (when, which fault, which target, how long) is drawn from `StdRng::seed_from_u64`
 //! before the run starts, so a seed replays the same fault sequence; whether a fault lands depends on
@@ -101,6 +102,7 @@ enum Kind {
     Poison,
     DataDirFull,
     DataDirReadOnly,
+    Backfill,
 }
 
 impl Kind {
@@ -125,6 +127,7 @@ impl Kind {
             Kind::Poison => "poison messages",
             Kind::DataDirFull => "producer DATA_DIR full",
             Kind::DataDirReadOnly => "producer DATA_DIR read-only",
+            Kind::Backfill => "backfill beside a daemon",
         }
     }
 
@@ -149,6 +152,7 @@ impl Kind {
             (Kind::DataDirFull, 1, (3_000, 20_000)),
             (Kind::DataDirReadOnly, 1, (3_000, 20_000)),
             (Kind::PgStall, 2, (2_000, 20_000)),
+            (Kind::Backfill, 1, (0, 1)),
         ];
         if cluster {
             t.push((Kind::BrokerTwoDown, 1, (3_000, 12_000)));
@@ -549,6 +553,44 @@ impl Slot {
     }
 }
 
+/// A `nasa-ingest backfill` run on the DATA_DIR of a producer slot; its logs (stderr) are kept.
+struct BackfillRun {
+    slot: usize,
+    what: String,
+    child: std::process::Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    status: Option<std::process::ExitStatus>,
+}
+
+impl BackfillRun {
+    fn spawn(slot: usize, env: &[(String, String)], query: &str, limit: u32) -> std::io::Result<BackfillRun> {
+        use std::io::BufRead;
+        let mut cmd = std::process::Command::new(daemon_bin());
+        cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let limit = limit.to_string();
+        cmd.args(["backfill", "--query", query, "--limit", &limit]);
+        let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn()?;
+        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (err, sink) = (child.stderr.take().expect("piped"), lines.clone());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Ok(BackfillRun { slot, what: format!("--query {query} --limit {limit}"), child, lines, status: None })
+    }
+
+    fn running(&mut self) -> bool {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok().flatten();
+        }
+        self.status.is_none()
+    }
+}
+
 /// One HTTP request with timeouts that never panics: (status, body).
 fn request(addr: &str, method: &str, path: &str) -> Option<(u16, String)> {
     use std::io::Read;
@@ -620,6 +662,7 @@ struct World {
     /// Slots whose DATA_DIR is a small tmpfs of its own (empty where mounting is not allowed).
     mounted: Vec<usize>,
     disk_fault: Vec<bool>,
+    backfills: Vec<BackfillRun>,
     start: Instant,
     journal: std::fs::File,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -806,6 +849,27 @@ impl World {
                     }
                 }
             }
+            Kind::Backfill if !self.backfills.iter_mut().any(|b| b.running()) => {
+                // Not onto a disk that is full or read-only right now: a backfill that cannot take its
+                // slot at start exits 1 at once, as documented; one already running waits for the disk.
+                let i = f.target as usize % 2;
+                if self.disk_fault[i] {
+                    None
+                } else {
+                    let query = ["moon", "mars", "earth"][f.param as usize % 3];
+                    match BackfillRun::spawn(i, &self.slots[i].env, query, 2 + f.param % 4) {
+                        Ok(run) => {
+                            let what = format!("on {}'s DATA_DIR: {}", self.slots[i].name, run.what);
+                            self.backfills.push(run);
+                            Some(what)
+                        }
+                        Err(e) => {
+                            self.say(format!("cannot start a backfill: {e}"));
+                            None
+                        }
+                    }
+                }
+            }
             Kind::Poison => {
                 let msgs = poison(&self.nasa, f.param, &mut self.poison_serial);
                 let kinds: Vec<&str> = msgs.iter().map(|m| m.expect_dlq.unwrap_or("")).collect();
@@ -912,6 +976,15 @@ impl World {
                 self.say(format!("{name} started (process {})", self.slots[i].processes));
             }
             self.slots[i].sample_rss();
+        }
+        let mut ended = Vec::new();
+        for b in self.backfills.iter_mut().filter(|b| b.status.is_none()) {
+            if !b.running() {
+                ended.push(format!("backfill {} exited: {}", b.what, b.status.expect("exited")));
+            }
+        }
+        for e in ended {
+            self.say(e);
         }
         let now = Instant::now();
         let mut k = 0;
@@ -1176,6 +1249,7 @@ fn main() {
         image_delay_fault: false,
         mounted,
         disk_fault: vec![false; 2],
+        backfills: Vec::new(),
         start: Instant::now(),
         journal: std::fs::File::create(run_dir.join("journal.txt")).unwrap(),
         threads: Vec::new(),
@@ -1213,6 +1287,12 @@ fn main() {
         std::thread::sleep(Duration::from_millis(100));
     }
     broker.ensure_all_up();
+    // A backfill still running needs the NASA API to finish: let it, before the API is quiesced.
+    let backfills_done = Instant::now();
+    while w.backfills.iter_mut().any(|b| b.running()) && backfills_done.elapsed() < Duration::from_secs(120) {
+        w.tick(true);
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Quiesce the fetchers: the NASA API answers 503 from here on, so the producers add nothing new.
     w.nasa.state.set_api_mode(ApiMode::Status(503));
     let quiesced_at = Instant::now();
@@ -1364,9 +1444,15 @@ fn main() {
         .collect();
     let mut logged_sent = 0usize;
     let mut pending_ids: HashSet<String> = HashSet::new();
-    for s in &w.slots {
-        for line in s.all_lines() {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+    let sources: Vec<(String, Vec<String>)> = w
+        .slots
+        .iter()
+        .map(|s| (s.name.clone(), s.all_lines()))
+        .chain(w.backfills.iter().map(|b| (format!("backfill on {}", w.slots[b.slot].name), b.lines.lock().unwrap().clone())))
+        .collect();
+    for (name, lines) in &sources {
+        for line in lines {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
             let msg = v["message"].as_str().unwrap_or("");
             let Some(event_id) = v["labels.event_id"].as_str() else { continue };
             if msg == "sent" {
@@ -1374,12 +1460,12 @@ fn main() {
                 let (p, o) = (v["labels.partition"].as_i64().unwrap_or(-1) as i32, v["labels.offset"].as_i64().unwrap_or(-1));
                 let at = by_place.get(&(p, o)).and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.payload).ok());
                 if at.as_ref().and_then(|v| v["event_id"].as_str()) != Some(event_id) {
-                    c3.failures.push(format!("{}: sent {event_id} at partition {p} offset {o}, but the topic has {:?} there", s.name, at.map(|v| v["event_id"].clone())));
+                    c3.failures.push(format!("{}: sent {event_id} at partition {p} offset {o}, but the topic has {:?} there", name, at.map(|v| v["event_id"].clone())));
                 }
             } else if msg == "Kafka unavailable" || msg.starts_with("publishing the event left pending") {
                 pending_ids.insert(event_id.to_owned());
                 if !topic_event_ids.contains(event_id) {
-                    c3.failures.push(format!("{}: event {event_id} was pending ({msg}) and never reached the topic", s.name));
+                    c3.failures.push(format!("{}: event {event_id} was pending ({msg}) and never reached the topic", name));
                     c3.failures.extend(evidence(&w.slots, &[event_id.to_owned()], 8));
                 }
             }
@@ -1494,6 +1580,20 @@ fn main() {
     }
     checks.push(c6);
 
+    // 7. every backfill finished
+    let mut c7 = Check { name: "7 every backfill beside a daemon finished with exit 0", failures: vec![] };
+    for b in w.backfills.iter_mut() {
+        let slot = &w.slots[b.slot].name;
+        if b.running() {
+            c7.failures.push(format!("backfill {} on {slot}'s DATA_DIR still runs 2 min after healing", b.what));
+        } else if !b.status.is_some_and(|s| s.success()) {
+            c7.failures.push(format!("backfill {} on {slot}'s DATA_DIR exited {:?}; its last lines:", b.what, b.status));
+            let lines = b.lines.lock().unwrap();
+            c7.failures.extend(lines[lines.len().saturating_sub(10)..].iter().map(|l| format!("      {}", truncate(l, 400))));
+        }
+    }
+    checks.push(c7);
+
     // ---- the report
     let samples = samples.lock().unwrap().clone();
     let progress: Vec<String> = samples
@@ -1573,6 +1673,8 @@ fn main() {
         poisoned,
         logged_sent
     ));
+    let backfill_sent = w.backfills.iter().flat_map(|b| b.lines.lock().unwrap().clone()).filter(|l| l.contains(r#""message":"sent""#)).count();
+    report.push(format!("backfill runs beside the daemons: {} ({backfill_sent} events sent)", w.backfills.len()));
     report.push(format!("stored: {} rows ({} distinct nasa_ids)", rows.len(), stored.len()));
     report.push(format!(
         "dead-lettered: {} ({})",
@@ -1619,6 +1721,10 @@ fn main() {
     println!("{text}");
     let _ = std::fs::write(run_dir.join("report.txt"), &text);
     println!("chaos: {} passed, {} failed", checks.len() - failed, failed);
+    for b in w.backfills.iter_mut() {
+        let _ = b.child.kill();
+        let _ = b.child.wait();
+    }
     // Stop the daemons (kill -9 and reap) before the broker and their DATA_DIRs go.
     for s in w.slots.iter_mut() {
         if let Some(mut d) = s.daemon.take() {

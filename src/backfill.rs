@@ -25,6 +25,7 @@ use crate::config::{BackfillArgs, Config};
 use crate::event::ImageEvent;
 use crate::kafka;
 use crate::nasa::{image_items, NasaClient, NasaError, Search, MAX_RESULTS};
+use crate::datadir::Owner;
 use crate::outbox::Outbox;
 use crate::progress::{Progress, Words};
 use crate::supervision::Lifeline;
@@ -38,6 +39,7 @@ const FIRST_YEAR: u32 = 1920;
 const WORDS: Words = Words { command: "backfill", done: "published", skipped: "published before", items: "images" };
 
 const NASA_RETRY: &str = "NASA API request failed, will retry";
+const DISK_RETRY: &str = "cannot write to DATA_DIR, will retry when it is writable";
 
 /// Exit code after Ctrl-C (128 + SIGINT), as shells expect.
 pub const EXIT_INTERRUPTED: u8 = 130;
@@ -128,7 +130,7 @@ pub async fn run(config: Config, args: BackfillArgs, log: Logger) -> u8 {
 async fn backfill(config: &Config, args: &BackfillArgs, log: &Logger) -> Result<u8, String> {
     let stop = Arc::new(AtomicBool::new(false));
     listen_for_interrupt(stop.clone(), log.clone());
-    let outbox = Outbox::open(&config.data_dir).map_err(|e| e.to_string())?;
+    let outbox = Outbox::open(&config.data_dir, Owner::Backfill).map_err(|e| e.to_string())?;
     let mut published = Published::open(&config.data_dir, args).map_err(|e| format!("cannot open the backfill state: {e}"))?;
     // An event of this search left pending by an interrupted run: the Publisher sends it first.
     if let Ok(Some(pending)) = outbox.pending() {
@@ -193,12 +195,26 @@ async fn backfill(config: &Config, args: &BackfillArgs, log: &Logger) -> Result<
                 }
                 let Some(found) = retry(log, NASA_RETRY, retry_backoff, &stop, || nasa.found_image(item)).await else { break 'ranges };
                 let event = ImageEvent::new(found, query);
-                match publisher.send(Publish(event)).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Err(format!("cannot write the outbox: {e}")),
-                    Err(e) => return Err(format!("the publisher stopped: {e}")),
+                // A full or read-only DATA_DIR is transient: the same event waits for the disk.
+                let publish = || {
+                    let (publisher, event) = (publisher.clone(), event.clone());
+                    async move {
+                        match publisher.send(Publish(event)).await {
+                            Ok(Ok(_)) => Ok(Ok(())),
+                            Ok(Err(outbox)) => Err(outbox),
+                            Err(stopped) => Ok(Err(stopped)),
+                        }
+                    }
+                };
+                match retry(log, DISK_RETRY, retry_backoff, &stop, publish).await {
+                    None => break 'ranges,
+                    Some(Err(e)) => return Err(format!("the publisher stopped: {e}")),
+                    Some(Ok(())) => {}
                 }
-                published.record(id).map_err(|e| format!("cannot record {id} as published: {e}"))?;
+                let record = || std::future::ready(published.record(id));
+                if retry(log, DISK_RETRY, retry_backoff, &stop, record).await.is_none() {
+                    break 'ranges;
+                }
                 new_ones += 1;
                 progress.done();
             }

@@ -57,6 +57,9 @@ impl FakeState {
     pub fn set_api_mode(&self, mode: ApiMode) {
         *self.api_mode.lock().unwrap() = mode;
     }
+    pub fn set_api_delay(&self, d: Duration) {
+        *self.api_delay.lock().unwrap() = d;
+    }
     pub fn set_image_delay(&self, d: Duration) {
         *self.image_delay.lock().unwrap() = d;
     }

@@ -143,7 +143,7 @@ fn status_json(state: &AppState) -> serde_json::Value {
             json!({"name": name, "state": if running() { "running" } else { "down" }, "restarts": restarts, "last_error": last_error})
         })
         .collect();
-    let pending_id = state.outbox.as_ref().and_then(|o| o.pending().ok().flatten()).map(|e| e.event_id.to_string());
+    let pending_id = state.outbox.as_ref().and_then(|o| o.peek().ok().flatten()).map(|e| e.event_id.to_string());
     let lag: serde_json::Map<String, serde_json::Value> = METRICS.lag().into_iter().map(|(p, l)| (p.to_string(), l.into())).collect();
     json!({
         "service": "nasa-ingest",

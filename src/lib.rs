@@ -8,6 +8,7 @@ pub mod backfill;
 pub mod backoff;
 pub mod config;
 pub mod consumer;
+pub mod datadir;
 pub mod db;
 pub mod dlq;
 pub mod errors;

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub outbox_pending: IntGauge,
     pub consumer_lag: IntGaugeVec,
     pub processing_seconds: Histogram,
+    /// Rows per statement the Storer wrote.
+    pub store_batch_rows: Histogram,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -52,6 +54,12 @@ impl Metrics {
         )
         .unwrap();
         r.register(Box::new(processing_seconds.clone())).unwrap();
+        let store_batch_rows = Histogram::with_opts(
+            HistogramOpts::new("nasa_ingest_store_batch_rows", "Rows the Storer wrote in one statement")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+        )
+        .unwrap();
+        r.register(Box::new(store_batch_rows.clone())).unwrap();
         Metrics {
             fetched: counter(&r, "events_fetched_total", "Images found on the NASA API and turned into events"),
             published: counter(&r, "events_published_total", "Events acknowledged by Kafka"),
@@ -71,6 +79,7 @@ impl Metrics {
             outbox_pending,
             consumer_lag,
             processing_seconds,
+            store_batch_rows,
             registry: r,
         }
     }

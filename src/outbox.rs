@@ -2,11 +2,14 @@
 //!
 //! An event is written (and fsync'd) before it is published and removed once the broker has
 //! acknowledged it. At start, a pending event is published before anything new is fetched.
+//! The outbox belongs to one process at a time: opening it takes its slot's lock (`datadir`).
 
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use crate::datadir::{DataDirError, DataDirLock, Owner};
 use crate::event::ImageEvent;
 
 #[derive(Debug, thiserror::Error)]
@@ -15,18 +18,24 @@ pub enum OutboxError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("the pending event at {path} is unreadable ({reason}); it was moved to {moved_to} for a person to inspect")]
     Corrupt { path: PathBuf, reason: String, moved_to: PathBuf },
+    #[error("the pending event at {path} is unreadable ({reason}); the producer moves it aside when it starts")]
+    Unreadable { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Locked(#[from] DataDirError),
 }
 
 #[derive(Clone, Debug)]
 pub struct Outbox {
     dir: PathBuf,
+    /// Held as long as any clone lives: the outbox is this process's alone.
+    _lock: Arc<DataDirLock>,
 }
 
 impl Outbox {
-    pub fn open(data_dir: &Path) -> Result<Outbox, OutboxError> {
-        let dir = data_dir.join("outbox");
-        fs::create_dir_all(&dir).map_err(|source| OutboxError::Io { path: dir.clone(), source })?;
-        Ok(Outbox { dir })
+    /// Opens the outbox of `owner` in `data_dir`, taking its lock; fails at once if another process has it.
+    pub fn open(data_dir: &Path, owner: Owner) -> Result<Outbox, OutboxError> {
+        let lock = DataDirLock::acquire_for(data_dir, owner)?;
+        Ok(Outbox { dir: owner.dir(data_dir), _lock: Arc::new(lock) })
     }
 
     fn pending_path(&self) -> PathBuf {
@@ -46,6 +55,16 @@ impl Outbox {
             fs::rename(&path, &moved_to).map_err(|source| OutboxError::Io { path: path.clone(), source })?;
             Err(OutboxError::Corrupt { path, reason: e.to_string(), moved_to })
         })
+    }
+
+    /// The pending event, if any, for a reader such as `/status`: never moves or changes anything.
+    pub fn peek(&self) -> Result<Option<ImageEvent>, OutboxError> {
+        let path = self.pending_path();
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| OutboxError::Unreadable { path, reason: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(OutboxError::Io { path, source }),
+        }
     }
 
     /// Stores `event` as the pending one, durably: write a temp file, fsync, rename, fsync the dir.
@@ -93,8 +112,8 @@ mod tests {
     fn pending_event_survives_reopening_and_clears() {
         let dir = tempfile::tempdir().unwrap();
         let e = event();
-        Outbox::open(dir.path()).unwrap().put(&e).unwrap();
-        let reopened = Outbox::open(dir.path()).unwrap();
+        Outbox::open(dir.path(), Owner::Daemon).unwrap().put(&e).unwrap();
+        let reopened = Outbox::open(dir.path(), Owner::Daemon).unwrap();
         assert_eq!(reopened.pending().unwrap(), Some(e));
         reopened.clear().unwrap();
         assert_eq!(reopened.pending().unwrap(), None);
@@ -103,11 +122,30 @@ mod tests {
     #[test]
     fn corrupt_file_is_moved_aside_not_lost() {
         let dir = tempfile::tempdir().unwrap();
-        let outbox = Outbox::open(dir.path()).unwrap();
+        let outbox = Outbox::open(dir.path(), Owner::Daemon).unwrap();
         fs::write(dir.path().join("outbox/pending.json"), b"{half").unwrap();
+        // A reader sees it is unreadable and leaves it where it is.
+        assert!(matches!(outbox.peek(), Err(OutboxError::Unreadable { .. })));
+        assert_eq!(fs::read(dir.path().join("outbox/pending.json")).unwrap(), b"{half");
         let err = outbox.pending().unwrap_err();
         let OutboxError::Corrupt { moved_to, .. } = err else { panic!("{err}") };
         assert_eq!(fs::read(moved_to).unwrap(), b"{half");
         assert_eq!(outbox.pending().unwrap(), None);
+    }
+
+    #[test]
+    fn a_second_process_cannot_open_the_same_outbox_while_backfill_has_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = Outbox::open(dir.path(), Owner::Daemon).unwrap();
+        assert!(matches!(Outbox::open(dir.path(), Owner::Daemon), Err(OutboxError::Locked(DataDirError::Held { .. }))));
+        let backfill = Outbox::open(dir.path(), Owner::Backfill).unwrap();
+        daemon.put(&event()).unwrap();
+        assert_eq!(backfill.peek().unwrap(), None, "the slots do not share a pending event");
+        // Clones share the lock: it is released only when the last one goes.
+        let clone = daemon.clone();
+        drop(daemon);
+        assert!(Outbox::open(dir.path(), Owner::Daemon).is_err());
+        drop(clone);
+        assert!(Outbox::open(dir.path(), Owner::Daemon).is_ok());
     }
 }

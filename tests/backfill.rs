@@ -66,7 +66,7 @@ fn backfill_publishes_every_image_once_across_runs() {
 fn an_interrupted_backfill_resumes_without_duplicates() {
     let (broker, nasa, data) = (Broker::shared(), fake_nasa(), tempfile::tempdir().unwrap());
     // Slow API answers leave time to interrupt in the middle.
-    *nasa.state.api_delay.lock().unwrap() = Duration::from_millis(300);
+    nasa.state.set_api_delay(Duration::from_millis(300));
     let mut child = backfill_cmd(&broker, &nasa, data.path(), &["--query", "moon"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -88,11 +88,54 @@ fn an_interrupted_backfill_resumes_without_duplicates() {
     let sent_before = broker.read_all(&broker.topic, 2, Duration::from_secs(10)).len();
     assert!((2..7).contains(&sent_before), "interrupted part-way: {sent_before}");
 
-    *nasa.state.api_delay.lock().unwrap() = Duration::ZERO;
+    nasa.state.set_api_delay(Duration::ZERO);
     let out = backfill_cmd(&broker, &nasa, data.path(), &["--query", "moon"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     let ids = ids_on_topic(&broker, 7);
     assert_eq!(ids.len(), 7);
     assert!(ids.values().all(|n| *n == 1), "resumed without duplicates: {ids:?}");
     assert!(nasa.state.searches.load(Ordering::SeqCst) >= 4);
+}
+
+/// A backfill on the DATA_DIR of a running daemon uses a slot of its own: both publish, neither
+/// touches the other's pending event, and a second backfill there is refused.
+#[test]
+fn a_backfill_beside_a_daemon_on_the_same_data_dir_keeps_its_own_outbox() {
+    let (broker, db, nasa, data) = (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    let mut env = daemon_env(&broker, &db, &nasa, data.path());
+    set(&mut env, "CONSUMER_ENABLED", "false");
+    set(&mut env, "QUERY", "mars");
+    env.retain(|(k, _)| k != "DATABASE_URL");
+    let daemon = Daemon::spawn(&env);
+    daemon.wait_for_log("sent", 1, Duration::from_secs(60));
+    // The API answers slowly, so the first backfill is still running when the second starts.
+    nasa.state.set_api_delay(Duration::from_secs(2));
+    let mut running = backfill_cmd(&broker, &nasa, data.path(), &["--query", "moon"]).stdout(Stdio::null()).spawn().unwrap();
+    let lock = data.path().join("backfill/outbox/lock");
+    wait_until(Duration::from_secs(10), "the backfill holds its slot", || {
+        std::fs::read_to_string(&lock).is_ok_and(|pid| pid.trim() == running.id().to_string())
+    });
+    let refused = backfill_cmd(&broker, &nasa, data.path(), &["--query", "moon"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains(&format!("DATA_DIR {} is in use by another nasa-ingest backfill (pid {})", data.path().display(), running.id())), "{stderr}");
+    nasa.state.set_api_delay(Duration::ZERO);
+    assert!(running.wait().unwrap().success(), "the first backfill finished");
+    let sent = daemon.logs_with("sent").len();
+    daemon.wait_for_log("sent", sent + 1, Duration::from_secs(30));
+    let ids = ids_by_query(&broker, 7 + sent);
+    assert_eq!(ids.get("moon").map(|m| m.len()), Some(7), "every moon image published by the backfill: {ids:?}");
+    assert!(ids["moon"].values().all(|n| *n == 1), "none twice: {ids:?}");
+    assert!(ids.get("mars").is_some_and(|m| !m.is_empty()), "the daemon went on publishing: {ids:?}");
+}
+
+/// query → nasa_id → how often it is on the topic.
+fn ids_by_query(broker: &Broker, at_least: usize) -> HashMap<String, HashMap<String, usize>> {
+    let mut ids: HashMap<String, HashMap<String, usize>> = HashMap::new();
+    for r in broker.read_all(&broker.topic, at_least, Duration::from_secs(20)) {
+        let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+        let query = v["query"].as_str().unwrap_or_default().to_owned();
+        *ids.entry(query).or_default().entry(v["nasa_id"].as_str().unwrap().to_owned()).or_insert(0) += 1;
+    }
+    ids
 }

@@ -224,6 +224,27 @@ fn kill_9_with_a_pending_event_during_an_outage_still_delivers_it() {
     assert_eq!(on_topic.get(&pending), Some(&1), "{on_topic:?}");
 }
 
+/// Two producers on one DATA_DIR would overwrite each other's pending event: the second one exits 1
+/// at once, naming DATA_DIR and the pid that holds it, and the first goes on.
+#[test]
+fn a_second_daemon_on_the_same_data_dir_exits_1_naming_it_and_the_holder() {
+    let (broker, db, nasa, dir) = (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    let env = producer_env(&broker, &db, &nasa, dir.path());
+    let first = Daemon::spawn(&env);
+    first.wait_for_log("sent", 1, Duration::from_secs(60));
+    let mut second = Daemon::spawn(&env);
+    let status = second.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1), "{}", second.dump());
+    let refusal = second.logs_with("cannot start");
+    assert_eq!(refusal.len(), 1, "{}", second.dump());
+    let why = refusal[0]["error.message"].as_str().unwrap();
+    assert!(why.contains("DATA_DIR") && why.contains(&dir.path().display().to_string()), "{why}");
+    assert!(why.contains(&format!("pid {}", first.pid())), "{why}");
+    assert!(second.logs_with("sent").is_empty(), "the second published nothing");
+    let sent = first.logs_with("sent").len();
+    first.wait_for_log("sent", sent + 1, Duration::from_secs(30));
+}
+
 /// Each kind of poison message ends in images.dlq with its reason; good events are still stored.
 #[test]
 fn poison_messages_go_to_the_dead_letter_topic_and_the_pipeline_goes_on() {

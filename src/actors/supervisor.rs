@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use super::downloader::Downloader;
 use super::fetcher::{Fetcher, FetcherSettings, StopFetching};
 use super::publisher::{self, Flush, Publisher};
-use super::storer::Storer;
+use super::storer::{BatchLimits, Storer};
 use super::subscriber::{ConsumerState, ConsumerStatus, Drain, Pipeline, Subscriber};
 use crate::consumer::MemberSettings;
 use crate::backoff::{self, Backoff};
@@ -25,6 +25,7 @@ use crate::http::{self, AppState, CrashFn, RunningFn};
 use crate::kafka;
 use crate::logging::for_component;
 use crate::nasa::NasaClient;
+use crate::datadir::Owner;
 use crate::outbox::Outbox;
 use crate::supervision::{ChildSpec, Crash, Lifeline, Outcome, Policy, RestartCounts, RestartType, Slot, Supervisor};
 
@@ -160,7 +161,7 @@ fn app_state(
 ) -> Result<Arc<AppState>, StartError> {
     let http_log = for_component(root, "http");
     let kafka = kafka::base_config(&config.kafka_brokers).create_with_context(kafka::LogContext { log: http_log.clone() })?;
-    let outbox = if config.producer_enabled { Some(Outbox::open(&config.data_dir)?) } else { None };
+    let outbox = if config.producer_enabled { Some(Outbox::open(&config.data_dir, Owner::Daemon)?) } else { None };
     Ok(Arc::new(AppState {
         log: http_log,
         roles: config.roles(),
@@ -259,7 +260,7 @@ async fn consumer_children(
     let (storer_slot, downloader_slot, subscriber_slot) = (slots.storer.clone(), slots.downloader.clone(), slots.subscriber.clone());
     let (hosts, max_bytes, timeout) = (config.allowed_image_hosts.clone(), config.max_image_bytes, config.download_timeout);
     Ok(vec![
-        ("storer", Box::new(move |l| Ok(storer_slot.set(Some(Storer::new(pool.clone(), l).start()))))),
+        ("storer", Box::new(move |l| Ok(storer_slot.set(Some(Storer::new(pool.clone(), BatchLimits::default(), l).start()))))),
         (
             "downloader",
             Box::new(move |l| Ok(downloader_slot.set(Some(Downloader::new(hosts.clone(), max_bytes, timeout, l).start())))),

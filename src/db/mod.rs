@@ -72,6 +72,28 @@ pub fn is_stored(pool: &PgPool, nasa_id: &str) -> Result<bool, Transient> {
         .map_err(|e| Transient::Database(e.to_string()))
 }
 
+/// Which of `ids` are stored already: one `nasa_id = ANY($1)` query.
+pub fn stored_among(pool: &PgPool, ids: &[String]) -> Result<std::collections::HashSet<String>, Transient> {
+    images::table
+        .filter(images::nasa_id.eq_any(ids))
+        .select(images::nasa_id)
+        .load::<String>(&mut conn(pool)?)
+        .map(|v| v.into_iter().collect())
+        .map_err(|e| Transient::Database(e.to_string()))
+}
+
+/// Inserts the rows in one statement, skipping nasa_ids that are there; returns those inserted.
+pub fn insert_batch(pool: &PgPool, rows: &[NewImage]) -> Result<std::collections::HashSet<String>, EventError> {
+    diesel::insert_into(images::table)
+        .values(rows)
+        .on_conflict(images::nasa_id)
+        .do_nothing()
+        .returning(images::nasa_id)
+        .get_results::<String>(&mut conn(pool)?)
+        .map(|v| v.into_iter().collect())
+        .map_err(classify)
+}
+
 /// Inserts unless the nasa_id is there: `ON CONFLICT (nasa_id) DO NOTHING`.
 pub fn insert(pool: &PgPool, row: &NewImage) -> Result<Stored, EventError> {
     let n = diesel::insert_into(images::table)
