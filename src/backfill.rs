@@ -27,7 +27,7 @@ use crate::kafka;
 use crate::nasa::{image_items, NasaClient, NasaError, Search, MAX_RESULTS};
 use crate::datadir::Owner;
 use crate::outbox::Outbox;
-use crate::progress::{Progress, Words};
+use crate::oneshot::{stop_on_signal, Progress, Words, EXIT_INTERRUPTED};
 use crate::supervision::Lifeline;
 
 /// The API's largest page.
@@ -41,8 +41,6 @@ const WORDS: Words = Words { command: "backfill", done: "published", skipped: "p
 const NASA_RETRY: &str = "NASA API request failed, will retry";
 const DISK_RETRY: &str = "cannot write to DATA_DIR, will retry when it is writable";
 
-/// Exit code after Ctrl-C (128 + SIGINT), as shells expect.
-pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// The nasa_ids a backfill of one search has published, kept on disk.
 pub struct Published {
@@ -129,7 +127,7 @@ pub async fn run(config: Config, args: BackfillArgs, log: Logger) -> u8 {
 
 async fn backfill(config: &Config, args: &BackfillArgs, log: &Logger) -> Result<u8, String> {
     let stop = Arc::new(AtomicBool::new(false));
-    listen_for_interrupt(stop.clone(), log.clone());
+    stop_on_signal(stop.clone(), log.clone(), "stopping after the event being published");
     let outbox = Outbox::open(&config.data_dir, Owner::Backfill).map_err(|e| e.to_string())?;
     let mut published = Published::open(&config.data_dir, args).map_err(|e| format!("cannot open the backfill state: {e}"))?;
     // An event of this search left pending by an interrupted run: the Publisher sends it first.
@@ -227,21 +225,6 @@ async fn backfill(config: &Config, args: &BackfillArgs, log: &Logger) -> Result<
     progress.finish(if interrupted { "interrupted: run the same command again to resume" } else { "done" });
     info!(log, "backfill finished"; "labels.published" => new_ones, "labels.interrupted" => interrupted);
     Ok(if interrupted { EXIT_INTERRUPTED } else { 0 })
-}
-
-/// Sets `stop` on SIGINT or SIGTERM: the event being published is finished first.
-fn listen_for_interrupt(stop: Arc<AtomicBool>, log: Logger) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut int = signal(SignalKind::interrupt()).expect("can listen for SIGINT");
-    let mut term = signal(SignalKind::terminate()).expect("can listen for SIGTERM");
-    actix::spawn(async move {
-        tokio::select! {
-            _ = int.recv() => {},
-            _ = term.recv() => {},
-        }
-        info!(log, "stopping after the event being published");
-        stop.store(true, Ordering::SeqCst);
-    });
 }
 
 #[cfg(test)]

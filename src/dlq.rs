@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, DlqArgs, DlqCommand, DlqFilter, DlqListArgs, DlqReplayArgs};
 use crate::kafka::{self, base_config, LogContext};
-use crate::progress::{Progress, Words};
+use crate::oneshot::{stop_on_signal, Progress, Words, EXIT_INTERRUPTED};
 
 /// Header of a replayed event (and of its dead letter if it fails again): how often it was replayed.
 pub const REPLAY_COUNT: &str = "replay_count";
@@ -38,8 +38,6 @@ pub const REPLAY_COUNT: &str = "replay_count";
 /// the dead letter it was replayed from.
 pub const REPLAYED_FROM: &str = "replayed_from";
 
-/// Exit code after Ctrl-C (128 + SIGINT), as shells expect.
-const EXIT_INTERRUPTED: u8 = 130;
 /// A read that gets no message and no progress for this long has lost the broker.
 const READ_PATIENCE: Duration = Duration::from_secs(30);
 /// How long Kafka may take to acknowledge one republished event before the run stops.
@@ -799,27 +797,9 @@ fn run_list(config: &Config, a: &DlqListArgs, log: &Logger) -> Result<u8, DlqErr
 
 fn run_replay(config: &Config, a: &DlqReplayArgs, log: &Logger) -> Result<u8, DlqError> {
     let stop = Arc::new(AtomicBool::new(false));
-    stop_on_signal(stop.clone(), log.clone());
+    stop_on_signal(stop.clone(), log.clone(), "stopping once the dead letters in flight are acknowledged and committed");
     let summary = replay(&ReplaySettings::new(config, a), &stop, log)?;
     Ok(if summary.interrupted { EXIT_INTERRUPTED } else { 0 })
-}
-
-/// Sets `stop` on SIGINT or SIGTERM: the dead letter in flight is finished (and committed) first.
-fn stop_on_signal(stop: Arc<AtomicBool>, log: Logger) {
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a signal runtime");
-        rt.block_on(async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut int = signal(SignalKind::interrupt()).expect("can listen for SIGINT");
-            let mut term = signal(SignalKind::terminate()).expect("can listen for SIGTERM");
-            tokio::select! {
-                _ = int.recv() => {},
-                _ = term.recv() => {},
-            }
-        });
-        info!(log, "stopping after the dead letter in flight");
-        stop.store(true, Ordering::SeqCst);
-    });
 }
 
 // ---------------------------------------------------------------- the daemon's view
@@ -908,7 +888,8 @@ impl DlqWatch {
                     let letter = DeadLetter::from_message(&m);
                     self.update(|p| p.add(letter));
                 }
-                Some(Err(e)) => warn!(log, "reading the dead-letter topic failed; reading on"; "error.type" => "kafka", "error.message" => e.to_string()),
+                // librdkafka reconnects by itself, and its context logs the outage: not a WARN per poll.
+                Some(Err(e)) => slog::debug!(log, "reading the dead-letter topic failed; reading on"; "error.type" => "kafka", "error.message" => e.to_string()),
                 None => {}
             }
             let caught_up = next.iter().all(|(p, n)| *n >= ends[p].1);

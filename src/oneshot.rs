@@ -1,10 +1,38 @@
-//! Progress of a one-shot command (`backfill`, `dlq replay`): a bar with rate and ETA on a
-//! terminal; otherwise a plain line every 2 s and one at the end, so that logs of scripts and CI
-//! stay readable.
+//! What the one-shot commands (`backfill`, `dlq replay`) share:
+//! - progress: a bar with rate and ETA on a terminal; otherwise a plain line every 2 s and one at
+//!   the end, so that logs of scripts and CI stay readable;
+//! - stopping on Ctrl-C (or SIGTERM) after the item in flight, with exit code 130.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Exit code after Ctrl-C (128 + SIGINT), as shells expect.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Sets `stop` on SIGINT or SIGTERM and logs `message` (what is finished before the command
+/// stops). The signals are taken at once; they are awaited on a thread of their own, so this
+/// works with or without an async runtime.
+pub fn stop_on_signal(stop: Arc<AtomicBool>, log: slog::Logger, message: &'static str) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime for signals");
+    let (mut int, mut term) = {
+        let _in_runtime = rt.enter();
+        (signal(SignalKind::interrupt()).expect("can listen for SIGINT"), signal(SignalKind::terminate()).expect("can listen for SIGTERM"))
+    };
+    std::thread::spawn(move || {
+        rt.block_on(async {
+            tokio::select! {
+                _ = int.recv() => {},
+                _ = term.recv() => {},
+            }
+        });
+        slog::info!(log, "{}", message);
+        stop.store(true, Ordering::SeqCst);
+    });
+}
 
 /// How one command names its work in the progress line, e.g. `backfill: 3 published, 4 published
 /// before, of 7`.
