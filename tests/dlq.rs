@@ -300,9 +300,74 @@ fn a_dry_run_publishes_and_commits_nothing() {
     assert_eq!(end_offsets(&broker, &broker.topic), topic_ends, "nothing published");
     assert_eq!(end_offsets(&broker, &broker.dlq), dlq_ends);
     assert!(broker.committed(&group, &broker.dlq, dlq_ends.len() as i32).iter().all(Option::is_none), "nothing committed");
-    // The same run for real replays both.
+    // The same run for real replays both; a dry run after it leaves the group where it is.
     let (_, out) = run_dlq(&env, &["replay"]);
     assert!(out.contains("replay: 2 replayed"), "{out}");
+    let (topic_ends, committed) = (end_offsets(&broker, &broker.topic), broker.committed(&group, &broker.dlq, dlq_ends.len() as i32));
+    assert!(committed.iter().any(Option::is_some));
+    let (_, out) = run_dlq(&env, &["replay", "--dry-run", "--from-start"]);
+    assert!(out.contains("2 skipped") && out.contains("2 replayed before"), "{out}");
+    assert_eq!(end_offsets(&broker, &broker.topic), topic_ends);
+    assert_eq!(broker.committed(&group, &broker.dlq, dlq_ends.len() as i32), committed);
+}
+
+/// Writes `n` dead letters straight to the dead-letter topic, with the headers `dead_letter` writes.
+fn write_dead_letters(broker: &Broker, partitions: i32, n: usize, reason: &str) {
+    broker.create_topic(&broker.topic, partitions);
+    broker.create_topic(&broker.dlq, partitions);
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &broker.addr).create().unwrap();
+    for i in 0..n {
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "reason", value: Some(reason) })
+            .insert(Header { key: "error", value: Some("written by the test") })
+            .insert(Header { key: "source_topic", value: Some(broker.topic.as_str()) });
+        let id = format!("{reason}-{i}");
+        let mut record = BaseRecord::to(&broker.dlq).key(&id).payload("{}").headers(headers);
+        while let Err((_, r)) = producer.send(record) {
+            // The local queue is full: let it drain.
+            producer.poll(Duration::from_millis(10));
+            record = r;
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+fn replay_env(broker: &Broker, group: &str) -> Vec<(String, String)> {
+    [("KAFKA_BROKERS", broker.addr.clone()), ("KAFKA_TOPIC", broker.topic.clone()), ("KAFKA_GROUP_ID", group.into())]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+}
+
+#[test]
+fn ctrl_c_stops_a_replay_with_its_progress_committed_and_the_same_command_goes_on() {
+    const N: usize = 2000;
+    let broker = Broker::shared();
+    write_dead_letters(&broker, 3, N, "too_large");
+    let env = replay_env(&broker, "ctrl-c");
+    let mut replay = dlq(&env, &["replay"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    for line in BufReader::new(replay.stderr.take().unwrap()).lines().map_while(Result::ok) {
+        if serde_json::from_str::<serde_json::Value>(&line).unwrap()["message"] == "replayed" {
+            Command::new("kill").args(["-INT", &replay.id().to_string()]).status().unwrap();
+            break;
+        }
+    }
+    let out = replay.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(130), "{stdout}");
+    assert!(stdout.contains("interrupted: run the same command again to resume"), "{stdout}");
+    let done_before: usize = replays_by_place(&broker, 1).values().sum();
+    assert!(done_before < N, "stopped part-way: {done_before}");
+    let committed: i64 = broker.committed("ctrl-c.dlq-replay", &broker.dlq, 3).iter().map(|c| c.unwrap_or(0)).sum();
+    assert_eq!(committed as usize, done_before, "everything acknowledged before the stop is committed, nothing more");
+
+    let (code, out) = run_dlq(&env, &["replay"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains(&format!("replay: {} replayed, 0 skipped, of {}", N - done_before, N - done_before)), "{out}");
+    let replays = replays_by_place(&broker, N);
+    assert_eq!(replays.len(), N);
+    assert!(replays.values().all(|n| *n == 1));
 }
 
 /// Dead letters written by hand with the headers `dead_letter` writes; no daemon.
@@ -320,10 +385,7 @@ fn since_nasa_id_and_max_pick_dead_letters_and_the_rest_wait_for_the_next_run() 
         producer.send(BaseRecord::to(&broker.dlq).key(id).payload("{}").headers(headers)).map_err(|(e, _)| e).unwrap();
     }
     producer.flush(Duration::from_secs(10)).unwrap();
-    let env: Vec<(String, String)> = [("KAFKA_BROKERS", broker.addr.clone()), ("KAFKA_TOPIC", broker.topic.clone()), ("KAFKA_GROUP_ID", "since-test".into())]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
+    let env = replay_env(&broker, "since-test");
 
     let (_, out) = run_dlq(&env, &["replay", "--since", "2h", "--nasa-id", "c"]);
     assert!(out.contains("replay: 1 replayed, 0 skipped, of 1") && out.contains("3 not matching"), "{out}");
