@@ -547,14 +547,29 @@ pub fn replay(s: &ReplaySettings, stop: &AtomicBool, log: &Logger) -> Result<Rep
         return Ok(summary);
     };
     let replays = replays_on(&s.brokers, &s.topic, letters.iter().filter_map(|l| l.time).min(), stop, log)?;
-    let plan: Vec<(DeadLetter, Verdict)> = letters.into_iter().map(|l| (verdict(&l, s, &replays), l)).map(|(v, l)| (l, v)).collect();
+    let plan: Vec<(DeadLetter, Verdict)> = letters.into_iter().map(|l| {
+        let v = verdict(&l, s, &replays);
+        (l, v)
+    }).collect();
     summary.read = plan.len() as u64;
     let matching = plan.iter().filter(|(_, v)| *v != Verdict::NotMatching).count() as u64;
     info!(log, "replay planned"; "labels.group" => &s.group, "labels.read" => plan.len(), "labels.matching" => matching,
         "labels.dry_run" => s.dry_run);
     let mut progress = s.show_progress.then(|| Progress::new(matching, if s.dry_run { DRY_RUN_WORDS } else { WORDS }));
-    let producer = if s.dry_run { None } else { Some(kafka::producer(&s.brokers, PUBLISH_TIMEOUT, log.clone()).map_err(|e| DlqError::Client(e.to_string()))?) };
-    let mut settler = Settler { log, committer: &c, settings: s, progression: Progression::new(&ranges), queue: VecDeque::new(), sent: 0, last_commit: Instant::now(), progress: progress.as_mut() };
+    let producer = match s.dry_run {
+        true => None,
+        false => Some(kafka::producer(&s.brokers, PUBLISH_TIMEOUT, log.clone()).map_err(|e| DlqError::Client(e.to_string()))?),
+    };
+    let mut settler = Settler {
+        log,
+        committer: &c,
+        settings: s,
+        progression: Progression::new(&ranges),
+        queue: VecDeque::new(),
+        sent: 0,
+        last_commit: Instant::now(),
+        progress: progress.as_mut(),
+    };
     let outcome = go_through(&plan, s, stop, producer.as_ref(), &mut settler, &mut summary);
     // What was acknowledged is committed, also when a later send failed.
     let settled = settler.settle_all();
