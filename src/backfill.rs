@@ -12,16 +12,14 @@
 //! - Ctrl-C during a retry's backoff stops at once; while an event is being published, after it.
 
 use actix::prelude::*;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use slog::{info, Logger};
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::future::Future;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use crate::actors::publisher::{self, Publish, Publisher};
 use crate::backoff::{retry, Backoff};
@@ -32,6 +30,7 @@ use crate::kafka;
 use crate::nasa::{image_items, NasaClient, NasaError, Search, MAX_RESULTS};
 use crate::datadir::Owner;
 use crate::outbox::Outbox;
+use crate::oneshot::{stop_on_signal, Progress, Words, EXIT_INTERRUPTED};
 use crate::supervision::Lifeline;
 
 /// The API's largest page.
@@ -39,11 +38,12 @@ const PAGE_SIZE: u32 = 100;
 /// Years NASA's library covers, when a search without years must be split.
 const FIRST_YEAR: u32 = 1920;
 
+/// How the progress line names a backfill's work.
+const WORDS: Words = Words { command: "backfill", done: "published", skipped: "published before", items: "images" };
+
 const NASA_RETRY: &str = "NASA API request failed, will retry";
 const DISK_RETRY: &str = "cannot write to DATA_DIR, will retry when it is writable";
 
-/// Exit code after Ctrl-C (128 + SIGINT), as shells expect.
-pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// The nasa_ids a backfill of one search has published, kept on disk.
 pub struct Published {
@@ -116,120 +116,6 @@ where
     Ok(out)
 }
 
-/// The bar being drawn, if any: log lines are written above it.
-static BAR: std::sync::Mutex<Option<ProgressBar>> = std::sync::Mutex::new(None);
-
-/// The backfill's log stream: while a bar is drawn, each complete line is written with the bar
-/// cleared first and redrawn after, so the lines scroll above the bar instead of through it.
-/// (The JSON logger writes a line in pieces: they are held until the newline.)
-pub struct AboveTheBar<W: Write> {
-    out: W,
-    pending: Vec<u8>,
-}
-
-impl<W: Write> AboveTheBar<W> {
-    pub fn new(out: W) -> Self {
-        AboveTheBar { out, pending: Vec::new() }
-    }
-}
-
-impl<W: Write> Write for AboveTheBar<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.pending.extend_from_slice(buf);
-        if let Some(end) = self.pending.iter().rposition(|b| *b == b'\n') {
-            let lines: Vec<u8> = self.pending.drain(..=end).collect();
-            let bar = BAR.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            match bar {
-                Some(bar) => bar.suspend(|| self.out.write_all(&lines))?,
-                None => self.out.write_all(&lines)?,
-            }
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.out.flush()
-    }
-}
-
-/// Shows progress: a bar on a terminal, else a plain line every 2 s and at the end.
-struct Progress {
-    bar: Option<ProgressBar>,
-    total: u64,
-    done: u64,
-    skipped: u64,
-    started: Instant,
-    last_line: Instant,
-}
-
-impl Progress {
-    fn new(total: u64) -> Progress {
-        let bar = std::io::stdout().is_terminal().then(|| {
-            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stdout());
-            bar.set_style(
-                ProgressStyle::with_template("{spinner} [{bar:40}] {pos}/{len} images · {per_sec} · ETA {eta} {msg}")
-                    .expect("a valid template")
-                    .progress_chars("=> "),
-            );
-            *BAR.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar.clone());
-            bar
-        });
-        let now = Instant::now();
-        Progress { bar, total, done: 0, skipped: 0, started: now, last_line: now }
-    }
-
-    fn published(&mut self) {
-        self.done += 1;
-        self.show();
-    }
-
-    fn skipped(&mut self) {
-        self.skipped += 1;
-        if let Some(bar) = &self.bar {
-            bar.set_message(format!("({} published before)", self.skipped));
-        }
-    }
-
-    fn rate(&self) -> f64 {
-        self.done as f64 / self.started.elapsed().as_secs_f64().max(0.001)
-    }
-
-    fn line(&self) -> String {
-        let left = self.total.saturating_sub(self.done + self.skipped);
-        let eta = if self.rate() > 0.0 { format!("{:.0} s", left as f64 / self.rate()) } else { "?".into() };
-        format!(
-            "backfill: {} published, {} published before, of {} · {:.1}/s · ETA {eta}",
-            self.done,
-            self.skipped,
-            self.total,
-            self.rate()
-        )
-    }
-
-    fn show(&mut self) {
-        match &self.bar {
-            Some(bar) => bar.set_position(self.done),
-            None if self.last_line.elapsed() >= Duration::from_secs(2) => {
-                println!("{}", self.line());
-                self.last_line = Instant::now();
-            }
-            None => {}
-        }
-    }
-
-    fn finish(&self, outcome: &str) {
-        match &self.bar {
-            Some(bar) => {
-                bar.finish_with_message(outcome.to_owned());
-                *BAR.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                // The finished bar stays; what follows starts on a line of its own.
-                println!();
-            }
-            None => println!("{} · {outcome}", self.line()),
-        }
-    }
-}
-
 /// Runs a backfill; returns the exit code.
 pub async fn run(config: Config, args: BackfillArgs, log: Logger) -> u8 {
     match backfill(&config, &args, &log).await {
@@ -244,7 +130,7 @@ pub async fn run(config: Config, args: BackfillArgs, log: Logger) -> u8 {
 
 async fn backfill(config: &Config, args: &BackfillArgs, log: &Logger) -> Result<u8, String> {
     let stop = Arc::new(AtomicBool::new(false));
-    listen_for_interrupt(stop.clone(), log.clone());
+    stop_on_signal(stop.clone(), log.clone(), "stopping after the event being published");
     let outbox = Outbox::open(&config.data_dir, Owner::Backfill).map_err(|e| e.to_string())?;
     let mut published = Published::open(&config.data_dir, args).map_err(|e| format!("cannot open the backfill state: {e}"))?;
     // An event of this search left pending by an interrupted run: the Publisher sends it first.
@@ -294,7 +180,7 @@ async fn backfill(config: &Config, args: &BackfillArgs, log: &Logger) -> Result<
     info!(log, "backfill planned"; "labels.query" => query, "labels.total_hits" => total, "labels.ranges" => ranges.len(),
         "labels.published_before" => published.len());
 
-    let mut progress = Progress::new(goal);
+    let mut progress = Progress::new(goal, WORDS);
     let mut new_ones: u64 = 0;
     'ranges: for (years, _) in &ranges {
         for page in 1..=(MAX_RESULTS / PAGE_SIZE as u64) {
@@ -332,7 +218,7 @@ async fn backfill(config: &Config, args: &BackfillArgs, log: &Logger) -> Result<
                     break 'ranges;
                 }
                 new_ones += 1;
-                progress.published();
+                progress.done();
             }
             if !results.has_next() || results.items.is_empty() {
                 break;
@@ -343,21 +229,6 @@ async fn backfill(config: &Config, args: &BackfillArgs, log: &Logger) -> Result<
     progress.finish(if interrupted { "interrupted: run the same command again to resume" } else { "done" });
     info!(log, "backfill finished"; "labels.published" => new_ones, "labels.interrupted" => interrupted);
     Ok(if interrupted { EXIT_INTERRUPTED } else { 0 })
-}
-
-/// Sets `stop` on SIGINT or SIGTERM: the event being published is finished first.
-fn listen_for_interrupt(stop: Arc<AtomicBool>, log: Logger) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut int = signal(SignalKind::interrupt()).expect("can listen for SIGINT");
-    let mut term = signal(SignalKind::terminate()).expect("can listen for SIGTERM");
-    actix::spawn(async move {
-        tokio::select! {
-            _ = int.recv() => {},
-            _ = term.recv() => {},
-        }
-        info!(log, "stopping after the event being published");
-        stop.store(true, Ordering::SeqCst);
-    });
 }
 
 #[cfg(test)]

@@ -50,7 +50,7 @@ pub fn stdout_logger(level: Level, environment: &str, format: Option<LogFormat>)
 pub fn backfill_logger(level: Level, environment: &str, format: Option<LogFormat>) -> Logger {
     use std::io::IsTerminal;
     let format = LogFormat::or_for(format, std::io::stderr().is_terminal());
-    logger_in(crate::backfill::AboveTheBar::new(std::io::stderr()), format, level, environment)
+    logger_in(crate::oneshot::AboveTheBar::new(std::io::stderr()), format, level, environment)
 }
 
 /// A logger writing `format` lines to `out`.
