@@ -10,16 +10,14 @@
 //! - Progress: a bar with rate and ETA on a terminal, plain lines otherwise.
 
 use actix::prelude::*;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use slog::{info, Logger};
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::future::Future;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use crate::actors::publisher::{self, Publish, Publisher};
 use crate::backoff::{retry, Backoff};
@@ -29,12 +27,16 @@ use crate::kafka;
 use crate::nasa::{image_items, NasaClient, NasaError, Search, MAX_RESULTS};
 use crate::datadir::Owner;
 use crate::outbox::Outbox;
+use crate::progress::{Progress, Words};
 use crate::supervision::Lifeline;
 
 /// The API's largest page.
 const PAGE_SIZE: u32 = 100;
 /// Years NASA's library covers, when a search without years must be split.
 const FIRST_YEAR: u32 = 1920;
+
+/// How the progress line names a backfill's work.
+const WORDS: Words = Words { command: "backfill", done: "published", skipped: "published before", items: "images" };
 
 const NASA_RETRY: &str = "NASA API request failed, will retry";
 const DISK_RETRY: &str = "cannot write to DATA_DIR, will retry when it is writable";
@@ -113,78 +115,6 @@ where
     Ok(out)
 }
 
-/// Shows progress: a bar on a terminal, else a plain line every 2 s and at the end.
-struct Progress {
-    bar: Option<ProgressBar>,
-    total: u64,
-    done: u64,
-    skipped: u64,
-    started: Instant,
-    last_line: Instant,
-}
-
-impl Progress {
-    fn new(total: u64) -> Progress {
-        let bar = std::io::stdout().is_terminal().then(|| {
-            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stdout());
-            bar.set_style(
-                ProgressStyle::with_template("{spinner} [{bar:40}] {pos}/{len} images · {per_sec} · ETA {eta} {msg}")
-                    .expect("a valid template")
-                    .progress_chars("=> "),
-            );
-            bar
-        });
-        let now = Instant::now();
-        Progress { bar, total, done: 0, skipped: 0, started: now, last_line: now }
-    }
-
-    fn published(&mut self) {
-        self.done += 1;
-        self.show();
-    }
-
-    fn skipped(&mut self) {
-        self.skipped += 1;
-        if let Some(bar) = &self.bar {
-            bar.set_message(format!("({} published before)", self.skipped));
-        }
-    }
-
-    fn rate(&self) -> f64 {
-        self.done as f64 / self.started.elapsed().as_secs_f64().max(0.001)
-    }
-
-    fn line(&self) -> String {
-        let left = self.total.saturating_sub(self.done + self.skipped);
-        let eta = if self.rate() > 0.0 { format!("{:.0} s", left as f64 / self.rate()) } else { "?".into() };
-        format!(
-            "backfill: {} published, {} published before, of {} · {:.1}/s · ETA {eta}",
-            self.done,
-            self.skipped,
-            self.total,
-            self.rate()
-        )
-    }
-
-    fn show(&mut self) {
-        match &self.bar {
-            Some(bar) => bar.set_position(self.done),
-            None if self.last_line.elapsed() >= Duration::from_secs(2) => {
-                println!("{}", self.line());
-                self.last_line = Instant::now();
-            }
-            None => {}
-        }
-    }
-
-    fn finish(&self, outcome: &str) {
-        match &self.bar {
-            Some(bar) => bar.finish_with_message(outcome.to_owned()),
-            None => println!("{} · {outcome}", self.line()),
-        }
-    }
-}
-
 /// Runs a backfill; returns the exit code.
 pub async fn run(config: Config, args: BackfillArgs, log: Logger) -> u8 {
     match backfill(&config, &args, &log).await {
@@ -248,7 +178,7 @@ async fn backfill(config: &Config, args: &BackfillArgs, log: &Logger) -> Result<
     info!(log, "backfill planned"; "labels.query" => query, "labels.total_hits" => total, "labels.ranges" => ranges.len(),
         "labels.published_before" => published.len());
 
-    let mut progress = Progress::new(goal);
+    let mut progress = Progress::new(goal, WORDS);
     let mut new_ones: u64 = 0;
     'ranges: for (years, _) in &ranges {
         for page in 1..=(MAX_RESULTS / PAGE_SIZE as u64) {
@@ -286,7 +216,7 @@ async fn backfill(config: &Config, args: &BackfillArgs, log: &Logger) -> Result<
                     break 'ranges;
                 }
                 new_ones += 1;
-                progress.published();
+                progress.done();
             }
             if !results.has_next() || results.items.is_empty() {
                 break;

@@ -31,6 +31,108 @@ pub enum Command {
     /// Ask the daemon's /healthz on HTTP_ADDR (0.0.0.0 as 127.0.0.1); exit 0 when it answers 200,
     /// else 1 (the container's HEALTHCHECK).
     Healthcheck,
+    /// Look at the dead-letter topic (KAFKA_TOPIC.dlq), and replay dead letters once their cause is fixed.
+    Dlq(DlqArgs),
+}
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct DlqArgs {
+    #[command(subcommand)]
+    pub command: DlqCommand,
+}
+
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum DlqCommand {
+    /// One line per dead letter (time, nasa_id, reason, error, where it came from, whether it was
+    /// replayed), then the count of each reason.
+    List(DlqListArgs),
+    /// Send dead letters back to KAFKA_TOPIC with their key and payload; resumable.
+    Replay(DlqReplayArgs),
+}
+
+/// Which dead letters a `dlq` command looks at.
+#[derive(Args, Debug, Clone, PartialEq, Eq, Default)]
+pub struct DlqFilter {
+    /// Only dead letters with this reason (not_json, host_not_allowed, too_large, ...).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only dead letters written at or after this time: RFC 3339 (2026-11-27T18:00:00Z) or an age
+    /// (90s, 30m, 2h, 7d).
+    #[arg(long, value_parser = parse_since)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct DlqListArgs {
+    #[command(flatten)]
+    pub filter: DlqFilter,
+    /// Show only the last N dead letters (the count of each reason still covers every match).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// One JSON document on stdout instead of lines, for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct DlqReplayArgs {
+    #[command(flatten)]
+    pub filter: DlqFilter,
+    /// Only the dead letters of this nasa_id.
+    #[arg(long)]
+    pub nasa_id: Option<String>,
+    /// Replay at most N dead letters in this run (the next run goes on from there).
+    #[arg(long)]
+    pub max: Option<u64>,
+    /// A dead letter of an event replayed this often already is skipped (and counted): an event
+    /// that keeps failing for the same cause cannot circle forever.
+    #[arg(long, default_value_t = 3)]
+    pub max_replays: u32,
+    /// Publish and commit nothing; print what would be replayed, and why each was dead-lettered.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Read the dead-letter topic from its start, not from where the last replay stopped.
+    #[arg(long)]
+    pub from_start: bool,
+    /// The consumer group whose committed offsets on the dead-letter topic are the replay's
+    /// progress [default: KAFKA_GROUP_ID.dlq-replay].
+    #[arg(long)]
+    pub group: Option<String>,
+}
+
+/// `--since`: an RFC 3339 time, or an age such as 90s, 30m, 2h or 7d (counted back from now).
+pub fn parse_since(raw: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(raw) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let accepted = || format!("{raw:?} is not a time: expected RFC 3339 (2026-11-27T18:00:00Z) or an age such as 90s, 30m, 2h, 7d");
+    let unit = raw.chars().last().ok_or_else(accepted)?;
+    let n: i64 = raw[..raw.len() - unit.len_utf8()].parse().map_err(|_| accepted())?;
+    let age = match unit {
+        's' => chrono::Duration::try_seconds(n),
+        'm' => chrono::Duration::try_minutes(n),
+        'h' => chrono::Duration::try_hours(n),
+        'd' => chrono::Duration::try_days(n),
+        _ => None,
+    };
+    age.filter(|a| *a >= chrono::Duration::zero()).map(|a| chrono::Utc::now() - a).ok_or_else(accepted)
+}
+
+/// The settings a `dlq` command reads; its `--help` lists only these.
+const DLQ_SETTINGS: [&str; 5] = ["kafka_brokers", "kafka_topic", "kafka_group_id", "log_level", "environment"];
+
+/// The command line, with the settings `dlq` does not read hidden from its help.
+pub fn cli_command() -> clap::Command {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    // Global settings are copied into each subcommand that lacks them when the command is built:
+    // hidden copies given to `dlq` first are kept, and passed on to `list` and `replay`.
+    let unused: Vec<clap::Arg> = cmd
+        .get_arguments()
+        .filter(|a| a.is_global_set() && !DLQ_SETTINGS.contains(&a.get_id().as_str()))
+        .map(|a| a.clone().hide(true))
+        .collect();
+    cmd.mut_subcommand("dlq", |dlq| dlq.args(unused))
 }
 
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
@@ -240,8 +342,8 @@ impl Config {
     pub fn from_settings(s: &Settings, command: &Command) -> Result<Config, ConfigError> {
         let mut producer_enabled = parse_bool("PRODUCER_ENABLED", &s.producer_enabled, true)?;
         let mut consumer_enabled = parse_bool("CONSUMER_ENABLED", &s.consumer_enabled, true)?;
-        if matches!(command, Command::Backfill(_)) {
-            // A backfill only publishes.
+        if matches!(command, Command::Backfill(_) | Command::Dlq(_)) {
+            // A backfill and a replay only publish.
             (producer_enabled, consumer_enabled) = (true, false);
         }
         if !producer_enabled && !consumer_enabled {

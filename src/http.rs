@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::db::{self, PgPool};
+use crate::dlq::DlqWatch;
 use crate::kafka::LogContext;
 use crate::metrics::METRICS;
 use crate::outbox::Outbox;
@@ -39,6 +40,10 @@ pub struct AppState {
     pub outbox: Option<Outbox>,
     pub kafka: BaseConsumer<LogContext>,
     pub topic: String,
+    /// The daemon's consumer group (the replay's group is named after it).
+    pub group_id: String,
+    /// What is on the dead-letter topic, read from the topic.
+    pub dead_letters: DlqWatch,
     /// The consumer's membership and stall state (consumer role only).
     pub consumer: Option<ConsumerStatus>,
     /// Set once every actor was started.
@@ -151,12 +156,35 @@ fn status_json(state: &AppState) -> serde_json::Value {
         "pending_event_id": pending_id,
         "consumer_lag": lag,
         "consumer": state.consumer.as_ref().map(|c| c.report()),
+        "dead_letters": dead_letters_json(state),
         "counts": {
             "fetched": METRICS.fetched.get(), "published": METRICS.published.get(), "consumed": METRICS.consumed.get(),
             "stored": METRICS.stored.get(), "duplicates": METRICS.duplicates.get(),
             "dead_lettered": METRICS.dead_lettered_total(),
         },
     })
+}
+
+/// The dead-letter panel: what is on the topic, and the command that replays each reason.
+fn dead_letters_json(state: &AppState) -> serde_json::Value {
+    let panel = state.dead_letters.panel();
+    let replay: serde_json::Map<String, serde_json::Value> =
+        panel.by_reason.keys().map(|reason| (reason.clone(), replay_command(state, reason).into())).collect();
+    let mut v = serde_json::to_value(&panel).expect("the panel serializes");
+    v["replay_commands"] = replay.into();
+    v
+}
+
+/// `nasa-ingest dlq replay --reason R`, with the daemon's topic and group where they are not the defaults.
+fn replay_command(state: &AppState, reason: &str) -> String {
+    let mut cmd = String::from("nasa-ingest dlq replay");
+    if state.topic != "images" {
+        cmd += &format!(" --kafka-topic {}", state.topic);
+    }
+    if state.group_id != "images-writer" {
+        cmd += &format!(" --kafka-group-id {}", state.group_id);
+    }
+    format!("{cmd} --reason {reason}")
 }
 
 async fn status(state: web::Data<AppState>) -> HttpResponse {
@@ -219,6 +247,49 @@ async fn page(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().content_type("text/html; charset=utf-8").body(render_page(&st, images, total))
 }
 
+/// What is on the dead-letter topic: the count of each reason with the command that replays it,
+/// and the last dead letters.
+fn dead_letters_panel(d: &serde_json::Value) -> String {
+    let reasons: String = d["by_reason"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(reason, n)| {
+            let cmd = d["replay_commands"][reason].as_str().unwrap_or("");
+            format!(r#"<li><b>{reason}</b> {n} · <code>{cmd}</code></li>"#, reason = escape(reason), cmd = escape(cmd))
+        })
+        .collect();
+    let last: String = d["last"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| {
+            let replays = b["replay_count"].as_u64().filter(|n| *n > 0).map(|n| format!(" · after {n} replay(s)")).unwrap_or_default();
+            format!(
+                r#"<tr><td>{time}</td><td>{id}</td><td>{reason}</td><td class=muted>{error}{replays}</td></tr>"#,
+                time = escape(b["time"].as_str().unwrap_or("")),
+                id = escape(b["nasa_id"].as_str().unwrap_or("")),
+                reason = escape(b["reason"].as_str().unwrap_or("")),
+                error = escape(b["error"].as_str().unwrap_or("")),
+            )
+        })
+        .collect();
+    let state = match (&d["error"], d["read_to_end"].as_bool()) {
+        (serde_json::Value::String(e), _) => format!("<p class=bad>The dead-letter topic cannot be read: {}</p>", escape(e)),
+        (_, Some(false)) => "<p class=muted>Reading the dead-letter topic…</p>".into(),
+        _ if reasons.is_empty() => "<p class=ok>No dead letters.</p>".into(),
+        _ => String::new(),
+    };
+    let table = if last.is_empty() {
+        String::new()
+    } else {
+        format!("<table class=dlq><tr><th>time</th><th>nasa_id</th><th>reason</th><th>error</th></tr>{last}</table>")
+    };
+    format!(
+        r#"<h2 id=dead-letters>Dead letters</h2>{state}<ul>{reasons}</ul>{table}<p class=muted>On the topic, replayed ones included; <code>nasa-ingest dlq list</code> shows which were replayed. Fix the cause first (README, "Dead letters").</p>"#
+    )
+}
+
 /// The consumer's group membership: member id, partitions held, and a stall if there is one.
 fn consumer_panel(c: &serde_json::Value) -> String {
     if c.is_null() {
@@ -262,6 +333,7 @@ fn render_page(
         })
         .collect();
     let consumer = consumer_panel(&st["consumer"]);
+    let dead_letters = dead_letters_panel(&st["dead_letters"]);
     let c = &st["counts"];
     let lag: i64 = st["consumer_lag"].as_object().map(|m| m.values().filter_map(|v| v.as_i64()).sum()).unwrap_or(0);
     let gallery = match images {
@@ -295,6 +367,7 @@ h1{{margin:0 0 .3rem}} .muted{{color:#9aa4bd;font-size:.85rem}} .ok{{color:#7ee2
 .gallery{{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:1rem}}
 figure{{margin:0;background:#151c33;border-radius:8px;overflow:hidden}} figure img{{width:100%;height:160px;object-fit:cover;display:block;background:#222}}
 figcaption{{padding:.5rem .6rem;font-size:.9rem}}
+table.dlq{{border-collapse:collapse;font-size:.9rem}} table.dlq td,table.dlq th{{text-align:left;padding:.2rem .8rem .2rem 0;vertical-align:top}} code{{color:#cfe3ff}}
 </style></head><body>
 <h1>nasa-ingest</h1>
 <div class=muted>version {version} · roles {roles} · up {uptime} s · <a href="/status" style="color:#9ab">/status</a> · <a href="/metrics" style="color:#9ab">/metrics</a></div>
@@ -303,12 +376,13 @@ figcaption{{padding:.5rem .6rem;font-size:.9rem}}
 <div class=card><b>{published}</b>events published</div>
 <div class=card><b>{consumed}</b>events consumed</div>
 <div class=card><b>{duplicates}</b>duplicates skipped</div>
-<div class=card><b>{dlq}</b>dead letters</div>
+<div class=card><b>{dlq}</b><a href=#dead-letters style=color:inherit>dead letters</a></div>
 <div class=card><b>{pending}</b>pending in outbox</div>
 <div class=card><b>{lag}</b>consumer lag</div>
 </div>
 <h2>Actors</h2><ul>{actors}</ul>
 {consumer}
+{dead_letters}
 <h2>Latest images</h2><div class=gallery>{gallery}</div>
 </body></html>"#,
         version = escape(st["version"].as_str().unwrap_or("")),
@@ -318,7 +392,8 @@ figcaption{{padding:.5rem .6rem;font-size:.9rem}}
         published = c["published"],
         consumed = c["consumed"],
         duplicates = c["duplicates"],
-        dlq = c["dead_lettered"],
+        // The topic's count (every process's, across restarts), once it was read; this process's until then.
+        dlq = st["dead_letters"]["on_topic"].as_u64().filter(|_| st["dead_letters"]["read_to_end"] == true).unwrap_or(c["dead_lettered"].as_u64().unwrap_or(0)),
         pending = st["pending_events"],
     )
 }

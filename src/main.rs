@@ -1,12 +1,12 @@
-use clap::Parser;
+use clap::FromArgMatches;
 use slog::{error, info};
 use std::process::ExitCode;
 
-use nasa_ingest::config::{Cli, Command, Config};
-use nasa_ingest::{actors::supervisor, backfill, db, healthcheck, logging, telemetry};
+use nasa_ingest::config::{self, Cli, Command, Config};
+use nasa_ingest::{actors::supervisor, backfill, db, dlq, healthcheck, logging, telemetry};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&config::cli_command().get_matches()).unwrap_or_else(|e| e.exit());
     let command = cli.command.unwrap_or(Command::Run);
     let config = match Config::from_settings(&cli.settings, &command) {
         Ok(c) => c,
@@ -30,9 +30,9 @@ fn main() -> ExitCode {
             }
         };
     }
-    // A backfill keeps stdout for its progress; its logs go to stderr.
+    // A backfill and the dlq commands keep stdout for their output; their logs go to stderr.
     let root = match command {
-        Command::Backfill(_) => logging::logger(std::io::stderr(), config.log_level, &config.environment),
+        Command::Backfill(_) | Command::Dlq(_) => logging::logger(std::io::stderr(), config.log_level, &config.environment),
         _ => logging::stdout_logger(config.log_level, &config.environment),
     };
     let log = logging::for_component(&root, "main");
@@ -62,6 +62,7 @@ fn main() -> ExitCode {
             let log = logging::for_component(&root, "backfill");
             ExitCode::from(actix::System::new().block_on(backfill::run(config, args, log)))
         }
+        Command::Dlq(args) => ExitCode::from(dlq::run(&config, args, logging::for_component(&root, "dlq"))),
         Command::Healthcheck => unreachable!("answered above"),
     }
 }

@@ -29,6 +29,7 @@ use super::storer::{IsStored, Store, Storer};
 use crate::backoff::Backoff;
 use crate::consumer::{Delivery, Member, MemberSettings};
 use crate::db::{clean_text, NewImage, Stored};
+use crate::dlq;
 use crate::errors::{EventError, Permanent, Transient};
 use crate::event::{self, IncomingEvent};
 use crate::kafka::{base_config, LogContext};
@@ -343,7 +344,7 @@ async fn handle_until_done(delivery: Delivery, p: Pipeline) {
     loop {
         let outcome = AssertUnwindSafe(handle_once(&msg, &p, started)).catch_unwind().await;
         let result = match outcome {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(stored)) => Ok(Finished::from(stored)),
             Ok(Err(EventError::Permanent(e))) => dead_letter(&msg, &e, &p).await,
             Ok(Err(EventError::Transient(Transient::DatabaseRefused(reason)))) => {
                 refusals += 1;
@@ -365,9 +366,12 @@ async fn handle_until_done(delivery: Delivery, p: Pipeline) {
             }
         };
         match result {
-            Ok(()) => {
+            Ok(finished) => {
                 if attempt > 0 {
                     telemetry::incident_recovered(CONSUMER_INCIDENT, "events are handled again", &EventInfo::default());
+                }
+                if dlq::header_text(&msg, dlq::REPLAYED_FROM).is_some() {
+                    METRICS.replays.with_label_values(&[finished.outcome()]).inc();
                 }
                 break;
             }
@@ -393,6 +397,34 @@ async fn handle_until_done(delivery: Delivery, p: Pipeline) {
     METRICS.processing_seconds.observe(started.elapsed().as_secs_f64());
     // Committed by the member's next tick (every 200 ms), together with its neighbours.
     tracker.lock().expect("tracker lock").finish(ticket);
+}
+
+/// How the handling of one event ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Finished {
+    Stored,
+    Duplicate,
+    DeadLettered,
+}
+
+impl From<Stored> for Finished {
+    fn from(s: Stored) -> Finished {
+        match s {
+            Stored::Inserted => Finished::Stored,
+            Stored::Duplicate => Finished::Duplicate,
+        }
+    }
+}
+
+impl Finished {
+    /// The `outcome` label of `nasa_ingest_replays_total`.
+    fn outcome(self) -> &'static str {
+        match self {
+            Finished::Stored => "stored",
+            Finished::Duplicate => "duplicate",
+            Finished::DeadLettered => "dead_lettered",
+        }
+    }
 }
 
 /// Logs a panic caught while handling `msg` (the panic hook logged the panic itself) and
@@ -455,16 +487,23 @@ fn new_row(event: &IncomingEvent, image: super::downloader::Downloaded, msg: &Ow
     }
 }
 
-/// Sends the original message, with why it failed, to the dead-letter topic.
-async fn dead_letter(msg: &OwnedMessage, reason: &Permanent, p: &Pipeline) -> Result<(), Transient> {
+/// Sends the original message, with why it failed, to the dead-letter topic. A replayed event
+/// keeps its `replay_count` and `replayed_from`, so that `dlq replay` can tell how often it came
+/// back already (its loop guard).
+async fn dead_letter(msg: &OwnedMessage, reason: &Permanent, p: &Pipeline) -> Result<Finished, Transient> {
     let (partition, offset) = (msg.partition().to_string(), msg.offset().to_string());
     let error = reason.to_string();
-    let headers = OwnedHeaders::new()
+    let mut headers = OwnedHeaders::new()
         .insert(Header { key: "reason", value: Some(reason.kind()) })
         .insert(Header { key: "error", value: Some(&error) })
         .insert(Header { key: "source_topic", value: Some(msg.topic()) })
         .insert(Header { key: "source_partition", value: Some(&partition) })
         .insert(Header { key: "source_offset", value: Some(&offset) });
+    for key in [dlq::REPLAY_COUNT, dlq::REPLAYED_FROM] {
+        if let Some(value) = dlq::header_text(msg, key) {
+            headers = headers.insert(Header { key, value: Some(&value) });
+        }
+    }
     let payload = msg.payload().unwrap_or_default();
     let mut record = FutureRecord::<[u8], [u8]>::to(&p.dlq_topic).payload(payload).headers(headers);
     if let Some(key) = msg.key() {
@@ -473,8 +512,9 @@ async fn dead_letter(msg: &OwnedMessage, reason: &Permanent, p: &Pipeline) -> Re
     p.dlq.send(record, Duration::ZERO).await.map_err(|(e, _)| Transient::Kafka(format!("dead-letter topic: {e}")))?;
     METRICS.dead_lettered.with_label_values(&[reason.kind()]).inc();
     warn!(p.log, "sent to dead-letter topic"; "error.type" => reason.kind(), "error.message" => error,
-        "labels.topic" => &p.dlq_topic, "labels.partition" => msg.partition(), "labels.offset" => msg.offset());
-    Ok(())
+        "labels.topic" => &p.dlq_topic, "labels.partition" => msg.partition(), "labels.offset" => msg.offset(),
+        "labels.replay_count" => dlq::replay_count_of(msg));
+    Ok(Finished::DeadLettered)
 }
 
 /// Shutdown: stop reading, give in-flight events until `within` runs out (less the time to

@@ -20,6 +20,7 @@ use crate::consumer::MemberSettings;
 use crate::backoff::{self, Backoff};
 use crate::config::Config;
 use crate::db;
+use crate::dlq::DlqWatch;
 use crate::http::{self, AppState, CrashFn, RunningFn};
 use crate::kafka;
 use crate::logging::for_component;
@@ -180,6 +181,8 @@ fn app_state(
         outbox,
         kafka,
         topic: config.kafka_topic.clone(),
+        group_id: config.kafka_group_id.clone(),
+        dead_letters: DlqWatch::default(),
         consumer: config.consumer_enabled.then(ConsumerStatus::default),
         started: AtomicBool::new(false),
         since: std::time::Instant::now(),
@@ -198,6 +201,7 @@ async fn prepare(
     let retry = Backoff::new(config.retry_min_backoff, config.retry_max_backoff, 0.2);
     let topics = [config.kafka_topic.as_str(), config.kafka_dlq_topic.as_str()];
     backoff::retry(log, "Kafka unavailable", retry, &NEVER, || kafka::ensure_topics(&config.kafka_brokers, &topics, log)).await;
+    app.dead_letters.start(config.kafka_brokers.clone(), config.kafka_dlq_topic.clone(), for_component(root, "dlq-watch"));
     let policy = Policy {
         backoff: Backoff::new(config.supervisor_min_backoff, config.supervisor_max_backoff, 0.2),
         stable_after: config.supervisor_restart_window,
