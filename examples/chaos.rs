@@ -324,6 +324,16 @@ fn poison(nasa: &FakeNasa, param: u32, serial: &mut usize) -> Vec<Outgoing> {
     let count = rng.random_range(1..=4);
     (0..count)
         .map(|_| {
+            let kind = rng.random_range(0..7);
+            poison_of_kind(nasa, kind, serial, &mut rng)
+        })
+        .collect()
+}
+
+/// Poison whose image host answers 404 until the run heals it, then replays it (issue 15).
+const POISON_404: u32 = 4;
+
+fn poison_of_kind(nasa: &FakeNasa, kind: u32, serial: &mut usize, rng: &mut StdRng) -> Outgoing {
             *serial += 1;
             let n = *serial;
             let with = |id: &str, url: String| {
@@ -331,7 +341,7 @@ fn poison(nasa: &FakeNasa, param: u32, serial: &mut usize) -> Vec<Outgoing> {
                 v["image_url"] = url.into();
                 v.to_string()
             };
-            let (reason, payload) = match rng.random_range(0..7) {
+            let (reason, payload) = match kind {
                 0 => ("not_json", format!("this is not json {n}")),
                 1 => (
                     "missing_field",
@@ -351,8 +361,6 @@ fn poison(nasa: &FakeNasa, param: u32, serial: &mut usize) -> Vec<Outgoing> {
                 _ => ("too_large", with(&format!("poison-huge-{n}"), format!("{}/image/poison-huge-{n}/poison-huge-{n}~huge.jpg", nasa.url))),
             };
             Outgoing { key: format!("poison-{reason}-{n}"), payload: payload.into_bytes(), expect_dlq: Some(reason) }
-        })
-        .collect()
 }
 
 // ---------------------------------------------------------------- the observer (progress over time)
@@ -1258,6 +1266,11 @@ fn main() {
 
     // ---- the schedule
     w.say(format!("started: broker(s) at {}, Postgres through 127.0.0.1:{}, NASA at {}", broker.addr, w.proxy.port, w.nasa.url));
+    // Two dead letters the end of the run can fix and replay, whatever the schedule draws.
+    for _ in 0..2 {
+        let m = poison_of_kind(&w.nasa, POISON_404, &mut w.poison_serial, &mut StdRng::seed_from_u64(a.seed));
+        let _ = w.feed.send(FeedCmd::Send(m));
+    }
     let mut next = 0;
     let end = Duration::from_secs_f64(a.minutes * 60.0);
     while w.start.elapsed() < end || next < plan.len() && plan[next].at < end {
@@ -1333,6 +1346,28 @@ fn main() {
     }
     let _ = probe_producer.flush(Duration::from_secs(30));
     let idle_after_probe = idle(&mut w, "after the probe batch", Duration::from_secs(120));
+    // ---- the replay after healing (issue 15): the image host serves the images it refused with
+    // 404 again, as a host that came back would, and the dead letters of that reason are replayed.
+    w.nasa.state.image_status.lock().unwrap().remove("poison-404-");
+    let replay_settings = nasa_ingest::dlq::ReplaySettings {
+        brokers: broker.addr.clone(),
+        topic: broker.topic.clone(),
+        dlq_topic: broker.dlq.clone(),
+        group: nasa_ingest::dlq::default_replay_group(&group),
+        filter: nasa_ingest::config::DlqFilter { reason: Some("image_http_4xx".into()), since: None },
+        nasa_id: None,
+        max: None,
+        max_replays: 3,
+        dry_run: false,
+        from_start: false,
+        show_progress: false,
+    };
+    let quiet = slog::Logger::root(slog::Discard, slog::o!());
+    let replayed = nasa_ingest::dlq::replay(&replay_settings, &AtomicBool::new(false), &quiet);
+    w.say(format!("replayed the image_http_4xx dead letters: {replayed:?}"));
+    let idle_after_replay = idle(&mut w, "after the replay", Duration::from_secs(120));
+    let replayed_again = nasa_ingest::dlq::replay(&replay_settings, &AtomicBool::new(false), &quiet);
+    w.say(format!("the same replay again: {replayed_again:?}"));
     observing.store(true, Ordering::SeqCst);
     let _ = observer_thread.join();
 
@@ -1383,7 +1418,9 @@ fn main() {
             .ok()
             .and_then(|v| v["nasa_id"].as_str().map(str::to_owned));
         let here = dead.get(&(r.partition, r.offset));
-        match expect_dlq.get(key.as_str()) {
+        // A replayed event's cause was fixed: it must end as a row like a good one.
+        let replay = !header(r, "replay_count").is_empty();
+        match expect_dlq.get(key.as_str()).filter(|_| !replay) {
             Some(reason) => {
                 poisoned += 1;
                 match here {
@@ -1594,6 +1631,37 @@ fn main() {
     }
     checks.push(c7);
 
+    // 8. the replay after healing
+    let mut c8 = Check { name: "8 the dead letters replayed after their cause was fixed are rows; a second replay replays nothing", failures: vec![] };
+    let to_replay: HashSet<String> = dlq_msgs
+        .iter()
+        .filter(|d| header(d, "reason") == "image_http_4xx")
+        .filter_map(|d| serde_json::from_slice::<serde_json::Value>(&d.payload).ok())
+        .filter_map(|v| v["nasa_id"].as_str().map(str::to_owned))
+        .collect();
+    match (&replayed, &replayed_again) {
+        (Ok(first), Ok(again)) => {
+            if first.replayed + first.replayed_before < to_replay.len() as u64 {
+                c8.failures.push(format!("{} image_http_4xx dead letters, the replay sent {first:?}", to_replay.len()));
+            }
+            if again.replayed != 0 {
+                c8.failures.push(format!("the second replay sent {} again", again.replayed));
+            }
+        }
+        (first, again) => c8.failures.push(format!("replay failed: {first:?} / {again:?}")),
+    }
+    if to_replay.is_empty() {
+        c8.failures.push("no image_http_4xx dead letter to replay (two are sent at the start)".into());
+    }
+    for id in to_replay.iter().filter(|id| !stored.contains_key(id.as_str())) {
+        c8.failures.push(format!("{id} was replayed and is not stored"));
+        c8.failures.extend(evidence(&w.slots, std::slice::from_ref(id), 8));
+    }
+    if idle_after_replay.is_none() {
+        c8.failures.push("the replayed events were not consumed within 2 min".into());
+    }
+    checks.push(c8);
+
     // ---- the report
     let samples = samples.lock().unwrap().clone();
     let progress: Vec<String> = samples
@@ -1675,6 +1743,9 @@ fn main() {
     ));
     let backfill_sent = w.backfills.iter().flat_map(|b| b.lines.lock().unwrap().clone()).filter(|l| l.contains(r#""message":"sent""#)).count();
     report.push(format!("backfill runs beside the daemons: {} ({backfill_sent} events sent)", w.backfills.len()));
+    if let Ok(r) = &replayed {
+        report.push(format!("replayed after healing (image_http_4xx, the image host back): {} dead letters", r.replayed));
+    }
     report.push(format!("stored: {} rows ({} distinct nasa_ids)", rows.len(), stored.len()));
     report.push(format!(
         "dead-lettered: {} ({})",

@@ -28,7 +28,7 @@ use crate::logging::for_component;
 use crate::nasa::NasaClient;
 use crate::datadir::Owner;
 use crate::outbox::Outbox;
-use crate::supervision::{ChildSpec, Crash, Lifeline, Outcome, Policy, RestartCounts, RestartType, Slot, Supervisor};
+use crate::supervision::{ChildSpec, Crash, Lifeline, Outcome, Policy, Restart, RestartCounts, RestartHook, RestartType, Slot, Supervisor};
 
 /// In-flight events get this long to finish at shutdown (the whole exit stays under 10 s).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(6);
@@ -143,7 +143,7 @@ pub async fn run(config: Config, root: Logger) -> u8 {
     };
     let slots = Slots::new();
     let restarts = RestartCounts::default();
-    let mut supervisor = Supervisor::new(log.clone(), restarts.clone());
+    let mut supervisor = Supervisor::new(log.clone(), restart_hook(restarts.clone()));
     DEPENDENCIES.expect(&dependencies(&config));
     let pool = config
         .database_url
@@ -181,6 +181,14 @@ pub async fn run(config: Config, root: Logger) -> u8 {
         Outcome::Shutdown => 0,
         Outcome::LimitPassed { .. } => EXIT_RESTART_LIMIT,
     }
+}
+
+/// Each restart counts in `/metrics` and on the status page.
+fn restart_hook(restarts: RestartCounts) -> RestartHook {
+    Box::new(move |r: &Restart<'_>| {
+        restarts.record(r.actor, r.reason);
+        crate::metrics::METRICS.restarts.with_label_values(&[r.actor]).inc();
+    })
 }
 
 /// Waits for Kafka and Postgres, then registers the children of the enabled roles.

@@ -100,6 +100,18 @@ impl Transient {
     }
 }
 
+impl From<crate::supervision::ActorDown> for Transient {
+    fn from(e: crate::supervision::ActorDown) -> Self {
+        Transient::ActorDown(e.0)
+    }
+}
+
+impl From<crate::supervision::ActorDown> for EventError {
+    fn from(e: crate::supervision::ActorDown) -> Self {
+        Transient::from(e).into()
+    }
+}
+
 /// Either kind of failure of one event.
 #[derive(Debug, Error)]
 pub enum EventError {

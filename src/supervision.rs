@@ -8,6 +8,13 @@
 //!   sent while the actor is down waits for the restart instead of being dropped.
 //! - Past `max_restarts` within `window`, [`Supervisor::run`] returns [`Outcome::LimitPassed`] and
 //!   the caller shuts everything down in order and exits non-zero.
+//! - Every restart is logged and handed to a hook the caller gives ([`Supervisor::new`]), for its
+//!   metrics and status page. Panic messages come from a panic hook: [`install_panic_hook`], or
+//!   the caller's own hook calling [`record_panic`]; without one a panic is still told apart from
+//!   a stop, only without its message.
+//!
+//! This module knows nothing of the application around it (its imports are actix, slog, tokio and
+//! `backoff`), so it can be lifted into another project as it is.
 
 use actix::prelude::*;
 use slog::{error, info, warn, Logger};
@@ -18,7 +25,27 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use crate::backoff::Backoff;
-use crate::errors::Transient;
+
+/// A message could not reach an actor: it was down longer than [`SLOT_WAIT`], or it died with the
+/// message in its mailbox. Worth retrying: the supervisor restarts it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("actor {0} is not running; retrying until it is restarted")]
+pub struct ActorDown(pub &'static str);
+
+/// One restart, as handed to the restart hook.
+#[derive(Debug)]
+pub struct Restart<'a> {
+    pub actor: &'static str,
+    /// Why it stopped: the panic message, the declared failure, or a normal stop.
+    pub reason: &'a str,
+    /// `panic`, `failure` or `stopped`.
+    pub kind: &'static str,
+    /// How long until it starts again.
+    pub backoff: Duration,
+}
+
+/// Called on every restart (for metrics, a status page).
+pub type RestartHook = Box<dyn FnMut(&Restart<'_>)>;
 
 /// When a child is restarted (Erlang's terms).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +104,23 @@ thread_local! {
 /// the panic from here to tell it apart from a normal stop.
 pub fn record_panic(message: String) {
     UNREPORTED_PANIC.with(|p| *p.borrow_mut() = Some(message));
+}
+
+/// Records each panic's message for the lifeline of the actor it kills, then runs the hook that
+/// was installed before. For programs without a panic hook of their own that calls [`record_panic`].
+pub fn install_panic_hook() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into());
+        let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        record_panic(format!("{message}{location}"));
+        previous(info);
+    }));
 }
 
 /// For code that caught a panic itself (`catch_unwind`): no actor died of it.
@@ -162,8 +206,8 @@ impl<A: Actor<Context = Context<A>>> Slot<A> {
     }
 
     /// Sends `msg`, waiting up to [`SLOT_WAIT`] for the actor to be (re)started. An actor that
-    /// dies with the message in its mailbox is reported as [`Transient::ActorDown`]: retry it.
-    pub async fn send<M>(&self, msg: M) -> Result<M::Result, Transient>
+    /// dies with the message in its mailbox is reported as [`ActorDown`]: retry it.
+    pub async fn send<M>(&self, msg: M) -> Result<M::Result, ActorDown>
     where
         A: Handler<M>,
         A::Context: actix::dev::ToEnvelope<A, M>,
@@ -174,9 +218,9 @@ impl<A: Actor<Context = Context<A>>> Slot<A> {
         let ready = tokio::time::timeout(SLOT_WAIT, rx.wait_for(|a| a.as_ref().is_some_and(|a| a.connected())));
         let addr = match ready.await {
             Ok(Ok(guard)) => guard.clone().expect("checked by wait_for"),
-            _ => return Err(Transient::ActorDown(self.name)),
+            _ => return Err(ActorDown(self.name)),
         };
-        addr.send(msg).await.map_err(|_| Transient::ActorDown(self.name))
+        addr.send(msg).await.map_err(|_| ActorDown(self.name))
     }
 }
 
@@ -196,6 +240,7 @@ struct Child {
     started_at: Instant,
     consecutive: u32,
     recent: VecDeque<Instant>,
+    restarts: u64,
 }
 
 /// How many restart times of one actor the status page shows.
@@ -245,19 +290,20 @@ pub struct Supervisor {
     children: Vec<Child>,
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
-    counts: RestartCounts,
+    on_restart: RestartHook,
     log: Logger,
 }
 
 impl Supervisor {
-    pub fn new(log: Logger, counts: RestartCounts) -> Supervisor {
+    /// `on_restart` hears of every restart, after it is logged.
+    pub fn new(log: Logger, on_restart: RestartHook) -> Supervisor {
         let (events_tx, events) = mpsc::unbounded_channel();
-        Supervisor { children: Vec::new(), events_tx, events, counts, log }
+        Supervisor { children: Vec::new(), events_tx, events, on_restart, log }
     }
 
     pub fn add(&mut self, spec: ChildSpec) {
         let now = Instant::now();
-        self.children.push(Child { spec, generation: 0, started_at: now, consecutive: 0, recent: VecDeque::new() });
+        self.children.push(Child { spec, generation: 0, started_at: now, consecutive: 0, recent: VecDeque::new(), restarts: 0 });
     }
 
     /// Starts every child in order, then supervises until `shutdown` or a passed limit.
@@ -340,10 +386,11 @@ impl Supervisor {
         }
         let delay = policy.backoff.delay(child.consecutive);
         child.consecutive += 1;
-        let count = self.counts.record(name, &exit.reason());
-        crate::metrics::METRICS.restarts.with_label_values(&[name]).inc();
-        warn!(log, "actor restarting"; "labels.actor" => name, "labels.restart_count" => count,
-            "labels.backoff_ms" => delay.as_millis() as u64, "error.type" => exit.kind(), "error.message" => exit.reason());
+        child.restarts += 1;
+        let reason = exit.reason();
+        warn!(log, "actor restarting"; "labels.actor" => name, "labels.restart_count" => child.restarts,
+            "labels.backoff_ms" => delay.as_millis() as u64, "error.type" => exit.kind(), "error.message" => &reason);
+        (self.on_restart)(&Restart { actor: name, reason: &reason, kind: exit.kind(), backoff: delay });
         let events = self.events_tx.clone();
         actix::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -437,17 +484,16 @@ mod tests {
 
     #[test]
     fn a_panicking_actor_is_restarted_after_its_backoff_and_messages_wait_for_it() {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            record_panic(info.payload().downcast_ref::<&str>().map(|s| s.to_string()).unwrap_or_default());
-            previous(info);
-        }));
+        install_panic_hook();
         let sys = actix::System::new();
         sys.block_on(async {
             let slot = Slot::<Worker>::new("worker");
             let starts = Arc::new(AtomicU32::new(0));
             let counts = RestartCounts::default();
-            let mut sup = Supervisor::new(log(), counts.clone());
+            let hooked = counts.clone();
+            let mut sup = Supervisor::new(log(), Box::new(move |r| {
+                hooked.record(r.actor, r.reason);
+            }));
             sup.add(spec(&slot, starts.clone(), RestartType::Permanent, 5));
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
             let probe = slot.clone();
@@ -476,7 +522,7 @@ mod tests {
         sys.block_on(async {
             let slot = Slot::<Worker>::new("worker");
             let starts = Arc::new(AtomicU32::new(0));
-            let mut sup = Supervisor::new(log(), RestartCounts::default());
+            let mut sup = Supervisor::new(log(), Box::new(|_| {}));
             sup.add(spec(&slot, starts.clone(), RestartType::Permanent, 2));
             let probe = slot.clone();
             actix::spawn(async move {
@@ -496,7 +542,7 @@ mod tests {
         sys.block_on(async {
             let slot = Slot::<Worker>::new("worker");
             let starts = Arc::new(AtomicU32::new(0));
-            let mut sup = Supervisor::new(log(), RestartCounts::default());
+            let mut sup = Supervisor::new(log(), Box::new(|_| {}));
             sup.add(spec(&slot, starts.clone(), RestartType::Transient, 5));
             let probe = slot.clone();
             actix::spawn(async move {

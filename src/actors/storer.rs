@@ -89,36 +89,49 @@ impl Storer {
     }
 
     fn write_rows(&mut self) {
-        let batch = self.rows.take();
-        if batch.is_empty() {
-            return;
-        }
         let pool = self.pool.clone();
-        // Spawned apart from the actor: a batch in flight still gets its answers if the actor restarts.
-        actix::spawn(async move {
-            let (rows, senders): (Vec<NewImage>, Vec<_>) = batch.into_iter().unzip();
-            METRICS.store_batch_rows.observe(rows.len() as f64);
-            let answers = blocking(move || write_batch(&pool, rows)).await;
-            answer_each(senders, answers, |e| Err(EventError::from(Transient::Database(e.clone()))));
-        });
+        flush(
+            self.rows.take(),
+            move |rows| {
+                METRICS.store_batch_rows.observe(rows.len() as f64);
+                write_batch(&pool, rows)
+            },
+            |e| Err(EventError::from(Transient::Database(e.clone()))),
+        );
     }
 
     fn run_checks(&mut self) {
-        let batch = self.checks.take();
-        if batch.is_empty() {
-            return;
-        }
         let pool = self.pool.clone();
-        actix::spawn(async move {
-            let (ids, senders): (Vec<String>, Vec<_>) = batch.into_iter().unzip();
-            let answers = blocking(move || {
+        flush(
+            self.checks.take(),
+            move |ids| {
                 let stored = db::stored_among(&pool, &ids)?;
                 Ok(ids.iter().map(|id| Ok(stored.contains(id))).collect())
-            })
-            .await;
-            answer_each(senders, answers, |e| Err(Transient::Database(e.clone())));
-        });
+            },
+            |e| Err(Transient::Database(e.clone())),
+        );
     }
+}
+
+/// Writes a taken batch on the blocking pool and answers each sender; `failed` is every sender's
+/// answer when the whole batch failed. Spawned apart from the actor: a batch in flight still gets
+/// its answers if the actor restarts meanwhile.
+fn flush<T, R>(
+    batch: Vec<(T, oneshot::Sender<R>)>,
+    write: impl FnOnce(Vec<T>) -> Result<Vec<R>, Transient> + Send + 'static,
+    failed: impl Fn(&String) -> R + 'static,
+) where
+    T: Send + 'static,
+    R: Send + 'static,
+{
+    if batch.is_empty() {
+        return;
+    }
+    actix::spawn(async move {
+        let (items, senders): (Vec<T>, Vec<_>) = batch.into_iter().unzip();
+        let answers = blocking(move || write(items)).await;
+        answer_each(senders, answers, failed);
+    });
 }
 
 /// Runs a blocking database call off the actor thread.
