@@ -119,12 +119,7 @@ async fn nginx_alone(addr: &str, count: usize, concurrency: usize) -> f64 {
 
 fn rss_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    status.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 /// Rows per second of binary COPY into a fresh `images` table, batches of 50, one connection.
@@ -230,8 +225,7 @@ async fn main() {
     let elapsed = started.elapsed().as_secs_f64();
     let finished = chrono::Utc::now();
     peak = peak.max(rss_kib(daemon.pid(), "VmHWM:"));
-    let mut latencies: Vec<u64> =
-        daemon.logs_with("saved to DB").iter().filter_map(|l| l["labels.latency_ms"].as_u64()).collect();
+    let mut latencies: Vec<u64> = daemon.logs_with("saved to DB").iter().filter_map(|l| l["labels.latency_ms"].as_u64()).collect();
     latencies.sort_unstable();
     let rows = db.rows_count();
     assert_eq!(rows, a.count, "every image stored once");
@@ -252,7 +246,12 @@ async fn main() {
         rate * a.size as f64 / 1e6,
         a.count as f64 / elapsed
     );
-    println!("latency_ms p50={} p99={} (read from Kafka -> row committed; {} events)", percentile(&latencies, 0.5), percentile(&latencies, 0.99), latencies.len());
+    println!(
+        "latency_ms p50={} p99={} (read from Kafka -> row committed; {} events)",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.len()
+    );
     println!("rss_kib idle={idle_rss} peak={peak}");
     println!("postgres_copy_rows_per_s={copy:.0} ratio={:.2}", rate / copy);
     println!("nginx_alone_images_per_s={server_rate:.0} (same concurrency; the server is not the bottleneck when this is well above images_per_s)");

@@ -334,33 +334,36 @@ fn poison(nasa: &FakeNasa, param: u32, serial: &mut usize) -> Vec<Outgoing> {
 const POISON_404: u32 = 4;
 
 fn poison_of_kind(nasa: &FakeNasa, kind: u32, serial: &mut usize, rng: &mut StdRng) -> Outgoing {
-            *serial += 1;
-            let n = *serial;
-            let with = |id: &str, url: String| {
-                let mut v: serde_json::Value = serde_json::from_str(&good_event(&nasa.url, id)).unwrap();
-                v["image_url"] = url.into();
-                v.to_string()
-            };
-            let (reason, payload) = match kind {
-                0 => ("not_json", format!("this is not json {n}")),
-                1 => (
-                    "missing_field",
-                    serde_json::json!({"event_type": "image_discovered", "event_id": uuid::Uuid::new_v4(), "nasa_id": format!("poison-mf-{n}")})
-                        .to_string(),
-                ),
-                2 => ("host_not_allowed", with(&format!("poison-host-{n}"), format!("http://localhost:{}/image/x{n}/x{n}~orig.jpg", nasa.addr.port()))),
-                3 => {
-                    let long: String = (0..10_000).map(|_| rng.sample(rand::distr::Alphanumeric) as char).collect();
-                    let mut v: serde_json::Value = serde_json::from_str(&good_event(&nasa.url, "x")).unwrap();
-                    v["nasa_id"] = long.clone().into();
-                    v["image_url"] = format!("{}/image/poison-long-{n}/poison-long-{n}~medium.jpg", nasa.url).into();
-                    ("db_rejected", v.to_string())
-                }
-                4 => ("image_http_4xx", with(&format!("poison-404-{n}"), format!("{}/image/poison-404-{n}/poison-404-{n}~orig.jpg", nasa.url))),
-                5 => ("not_an_image", with(&format!("poison-html-{n}"), format!("{}/image/poison-html-{n}/page.html", nasa.url))),
-                _ => ("too_large", with(&format!("poison-huge-{n}"), format!("{}/image/poison-huge-{n}/poison-huge-{n}~huge.jpg", nasa.url))),
-            };
-            Outgoing { key: format!("poison-{reason}-{n}"), payload: payload.into_bytes(), expect_dlq: Some(reason) }
+    *serial += 1;
+    let n = *serial;
+    let with = |id: &str, url: String| {
+        let mut v: serde_json::Value = serde_json::from_str(&good_event(&nasa.url, id)).unwrap();
+        v["image_url"] = url.into();
+        v.to_string()
+    };
+    let (reason, payload) = match kind {
+        0 => ("not_json", format!("this is not json {n}")),
+        1 => (
+            "missing_field",
+            serde_json::json!({"event_type": "image_discovered", "event_id": uuid::Uuid::new_v4(), "nasa_id": format!("poison-mf-{n}")})
+                .to_string(),
+        ),
+        2 => (
+            "host_not_allowed",
+            with(&format!("poison-host-{n}"), format!("http://localhost:{}/image/x{n}/x{n}~orig.jpg", nasa.addr.port())),
+        ),
+        3 => {
+            let long: String = (0..10_000).map(|_| rng.sample(rand::distr::Alphanumeric) as char).collect();
+            let mut v: serde_json::Value = serde_json::from_str(&good_event(&nasa.url, "x")).unwrap();
+            v["nasa_id"] = long.clone().into();
+            v["image_url"] = format!("{}/image/poison-long-{n}/poison-long-{n}~medium.jpg", nasa.url).into();
+            ("db_rejected", v.to_string())
+        }
+        4 => ("image_http_4xx", with(&format!("poison-404-{n}"), format!("{}/image/poison-404-{n}/poison-404-{n}~orig.jpg", nasa.url))),
+        5 => ("not_an_image", with(&format!("poison-html-{n}"), format!("{}/image/poison-html-{n}/page.html", nasa.url))),
+        _ => ("too_large", with(&format!("poison-huge-{n}"), format!("{}/image/poison-huge-{n}/poison-huge-{n}~huge.jpg", nasa.url))),
+    };
+    Outgoing { key: format!("poison-{reason}-{n}"), payload: payload.into_bytes(), expect_dlq: Some(reason) }
 }
 
 // ---------------------------------------------------------------- the observer (progress over time)
@@ -408,7 +411,14 @@ fn positions_or_error(client: &BaseConsumer, topic: &str, partitions: i32) -> Re
 
 /// Samples the group's progress every 500 ms. Its client is replaced after 30 s without an
 /// answer (said in the journal, with the error): the run must measure, whatever the client does.
-fn observer(addr: String, topic: String, group: String, samples: Arc<Mutex<Vec<Sample>>>, stop: Arc<AtomicBool>, notes: Arc<Mutex<Vec<String>>>) {
+fn observer(
+    addr: String,
+    topic: String,
+    group: String,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    stop: Arc<AtomicBool>,
+    notes: Arc<Mutex<Vec<String>>>,
+) {
     let mut client = offsets_client(&addr, &group);
     let mut failing_since: Option<Instant> = None;
     while !stop.load(Ordering::SeqCst) {
@@ -531,7 +541,8 @@ impl Slot {
         };
         if !expected {
             let tail = lines[lines.len().saturating_sub(25)..].to_vec();
-            self.unexpected_exits.push((format!("process {} exited with {status} (signal sent: {:?})", self.processes, self.signalled), tail));
+            self.unexpected_exits
+                .push((format!("process {} exited with {status} (signal sent: {:?})", self.processes, self.signalled), tail));
         }
         self.past.push(format!("---- {} process {} exited: {status}", self.name, self.processes));
         self.past.extend(lines);
@@ -914,7 +925,8 @@ impl World {
                     if states[i] == NodeState::Down {
                         self.broker.restart_node(i);
                         self.nodes.lock().unwrap()[i] = NodeState::Starting;
-                        let (addr, state, notes) = (self.broker.addr.split(',').nth(i).unwrap_or_default().to_owned(), self.nodes.clone(), self.notes.clone());
+                        let (addr, state, notes) =
+                            (self.broker.addr.split(',').nth(i).unwrap_or_default().to_owned(), self.nodes.clone(), self.notes.clone());
                         self.threads.push(std::thread::spawn(move || wait_for_node(i, &addr, &state, &notes)));
                     }
                 }
@@ -1028,11 +1040,8 @@ fn remount(dir: &std::path::Path, mode: &str) -> Result<(), String> {
     // A file open for writing makes the remount busy for an instant: try a few times.
     let mut last = String::new();
     for _ in 0..20 {
-        let out = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,{mode}")])
-            .arg(dir)
-            .output()
-            .map_err(|e| e.to_string())?;
+        let out =
+            std::process::Command::new("mount").args(["-o", &format!("remount,{mode}")]).arg(dir).output().map_err(|e| e.to_string())?;
         if out.status.success() {
             return Ok(());
         }
@@ -1077,7 +1086,10 @@ fn wait_for_node(i: usize, addr: &str, state: &Mutex<Vec<NodeState>>, notes: &Mu
     while started.elapsed() < Duration::from_secs(120) {
         if client.fetch_metadata(None, Duration::from_millis(500)).is_ok() {
             state.lock().unwrap()[i] = NodeState::Up(Instant::now());
-            notes.lock().unwrap().push(format!("broker node {i} answers again, {:.1} s after its restart", started.elapsed().as_secs_f64()));
+            notes
+                .lock()
+                .unwrap()
+                .push(format!("broker node {i} answers again, {:.1} s after its restart", started.elapsed().as_secs_f64()));
             return;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -1125,11 +1137,8 @@ struct Check {
 fn evidence(slots: &[Slot], needles: &[String], max: usize) -> Vec<String> {
     let mut out = Vec::new();
     for s in slots {
-        let lines: Vec<String> = s
-            .all_lines()
-            .into_iter()
-            .filter(|l| needles.iter().any(|n| !n.is_empty() && l.contains(n.as_str())))
-            .collect();
+        let lines: Vec<String> =
+            s.all_lines().into_iter().filter(|l| needles.iter().any(|n| !n.is_empty() && l.contains(n.as_str()))).collect();
         for l in &lines[lines.len().saturating_sub(max)..] {
             out.push(format!("      {}: {}", s.name, truncate(l, 400)));
         }
@@ -1167,7 +1176,15 @@ fn main() {
     std::fs::create_dir_all(&run_dir).unwrap();
     let mut plan_file = std::fs::File::create(run_dir.join("schedule.txt")).unwrap();
     for f in &plan {
-        let _ = writeln!(plan_file, "{:>7.1}s {:<30} target {:>10} pause {:>5.1}s param {}", f.at.as_secs_f64(), f.kind.name(), f.target, f.pause.as_secs_f64(), f.param);
+        let _ = writeln!(
+            plan_file,
+            "{:>7.1}s {:<30} target {:>10} pause {:>5.1}s param {}",
+            f.at.as_secs_f64(),
+            f.kind.name(),
+            f.target,
+            f.pause.as_secs_f64(),
+            f.param
+        );
     }
     eprintln!("chaos: {} faults planned; schedule, journal and daemon logs in {}", plan.len(), run_dir.display());
 
@@ -1375,7 +1392,8 @@ fn main() {
     let (committed, ends) = positions(&offsets, &broker.topic, PARTITIONS).unwrap_or_default();
     let total: i64 = ends.iter().sum();
     let topic_msgs = broker.read_all(&broker.topic, total as usize, Duration::from_secs(120));
-    let dlq_ends: i64 = (0..DLQ_PARTITIONS).map(|p| offsets.fetch_watermarks(&broker.dlq, p, Duration::from_secs(5)).map(|w| w.1).unwrap_or(0)).sum();
+    let dlq_ends: i64 =
+        (0..DLQ_PARTITIONS).map(|p| offsets.fetch_watermarks(&broker.dlq, p, Duration::from_secs(5)).map(|w| w.1).unwrap_or(0)).sum();
     let dlq_msgs = broker.read_all(&broker.dlq, dlq_ends as usize, Duration::from_secs(60));
     let rows: Vec<RowCheck> = diesel::sql_query(
         "SELECT nasa_id, sha256, encode(sha256(image_bytes), 'hex') AS actual, byte_size, length(image_bytes)::bigint AS length FROM images",
@@ -1400,8 +1418,7 @@ fn main() {
     for r in &rows {
         *stored.entry(r.nasa_id.as_str()).or_default() += 1;
     }
-    let expect_dlq: HashMap<&str, &'static str> =
-        feed.msgs.iter().filter_map(|m| m.expect_dlq.map(|r| (m.key.as_str(), r))).collect();
+    let expect_dlq: HashMap<&str, &'static str> = feed.msgs.iter().filter_map(|m| m.expect_dlq.map(|r| (m.key.as_str(), r))).collect();
 
     let mut checks = Vec::new();
 
@@ -1414,9 +1431,7 @@ fn main() {
     let (mut good, mut poisoned) = (0usize, 0usize);
     for r in &topic_msgs {
         let key = r.key.clone().unwrap_or_default();
-        let nasa_id = serde_json::from_slice::<serde_json::Value>(&r.payload)
-            .ok()
-            .and_then(|v| v["nasa_id"].as_str().map(str::to_owned));
+        let nasa_id = serde_json::from_slice::<serde_json::Value>(&r.payload).ok().and_then(|v| v["nasa_id"].as_str().map(str::to_owned));
         let here = dead.get(&(r.partition, r.offset));
         // A replayed event's cause was fixed: it must end as a row like a good one.
         let replay = !header(r, "replay_count").is_empty();
@@ -1424,7 +1439,10 @@ fn main() {
             Some(reason) => {
                 poisoned += 1;
                 match here {
-                    None => c1.failures.push(format!("poison {key} at partition {} offset {} (expected {reason}) is not in the dead-letter topic", r.partition, r.offset)),
+                    None => c1.failures.push(format!(
+                        "poison {key} at partition {} offset {} (expected {reason}) is not in the dead-letter topic",
+                        r.partition, r.offset
+                    )),
                     Some(d) if d.iter().all(|d| header(d, "reason") != *reason) => c1.failures.push(format!(
                         "poison {key} at partition {} offset {} dead-lettered as {:?}, expected {reason}",
                         r.partition,
@@ -1446,7 +1464,12 @@ fn main() {
                     ));
                 } else if !nasa_id.as_deref().is_some_and(|id| stored.contains_key(id)) {
                     lost.push((nasa_id.clone().unwrap_or_default(), r.partition, r.offset));
-                    c1.failures.push(format!("lost: {} at partition {} offset {}: no row, no dead letter", nasa_id.unwrap_or_default(), r.partition, r.offset));
+                    c1.failures.push(format!(
+                        "lost: {} at partition {} offset {}: no row, no dead letter",
+                        nasa_id.unwrap_or_default(),
+                        r.partition,
+                        r.offset
+                    ));
                 }
             }
         }
@@ -1467,13 +1490,19 @@ fn main() {
     }
     for r in &rows {
         if r.sha256 != r.actual || r.byte_size != r.length {
-            c2.failures.push(format!("{}: sha256 {} but the bytes hash to {} ({} of {} bytes)", r.nasa_id, r.sha256, r.actual, r.length, r.byte_size));
+            c2.failures.push(format!(
+                "{}: sha256 {} but the bytes hash to {} ({} of {} bytes)",
+                r.nasa_id, r.sha256, r.actual, r.length, r.byte_size
+            ));
         }
     }
     checks.push(c2);
 
     // 3. every event logged as sent or pending, and every acknowledged feeder message, is on the topic
-    let mut c3 = Check { name: "3 every event a daemon logged as sent or pending (and every acknowledged message) is on the topic", failures: vec![] };
+    let mut c3 = Check {
+        name: "3 every event a daemon logged as sent or pending (and every acknowledged message) is on the topic",
+        failures: vec![],
+    };
     let topic_event_ids: HashSet<String> = topic_msgs
         .iter()
         .filter_map(|r| serde_json::from_slice::<serde_json::Value>(&r.payload).ok())
@@ -1497,7 +1526,11 @@ fn main() {
                 let (p, o) = (v["labels.partition"].as_i64().unwrap_or(-1) as i32, v["labels.offset"].as_i64().unwrap_or(-1));
                 let at = by_place.get(&(p, o)).and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.payload).ok());
                 if at.as_ref().and_then(|v| v["event_id"].as_str()) != Some(event_id) {
-                    c3.failures.push(format!("{}: sent {event_id} at partition {p} offset {o}, but the topic has {:?} there", name, at.map(|v| v["event_id"].clone())));
+                    c3.failures.push(format!(
+                        "{}: sent {event_id} at partition {p} offset {o}, but the topic has {:?} there",
+                        name,
+                        at.map(|v| v["event_id"].clone())
+                    ));
                 }
             } else if msg == "Kafka unavailable" || msg.starts_with("publishing the event left pending") {
                 pending_ids.insert(event_id.to_owned());
@@ -1544,7 +1577,8 @@ fn main() {
     checks.push(c4);
 
     // 5. running, ready, holding partitions
-    let mut c5 = Check { name: "5 every daemon is running and ready, none holds an empty assignment while a partition has lag", failures: vec![] };
+    let mut c5 =
+        Check { name: "5 every daemon is running and ready, none holds an empty assignment while a partition has lag", failures: vec![] };
     let ready_deadline = Instant::now() + Duration::from_secs(60);
     loop {
         w.tick(false);
@@ -1632,7 +1666,10 @@ fn main() {
     checks.push(c7);
 
     // 8. the replay after healing
-    let mut c8 = Check { name: "8 the dead letters replayed after their cause was fixed are rows; a second replay replays nothing", failures: vec![] };
+    let mut c8 = Check {
+        name: "8 the dead letters replayed after their cause was fixed are rows; a second replay replays nothing",
+        failures: vec![],
+    };
     let to_replay: HashSet<String> = dlq_msgs
         .iter()
         .filter(|d| header(d, "reason") == "image_http_4xx")
@@ -1664,10 +1701,8 @@ fn main() {
 
     // ---- the report
     let samples = samples.lock().unwrap().clone();
-    let progress: Vec<String> = samples
-        .iter()
-        .map(|s| format!("{:>7.1}s committed {:>6} lag {:>5}", (s.at - w.start).as_secs_f64(), s.committed, s.lag))
-        .collect();
+    let progress: Vec<String> =
+        samples.iter().map(|s| format!("{:>7.1}s committed {:>6} lag {:>5}", (s.at - w.start).as_secs_f64(), s.committed, s.lag)).collect();
     let _ = std::fs::write(run_dir.join("progress.txt"), progress.join("\n"));
     let mut recovery: BTreeMap<Kind, (Duration, bool, usize)> = BTreeMap::new();
     // The producers move when a daemon logs `sent`; the consumers when the committed offsets move.
@@ -1708,11 +1743,21 @@ fn main() {
     for r in &dlq_msgs {
         *dlq_reasons.entry(header(r, "reason").to_owned()).or_default() += 1;
     }
-    let daemon_events = topic_msgs.iter().filter(|r| r.key.as_deref().is_some_and(|k| !k.starts_with("chaos-") && !k.starts_with("poison-"))).count();
+    let daemon_events =
+        topic_msgs.iter().filter(|r| r.key.as_deref().is_some_and(|k| !k.starts_with("chaos-") && !k.starts_with("poison-"))).count();
     let mut report = Vec::new();
     report.push(String::new());
-    report.push(format!("==== chaos report · seed {} · {} min · {}", a.seed, a.minutes, if a.cluster { "three-node cluster" } else { "one broker" }));
-    report.push(format!("faults injected: {} (skipped, target busy or down: {})", w.injected.values().sum::<usize>(), w.skipped.values().sum::<usize>()));
+    report.push(format!(
+        "==== chaos report · seed {} · {} min · {}",
+        a.seed,
+        a.minutes,
+        if a.cluster { "three-node cluster" } else { "one broker" }
+    ));
+    report.push(format!(
+        "faults injected: {} (skipped, target busy or down: {})",
+        w.injected.values().sum::<usize>(),
+        w.skipped.values().sum::<usize>()
+    ));
     for (kind, n) in &w.injected {
         let rec = match recovery.get(kind) {
             Some((d, overlapped, _)) if d.as_secs() < 9999 => {
@@ -1726,10 +1771,7 @@ fn main() {
     }
     report.push("  (moving: the committed offsets advance, or nothing is left to consume; after a NASA API or DATA_DIR fault: a daemon sends an event)".into());
     if !w.skipped.is_empty() {
-        report.push(format!(
-            "  skipped: {}",
-            w.skipped.iter().map(|(k, n)| format!("{} {n}", k.name())).collect::<Vec<_>>().join(", ")
-        ));
+        report.push(format!("  skipped: {}", w.skipped.iter().map(|(k, n)| format!("{} {n}", k.name())).collect::<Vec<_>>().join(", ")));
     }
     report.push(format!(
         "events on the topic: {} ({} good: {} from the feeder, {} from the daemons' fetchers, {} probes; {} poison); {} logged as sent by the daemons",
@@ -1741,7 +1783,8 @@ fn main() {
         poisoned,
         logged_sent
     ));
-    let backfill_sent = w.backfills.iter().flat_map(|b| b.lines.lock().unwrap().clone()).filter(|l| l.contains(r#""message":"sent""#)).count();
+    let backfill_sent =
+        w.backfills.iter().flat_map(|b| b.lines.lock().unwrap().clone()).filter(|l| l.contains(r#""message":"sent""#)).count();
     report.push(format!("backfill runs beside the daemons: {} ({backfill_sent} events sent)", w.backfills.len()));
     if let Ok(r) = &replayed {
         report.push(format!("replayed after healing (image_http_4xx, the image host back): {} dead letters", r.replayed));
@@ -1779,7 +1822,13 @@ fn main() {
         }
     }
     if failed > 0 {
-        report.push(format!("FAILED with seed {} — replay: scripts/chaos --seed {} --minutes {}{}", a.seed, a.seed, a.minutes, if a.cluster { " --cluster" } else { "" }));
+        report.push(format!(
+            "FAILED with seed {} — replay: scripts/chaos --seed {} --minutes {}{}",
+            a.seed,
+            a.seed,
+            a.minutes,
+            if a.cluster { " --cluster" } else { "" }
+        ));
         report.push(format!("daemon logs, broker log, schedule and journal: {}", run_dir.display()));
     }
     for s in &w.slots {

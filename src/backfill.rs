@@ -23,14 +23,14 @@ use std::sync::Arc;
 
 use crate::actors::publisher::{self, Publish, Publisher};
 use crate::backoff::{retry, Backoff};
-use crate::deps::{wait_until_usable, Dependency};
 use crate::config::{BackfillArgs, Config};
+use crate::datadir::Owner;
+use crate::deps::{wait_until_usable, Dependency};
 use crate::event::ImageEvent;
 use crate::kafka;
 use crate::nasa::{image_items, NasaClient, NasaError, Search, MAX_RESULTS};
-use crate::datadir::Owner;
-use crate::outbox::Outbox;
 use crate::oneshot::{stop_on_signal, Progress, Words, EXIT_INTERRUPTED};
+use crate::outbox::Outbox;
 use crate::supervision::Lifeline;
 
 /// The API's largest page.
@@ -43,7 +43,6 @@ const WORDS: Words = Words { command: "backfill", done: "published", skipped: "p
 
 const NASA_RETRY: &str = "NASA API request failed, will retry";
 const DISK_RETRY: &str = "cannot write to DATA_DIR, will retry when it is writable";
-
 
 /// The nasa_ids a backfill of one search has published, kept on disk.
 pub struct Published {
@@ -156,8 +155,8 @@ async fn backfill(config: &Config, args: &BackfillArgs, log: &Logger) -> Result<
         log.clone(),
         Lifeline::unsupervised("publisher"),
     )
-        .map_err(|e| format!("cannot create a Kafka producer: {e}; check KAFKA_BROKERS"))?
-        .start();
+    .map_err(|e| format!("cannot create a Kafka producer: {e}; check KAFKA_BROKERS"))?
+    .start();
     let nasa = NasaClient::new(config.nasa_api_url.clone(), config.image_variant, config.nasa_timeout);
 
     // Which searches to page through: one, or year ranges of at most 10,000 results each.

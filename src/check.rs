@@ -62,9 +62,7 @@ fn check_kafka(config: &Config) -> Check {
         let quiet = kafka::LogContext { log: slog::Logger::root(slog::Discard, slog::o!()) };
         let client: BaseConsumer<kafka::LogContext> =
             kafka::base_config(&config.kafka_brokers).create_with_context(quiet).map_err(|e| format!("{e}; check KAFKA_BROKERS"))?;
-        let metadata = client
-            .fetch_metadata(None, Duration::from_secs(5))
-            .map_err(|e| kafka::classify(&e, &addresses, &[]).summary())?;
+        let metadata = client.fetch_metadata(None, Duration::from_secs(5)).map_err(|e| kafka::classify(&e, &addresses, &[]).summary())?;
         let mut found = Vec::new();
         for name in [&config.kafka_topic, &config.kafka_dlq_topic] {
             match metadata.topics().iter().find(|t| t.name() == name.as_str()) {

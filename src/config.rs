@@ -518,9 +518,7 @@ fn non_empty(v: &Option<String>) -> Option<&str> {
 /// KAFKA_BROKERS, else the names the earlier Python version used.
 fn kafka_brokers_setting(s: &Settings) -> Option<String> {
     non_empty(&s.kafka_brokers).map(str::to_owned).or_else(|| {
-        ["KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP"]
-            .iter()
-            .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+        ["KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP"].iter().find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
     })
 }
 
@@ -568,11 +566,10 @@ fn parse_name(var: &'static str, v: &Option<String>, default: &str) -> Result<St
 
 fn parse_brokers(v: &Option<String>) -> Result<String, ConfigError> {
     let Some(raw) = non_empty(&v.clone()).map(str::to_owned) else { return Ok("127.0.0.1:9092".into()) };
-    let valid = raw.split(',').map(str::trim).all(|hp| {
-        hp.rsplit_once(':')
-            .map(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
-            .unwrap_or(false)
-    });
+    let valid = raw
+        .split(',')
+        .map(str::trim)
+        .all(|hp| hp.rsplit_once(':').map(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)).unwrap_or(false));
     if valid {
         Ok(raw.split(',').map(str::trim).collect::<Vec<_>>().join(","))
     } else {

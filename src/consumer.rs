@@ -96,11 +96,7 @@ pub struct Member {
 
 impl Member {
     /// Joins the group (auto-commit off) and starts polling on a new thread.
-    pub fn join(
-        settings: &MemberSettings,
-        permits: Arc<Semaphore>,
-        deliver: impl Fn(Delivery) + Send + 'static,
-    ) -> KafkaResult<Member> {
+    pub fn join(settings: &MemberSettings, permits: Arc<Semaphore>, deliver: impl Fn(Delivery) + Send + 'static) -> KafkaResult<Member> {
         let client_id = format!("nasa-ingest-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let view = Arc::new(Mutex::new(MemberView { client_id: client_id.clone(), assigned: Vec::new(), reachable: true }));
         let tracker = Tracker::default();

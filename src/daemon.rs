@@ -16,17 +16,17 @@ use crate::actors::fetcher::{Fetcher, FetcherSettings, StopFetching};
 use crate::actors::publisher::{self, Flush, Publisher};
 use crate::actors::storer::{BatchLimits, Storer};
 use crate::actors::subscriber::{ConsumerState, ConsumerStatus, Drain, Pipeline, Subscriber};
-use crate::consumer::MemberSettings;
 use crate::backoff::Backoff;
-use crate::deps::{probe_tcp, wait_until_usable, Dependency, DEPENDENCIES};
 use crate::config::Config;
+use crate::consumer::MemberSettings;
+use crate::datadir::Owner;
 use crate::db;
+use crate::deps::{probe_tcp, wait_until_usable, Dependency, DEPENDENCIES};
 use crate::dlq::DlqWatch;
 use crate::http::{self, AppState, CrashFn, RunningFn};
 use crate::kafka;
 use crate::logging::for_component;
 use crate::nasa::NasaClient;
-use crate::datadir::Owner;
 use crate::outbox::Outbox;
 use crate::supervision::{ChildSpec, Crash, Lifeline, Outcome, Policy, Restart, RestartCounts, RestartHook, RestartType, Slot, Supervisor};
 
@@ -314,14 +314,8 @@ async fn consumer_children(
     let (hosts, max_bytes, timeout) = (config.allowed_image_hosts.clone(), config.max_image_bytes, config.download_timeout);
     Ok(vec![
         ("storer", Box::new(move |l| Ok(storer_slot.set(Some(Storer::new(pool.clone(), BatchLimits::default(), l).start()))))),
-        (
-            "downloader",
-            Box::new(move |l| Ok(downloader_slot.set(Some(Downloader::new(hosts.clone(), max_bytes, timeout, l).start())))),
-        ),
-        (
-            "subscriber",
-            Box::new(move |l| Ok(subscriber_slot.set(Some(Subscriber::new(consumer.clone(), l).start())))),
-        ),
+        ("downloader", Box::new(move |l| Ok(downloader_slot.set(Some(Downloader::new(hosts.clone(), max_bytes, timeout, l).start()))))),
+        ("subscriber", Box::new(move |l| Ok(subscriber_slot.set(Some(Subscriber::new(consumer.clone(), l).start()))))),
     ])
 }
 
@@ -332,8 +326,7 @@ fn producer_children(config: &Config, root: &Logger, slots: &Slots, retry: Backo
     let (pub_log, fetch_log) = (for_component(root, "publisher"), for_component(root, "fetcher"));
     let nasa = NasaClient::new(config.nasa_api_url.clone(), config.image_variant, config.nasa_timeout);
     let (query, interval, publish_timeout) = (config.query.clone(), config.interval, config.publish_timeout);
-    let (publisher_slot, fetcher_slot, publisher_for_fetcher) =
-        (slots.publisher.clone(), slots.fetcher.clone(), slots.publisher.clone());
+    let (publisher_slot, fetcher_slot, publisher_for_fetcher) = (slots.publisher.clone(), slots.fetcher.clone(), slots.publisher.clone());
     vec![
         (
             "publisher",
@@ -341,7 +334,7 @@ fn producer_children(config: &Config, root: &Logger, slots: &Slots, retry: Backo
                 let new_producer = publisher::producer_factory(brokers.clone(), pub_log.clone());
                 let actor =
                     Publisher::new(new_producer, topic.clone(), outbox.clone(), publish_backoff, publish_timeout, pub_log.clone(), l)
-                    .map_err(|e| e.to_string())?;
+                        .map_err(|e| e.to_string())?;
                 publisher_slot.set(Some(actor.start()));
                 Ok(())
             }),

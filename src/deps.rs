@@ -206,8 +206,7 @@ impl Dependencies {
         let last_logged = previous.as_ref().and_then(|p| p.last_logged);
         // The first success is not news; the first failure is.
         let first_success = outcome.is_ok() && previous.as_ref().is_none_or(|p| p.state == "unknown");
-        let news = !first_success
-            && (!same_state || (!same_cause && last_logged.is_none_or(|t| t.elapsed() >= SAME_STATE_LOG_INTERVAL)));
+        let news = !first_success && (!same_state || (!same_cause && last_logged.is_none_or(|t| t.elapsed() >= SAME_STATE_LOG_INTERVAL)));
         let last_logged = if news && logging { Some(Instant::now()) } else { last_logged };
         entries.insert(dep, Entry { state, cause, last_error, fix_variable, since, last_logged });
         news

@@ -288,7 +288,13 @@ fn read_letters(
 
 /// How often each dead letter (`partition/offset`) was replayed: the messages on the events topic
 /// whose `replayed_from` names it, read from a little before `oldest`.
-fn replays_on(brokers: &str, topic: &str, oldest: Option<DateTime<Utc>>, stop: &AtomicBool, log: &Logger) -> Result<HashMap<String, u32>, DlqError> {
+fn replays_on(
+    brokers: &str,
+    topic: &str,
+    oldest: Option<DateTime<Utc>>,
+    stop: &AtomicBool,
+    log: &Logger,
+) -> Result<HashMap<String, u32>, DlqError> {
     let mut found = HashMap::new();
     let Some(oldest) = oldest else { return Ok(found) };
     let c = reader(brokers, "nasa-ingest-dlq-reader", log)?;
@@ -547,10 +553,13 @@ pub fn replay(s: &ReplaySettings, stop: &AtomicBool, log: &Logger) -> Result<Rep
         return Ok(summary);
     };
     let replays = replays_on(&s.brokers, &s.topic, letters.iter().filter_map(|l| l.time).min(), stop, log)?;
-    let plan: Vec<(DeadLetter, Verdict)> = letters.into_iter().map(|l| {
-        let v = verdict(&l, s, &replays);
-        (l, v)
-    }).collect();
+    let plan: Vec<(DeadLetter, Verdict)> = letters
+        .into_iter()
+        .map(|l| {
+            let v = verdict(&l, s, &replays);
+            (l, v)
+        })
+        .collect();
     summary.read = plan.len() as u64;
     let matching = plan.iter().filter(|(_, v)| *v != Verdict::NotMatching).count() as u64;
     info!(log, "replay planned"; "labels.group" => &s.group, "labels.read" => plan.len(), "labels.matching" => matching,
@@ -848,7 +857,8 @@ impl DlqPanel {
     fn add(&mut self, l: DeadLetter) {
         self.on_topic += 1;
         *self.by_reason.entry(l.reason.clone()).or_insert(0) += 1;
-        let brief = Brief { time: l.time, place: l.place(), nasa_id: l.nasa_id, reason: l.reason, error: l.error, replay_count: l.replay_count };
+        let brief =
+            Brief { time: l.time, place: l.place(), nasa_id: l.nasa_id, reason: l.reason, error: l.error, replay_count: l.replay_count };
         let at = self.last.partition_point(|b| b.time > brief.time);
         self.last.insert(at, brief);
         self.last.truncate(PANEL_LAST);
@@ -904,7 +914,9 @@ impl DlqWatch {
                     self.update(|p| p.add(letter));
                 }
                 // librdkafka reconnects by itself, and its context logs the outage: not a WARN per poll.
-                Some(Err(e)) => slog::debug!(log, "reading the dead-letter topic failed; reading on"; "error.type" => "kafka", "error.message" => e.to_string()),
+                Some(Err(e)) => {
+                    slog::debug!(log, "reading the dead-letter topic failed; reading on"; "error.type" => "kafka", "error.message" => e.to_string())
+                }
                 None => {}
             }
             let caught_up = next.iter().all(|(p, n)| *n >= ends[p].1);
@@ -1008,6 +1020,9 @@ mod tests {
     #[test]
     fn the_histogram_scales_to_the_largest_reason() {
         let counts: BTreeMap<String, u64> = [("host_not_allowed".to_owned(), 4), ("too_large".to_owned(), 1)].into();
-        assert_eq!(histogram(&counts), format!("  host_not_allowed       4  {}\n  too_large              1  {}\n", "#".repeat(40), "#".repeat(10)));
+        assert_eq!(
+            histogram(&counts),
+            format!("  host_not_allowed       4  {}\n  too_large              1  {}\n", "#".repeat(40), "#".repeat(10))
+        );
     }
 }

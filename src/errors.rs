@@ -85,7 +85,8 @@ pub enum Transient {
 
 impl Transient {
     /// Every `kind()`, so that /metrics shows each cause at 0 before the first retry.
-    pub const KINDS: [&'static str; 7] = ["image_http_5xx", "image_download", "postgres", "postgres_refused", "panic", "kafka", "actor_down"];
+    pub const KINDS: [&'static str; 7] =
+        ["image_http_5xx", "image_download", "postgres", "postgres_refused", "panic", "kafka", "actor_down"];
 
     pub fn kind(&self) -> &'static str {
         match self {

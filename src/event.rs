@@ -63,9 +63,7 @@ pub fn decode(payload: Option<&[u8]>) -> Result<IncomingEvent, Permanent> {
 
     let event_type = required("event_type")?;
     let event_id = match event_type.as_str() {
-        EVENT_TYPE => Some(
-            text("event_id").and_then(|s| s.parse::<Uuid>().ok()).ok_or(Permanent::MissingField("event_id"))?,
-        ),
+        EVENT_TYPE => Some(text("event_id").and_then(|s| s.parse::<Uuid>().ok()).ok_or(Permanent::MissingField("event_id"))?),
         LEGACY_EVENT_TYPE => None,
         other => return Err(Permanent::UnknownEventType(other.to_owned())),
     };

@@ -15,14 +15,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::db::{self, PgPool};
 use crate::actors::fetcher::FETCHES;
+use crate::actors::subscriber::{inject_panics, ConsumerStatus};
+use crate::db::{self, PgPool};
 use crate::deps::DEPENDENCIES;
 use crate::dlq::DlqWatch;
 use crate::kafka::LogContext;
 use crate::metrics::METRICS;
 use crate::outbox::Outbox;
-use crate::actors::subscriber::{inject_panics, ConsumerStatus};
 use crate::supervision::RestartCounts;
 
 /// Makes the named actor panic; false when it is not running.
@@ -84,8 +84,7 @@ pub fn start(addr: SocketAddr, state: Arc<AppState>) -> std::io::Result<Endpoint
             .route("/images/{nasa_id}", web::get().to(image));
         // Without ADMIN_TOKEN the admin routes do not exist at all (404, not 401).
         if admin {
-            app.route("/admin/actors/{name}/crash", web::post().to(crash))
-                .route("/admin/events/panic", web::post().to(panic_events))
+            app.route("/admin/actors/{name}/crash", web::post().to(crash)).route("/admin/events/panic", web::post().to(panic_events))
         } else {
             app
         }
@@ -309,7 +308,8 @@ fn dependencies_panel(st: &serde_json::Value) -> String {
                 "unknown" => "muted",
                 _ => "bad",
             };
-            let error = d["last_error"].as_str().map(|e| format!(r#"<br><span class=muted>last error: {}</span>"#, escape(e))).unwrap_or_default();
+            let error =
+                d["last_error"].as_str().map(|e| format!(r#"<br><span class=muted>last error: {}</span>"#, escape(e))).unwrap_or_default();
             format!(
                 r#"<li class=dep><b>{name}</b> <span class={cls}>{state}</span> <span class=muted>since {since} UTC</span>{error}</li>"#,
                 name = escape(d["name"].as_str().unwrap_or("")),
@@ -529,7 +529,10 @@ table.dlq{{border-collapse:collapse;font-size:.9rem}} table.dlq td,table.dlq th{
         consumed = c["consumed"],
         duplicates = c["duplicates"],
         // The topic's count (every process's, across restarts), once it was read; this process's until then.
-        dlq = st["dead_letters"]["on_topic"].as_u64().filter(|_| st["dead_letters"]["read_to_end"] == true).unwrap_or(c["dead_lettered"].as_u64().unwrap_or(0)),
+        dlq = st["dead_letters"]["on_topic"]
+            .as_u64()
+            .filter(|_| st["dead_letters"]["read_to_end"] == true)
+            .unwrap_or(c["dead_lettered"].as_u64().unwrap_or(0)),
         pending = st["pending_events"],
     )
 }

@@ -40,10 +40,8 @@ impl ClientContext for LogContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        let expected_in_outage = matches!(
-            error.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown)
-        );
+        let expected_in_outage =
+            matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown));
         if expected_in_outage {
             // Retried by librdkafka and reported by the actors as `Kafka unavailable`: not a WARN per reconnect.
             debug!(self.log, "Kafka client error: {}", reason; "error.type" => "kafka", "error.message" => error.to_string());
@@ -114,7 +112,9 @@ pub fn broker_addresses(brokers: &str) -> Vec<String> {
 pub async fn ensure_topics_checked(brokers: &str, topics: &[&str], log: &Logger) -> Result<(), DependencyError> {
     let addresses = broker_addresses(brokers);
     let probe = addresses.clone();
-    tokio::task::spawn_blocking(move || probe_tcp(Dependency::Kafka, &probe, Duration::from_secs(2))).await.expect("the probe does not panic")?;
+    tokio::task::spawn_blocking(move || probe_tcp(Dependency::Kafka, &probe, Duration::from_secs(2)))
+        .await
+        .expect("the probe does not panic")?;
     match ensure_topics(brokers, topics, log).await {
         Ok(()) => Ok(()),
         Err(e) => Err(classify(&e, &addresses, topics)),
@@ -126,25 +126,21 @@ pub fn classify(e: &KafkaError, addresses: &[String], topics: &[&str]) -> Depend
     use RDKafkaErrorCode as C;
     let code = e.rdkafka_error_code();
     match code {
-        Some(C::TopicAuthorizationFailed | C::ClusterAuthorizationFailed | C::GroupAuthorizationFailed) => {
-            DependencyError::Misconfigured {
-                dependency: Dependency::Kafka,
-                variable: "KAFKA_TOPIC",
-                problem: format!("{e} (topics {})", topics.join(", ")),
-                fix: "the broker's ACLs must let this client describe, create, read and write these topics",
-            }
-        }
+        Some(C::TopicAuthorizationFailed | C::ClusterAuthorizationFailed | C::GroupAuthorizationFailed) => DependencyError::Misconfigured {
+            dependency: Dependency::Kafka,
+            variable: "KAFKA_TOPIC",
+            problem: format!("{e} (topics {})", topics.join(", ")),
+            fix: "the broker's ACLs must let this client describe, create, read and write these topics",
+        },
         Some(C::SaslAuthenticationFailed | C::Authentication) => DependencyError::Misconfigured {
             dependency: Dependency::Kafka,
             variable: "KAFKA_BROKERS",
             problem: e.to_string(),
             fix: "the brokers' listener: this client speaks PLAINTEXT without credentials",
         },
-        Some(C::BrokerTransportFailure | C::AllBrokersDown) => DependencyError::Unreachable {
-            dependency: Dependency::Kafka,
-            address: addresses.join(","),
-            cause: "no broker answers".into(),
-        },
+        Some(C::BrokerTransportFailure | C::AllBrokersDown) => {
+            DependencyError::Unreachable { dependency: Dependency::Kafka, address: addresses.join(","), cause: "no broker answers".into() }
+        }
         _ => DependencyError::Failed { dependency: Dependency::Kafka, message: e.to_string() },
     }
 }

@@ -7,8 +7,8 @@
 
 use chrono::{SecondsFormat, Utc};
 use slog::{o, Drain, FnValue, Level, Logger, PushFnValue, Record};
-use std::io::Write;
 use std::collections::VecDeque;
+use std::io::Write;
 use std::sync::{LazyLock, Mutex};
 
 pub const ECS_VERSION: &str = "8.11.0";

@@ -48,17 +48,19 @@ fn counter_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntCounterV
 impl Metrics {
     fn new() -> Metrics {
         let r = Registry::new();
-        let outbox_pending = IntGauge::new("nasa_ingest_outbox_pending_events", "Events written to the outbox, not yet acknowledged by Kafka").unwrap();
+        let outbox_pending =
+            IntGauge::new("nasa_ingest_outbox_pending_events", "Events written to the outbox, not yet acknowledged by Kafka").unwrap();
         r.register(Box::new(outbox_pending.clone())).unwrap();
-        let consumer_lag = IntGaugeVec::new(
-            Opts::new("nasa_ingest_consumer_lag", "High watermark minus the group's committed offset"),
-            &["partition"],
-        )
-        .unwrap();
+        let consumer_lag =
+            IntGaugeVec::new(Opts::new("nasa_ingest_consumer_lag", "High watermark minus the group's committed offset"), &["partition"])
+                .unwrap();
         r.register(Box::new(consumer_lag.clone())).unwrap();
         let processing_seconds = Histogram::with_opts(
-            HistogramOpts::new("nasa_ingest_processing_seconds", "From reading a message to finishing it (stored, skipped or dead-lettered)")
-                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            HistogramOpts::new(
+                "nasa_ingest_processing_seconds",
+                "From reading a message to finishing it (stored, skipped or dead-lettered)",
+            )
+            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
         )
         .unwrap();
         r.register(Box::new(processing_seconds.clone())).unwrap();

@@ -189,11 +189,7 @@ pub fn page_count(total_hits: u64, page_len: usize) -> u64 {
 
 /// The image items of a page (media_type image, or no media_type at all as in old answers).
 pub fn image_items(collection: &SearchCollection) -> Vec<&Item> {
-    collection
-        .items
-        .iter()
-        .filter(|i| i.data.first().is_some_and(|d| d.media_type.as_deref().is_none_or(|m| m == "image")))
-        .collect()
+    collection.items.iter().filter(|i| i.data.first().is_some_and(|d| d.media_type.as_deref().is_none_or(|m| m == "image"))).collect()
 }
 
 /// The href of the wanted variant's jpg, else of the next smaller one that exists.

@@ -58,11 +58,9 @@ pub enum Stall {
 impl Stall {
     pub fn describe(&self, window: Duration) -> String {
         match self {
-            Stall::NoPartitions { lagging } => format!(
-                "this consumer has held no partition for over {} s while these have lag: {}",
-                window.as_secs(),
-                list(lagging)
-            ),
+            Stall::NoPartitions { lagging } => {
+                format!("this consumer has held no partition for over {} s while these have lag: {}", window.as_secs(), list(lagging))
+            }
             Stall::Stuck { partitions } => {
                 format!("partitions with lag and no progress for over {} s: {}", window.as_secs(), list(partitions))
             }

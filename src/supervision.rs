@@ -491,9 +491,12 @@ mod tests {
             let starts = Arc::new(AtomicU32::new(0));
             let counts = RestartCounts::default();
             let hooked = counts.clone();
-            let mut sup = Supervisor::new(log(), Box::new(move |r| {
-                hooked.record(r.actor, r.reason);
-            }));
+            let mut sup = Supervisor::new(
+                log(),
+                Box::new(move |r| {
+                    hooked.record(r.actor, r.reason);
+                }),
+            );
             sup.add(spec(&slot, starts.clone(), RestartType::Permanent, 5));
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
             let probe = slot.clone();

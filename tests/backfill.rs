@@ -67,11 +67,8 @@ fn an_interrupted_backfill_resumes_without_duplicates() {
     let (broker, nasa, data) = (Broker::shared(), fake_nasa(), tempfile::tempdir().unwrap());
     // Slow API answers leave time to interrupt in the middle.
     nasa.state.set_api_delay(Duration::from_millis(300));
-    let mut child = backfill_cmd(&broker, &nasa, data.path(), &["--query", "moon"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        backfill_cmd(&broker, &nasa, data.path(), &["--query", "moon"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let stderr = BufReader::new(child.stderr.take().unwrap());
     let mut published = 0;
     for line in stderr.lines().map_while(Result::ok) {
@@ -193,7 +190,10 @@ fn a_backfill_beside_a_daemon_on_the_same_data_dir_keeps_its_own_outbox() {
     let refused = backfill_cmd(&broker, &nasa, data.path(), &["--query", "moon"]).output().unwrap();
     assert_eq!(refused.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains(&format!("DATA_DIR {} is in use by another nasa-ingest backfill (pid {})", data.path().display(), running.id())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("DATA_DIR {} is in use by another nasa-ingest backfill (pid {})", data.path().display(), running.id())),
+        "{stderr}"
+    );
     nasa.state.set_api_delay(Duration::ZERO);
     assert!(running.wait().unwrap().success(), "the first backfill finished");
     let sent = daemon.logs_with("sent").len();

@@ -32,8 +32,15 @@ impl ChromeDriver {
 
     fn session(&self, profile: &std::path::Path) -> String {
         let args = [
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1280,1100",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1280,1100",
         ];
         let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         args.push(format!("--user-data-dir={}", profile.display()));
@@ -68,13 +75,15 @@ fn status_page_gallery_images_decode_in_chromium() {
     let driver = ChromeDriver::start();
     let profile = tempfile::tempdir().unwrap();
     let session = driver.session(profile.path());
-    let (status, resp) = http_json(&driver.addr, "POST", &format!("/session/{session}/url"), Some(&json!({"url": format!("http://{addr}/")})));
+    let (status, resp) =
+        http_json(&driver.addr, "POST", &format!("/session/{session}/url"), Some(&json!({"url": format!("http://{addr}/")})));
     assert_eq!(status, 200, "{resp}");
     // Lazy images load once they are near the viewport.
     driver.run(&session, "window.scrollTo(0, document.body.scrollHeight)");
     let mut widths = Vec::new();
     wait_until(Duration::from_secs(30), "every gallery image loaded", || {
-        let v = driver.run(&session, "return Array.from(document.querySelectorAll('.gallery img')).map(i => i.complete ? i.naturalWidth : -1)");
+        let v =
+            driver.run(&session, "return Array.from(document.querySelectorAll('.gallery img')).map(i => i.complete ? i.naturalWidth : -1)");
         widths = v.as_array().cloned().unwrap_or_default().iter().filter_map(|w| w.as_i64()).collect();
         !widths.is_empty() && widths.iter().all(|w| *w >= 0)
     });
@@ -115,7 +124,8 @@ fn the_page_shows_postgres_cut_in_its_dependencies_panel() {
     let driver = ChromeDriver::start();
     let profile = tempfile::tempdir().unwrap();
     let session = driver.session(profile.path());
-    let (status, resp) = http_json(&driver.addr, "POST", &format!("/session/{session}/url"), Some(&json!({"url": format!("http://{addr}/")})));
+    let (status, resp) =
+        http_json(&driver.addr, "POST", &format!("/session/{session}/url"), Some(&json!({"url": format!("http://{addr}/")})));
     assert_eq!(status, 200, "{resp}");
     let panel = driver.run(&session, "return document.querySelector('#dependencies').innerText");
     let panel = panel.as_str().unwrap_or_default();

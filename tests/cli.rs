@@ -113,7 +113,8 @@ fn healthcheck_asks_healthz_on_http_addr() {
             let request = String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_owned();
             let ok = request.starts_with("GET /healthz ");
             sink.lock().unwrap().push(request);
-            let reply: &[u8] = if ok { b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" } else { b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n" };
+            let reply: &[u8] =
+                if ok { b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" } else { b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n" };
             let _ = conn.write_all(reply);
         }
     });
@@ -184,7 +185,10 @@ fn check_fails_against_a_broken_setup_naming_what_to_fix() {
     eprintln!("{}", lines.join("\n"));
     assert_eq!(code, Some(1), "{lines:#?} {stderr}");
     let kafka = line(&lines, "Kafka");
-    assert!(kafka.starts_with("✗ ") && kafka.contains(&closed) && kafka.contains("connection refused") && kafka.contains("KAFKA_BROKERS"), "{kafka}");
+    assert!(
+        kafka.starts_with("✗ ") && kafka.contains(&closed) && kafka.contains("connection refused") && kafka.contains("KAFKA_BROKERS"),
+        "{kafka}"
+    );
     let postgres = line(&lines, "Postgres");
     assert!(postgres.starts_with("✗ ") && postgres.contains("no_such_role") && postgres.contains("check DATABASE_URL"), "{postgres}");
     let data_dir = line(&lines, "DATA_DIR");

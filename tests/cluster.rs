@@ -40,8 +40,7 @@ fn ids_on_topic(broker: &Broker, at_least: usize) -> HashMap<String, usize> {
 /// Nothing lost, nothing twice: every event the daemon logged as sent is on the topic, and every
 /// nasa_id on the topic is one row (the table's UNIQUE key makes "twice" impossible to hide).
 fn assert_nothing_lost(broker: &Broker, db: &TestDb, daemon: &Daemon) {
-    let sent: HashSet<String> =
-        daemon.logs_with("sent").iter().map(|l| l["labels.nasa_id"].as_str().unwrap().to_owned()).collect();
+    let sent: HashSet<String> = daemon.logs_with("sent").iter().map(|l| l["labels.nasa_id"].as_str().unwrap().to_owned()).collect();
     let on_topic = ids_on_topic(broker, sent.len());
     for id in &sent {
         assert!(on_topic.contains_key(id), "sent {id} is on the topic");
@@ -128,11 +127,8 @@ fn two_brokers_down_the_same_event_waits_and_is_delivered_once() {
     });
     broker.restart_node(2);
     broker.ensure_all_up();
-    let events: Vec<serde_json::Value> = broker
-        .read_all(&broker.topic, 1, Duration::from_secs(30))
-        .iter()
-        .map(|r| serde_json::from_slice(&r.payload).unwrap())
-        .collect();
+    let events: Vec<serde_json::Value> =
+        broker.read_all(&broker.topic, 1, Duration::from_secs(30)).iter().map(|r| serde_json::from_slice(&r.payload).unwrap()).collect();
     let copies = events.iter().filter(|e| e["event_id"] == stuck.as_str()).count();
     assert_eq!(copies, 1, "the pending event is on the topic exactly once");
     assert_nothing_lost(&broker, &db, &daemon);

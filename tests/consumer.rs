@@ -56,7 +56,11 @@ fn broker_kill_9_and_restart_the_consumer_comes_back_within_30_s() {
     wait_until(Duration::from_secs(60), "3 events stored", || db.rows_count() == 3);
 
     broker.kill();
-    daemon.wait_for_log("Kafka consumer lost every broker; it keeps polling and serves the group as soon as one answers", 1, Duration::from_secs(30));
+    daemon.wait_for_log(
+        "Kafka consumer lost every broker; it keeps polling and serves the group as soon as one answers",
+        1,
+        Duration::from_secs(30),
+    );
     // Long enough for librdkafka to queue errors and for the group's session to time out.
     let down = Instant::now();
     wait_until(Duration::from_secs(20), "12 s of outage", || down.elapsed() > Duration::from_secs(12));
@@ -90,8 +94,7 @@ fn broker_kill_9_and_restart_with_both_roles_rows_keep_coming() {
     wait_until(Duration::from_secs(30), "2 sends after the restart", || daemon.logs_with("sent").len() >= sent_before + 2);
     wait_until(Duration::from_secs(30), "a new row after the restart", || db.rows_count() > before);
     eprintln!("new row {:.1} s after the broker came back", back.elapsed().as_secs_f64());
-    let sent: HashSet<String> =
-        daemon.logs_with("sent").iter().map(|l| l["labels.nasa_id"].as_str().unwrap().to_owned()).collect();
+    let sent: HashSet<String> = daemon.logs_with("sent").iter().map(|l| l["labels.nasa_id"].as_str().unwrap().to_owned()).collect();
     wait_until(Duration::from_secs(30), "every sent image stored", || sent.is_subset(&stored_ids(&db)));
 }
 
@@ -121,9 +124,7 @@ fn a_replacement_member_gets_the_partitions_at_once_after_sigterm() {
     set(&mut third_env, "DATA_DIR", &d3.path().display().to_string());
     let started = Instant::now();
     let third = Daemon::spawn(&third_env);
-    wait_until(Duration::from_secs(20), "after kill -9: every partition within the session timeout", || {
-        held(&third) == vec![0, 1, 2]
-    });
+    wait_until(Duration::from_secs(20), "after kill -9: every partition within the session timeout", || held(&third) == vec![0, 1, 2]);
     eprintln!("after kill -9: replacement assigned in {:.1} s", started.elapsed().as_secs_f64());
 }
 

@@ -47,10 +47,8 @@ impl Container {
     }
 
     fn run_named(name: &str, env: &[(String, String)], extra: &[&str]) -> Container {
-        let mut args: Vec<String> = ["run", "-d", "--name", name, "--network", "host", "--label", "nasa-ingest-test"]
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
+        let mut args: Vec<String> =
+            ["run", "-d", "--name", name, "--network", "host", "--label", "nasa-ingest-test"].into_iter().map(str::to_owned).collect();
         for (k, v) in env {
             args.push("-e".into());
             args.push(format!("{k}={v}"));
@@ -141,8 +139,8 @@ impl Container {
         let (out, err) = self.log_streams();
         for (stream, lines) in [("stdout", &out), ("stderr", &err)] {
             for line in lines.iter() {
-                let v: serde_json::Value = serde_json::from_str(line)
-                    .unwrap_or_else(|e| panic!("a {stream} line of {} is not JSON ({e}): {line}", self.name));
+                let v: serde_json::Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("a {stream} line of {} is not JSON ({e}): {line}", self.name));
                 assert!(v.is_object(), "{stream}: not an object: {line}");
                 for field in ["@timestamp", "log.level", "message", "ecs.version", "service.name"] {
                     assert!(v.get(field).is_some(), "{stream}: no {field}: {line}");
@@ -214,9 +212,10 @@ fn the_image_is_built_from_this_dockerfile_small_and_non_root() {
     assert_eq!(id, "10001");
     let curl = docker(&["run", "--rm", "--network", "host", "--entrypoint", "sh", &image(), "-c", "command -v curl"]);
     assert!(!curl.status.success(), "curl is not in the image");
-    let binary: u64 = docker_ok(&["run", "--rm", "--network", "host", "--entrypoint", "stat", &image(), "-c", "%s", "/usr/local/bin/nasa-ingest"])
-        .parse()
-        .unwrap();
+    let binary: u64 =
+        docker_ok(&["run", "--rm", "--network", "host", "--entrypoint", "stat", &image(), "-c", "%s", "/usr/local/bin/nasa-ingest"])
+            .parse()
+            .unwrap();
     eprintln!("binary: {:.1} MB", binary as f64 / 1e6);
     assert!(binary < 60_000_000, "the binary is {binary} bytes: debug info left in?");
 }
@@ -351,9 +350,7 @@ fn past_the_restart_limit_exits_1_and_docker_restarts_it_storing_within_10_s() {
     wait_until(Duration::from_secs(90), "an image stored", || db.rows_count() >= 1);
     let first_start = c.inspect("{{.State.StartedAt}}");
     for n in 1..=2 {
-        wait_until(Duration::from_secs(30), "the fetcher running", || {
-            c.started_actors().iter().filter(|a| *a == "fetcher").count() == n
-        });
+        wait_until(Duration::from_secs(30), "the fetcher running", || c.started_actors().iter().filter(|a| *a == "fetcher").count() == n);
         let (status, body) = http(&addr, "POST", "/admin/actors/fetcher/crash", &[("Authorization", "Bearer s3cret")]);
         assert_eq!(status, 202, "{body}");
         if n == 1 {
@@ -369,15 +366,22 @@ fn past_the_restart_limit_exits_1_and_docker_restarts_it_storing_within_10_s() {
     let since = chrono::DateTime::parse_from_rfc3339(&first_start).unwrap().timestamp().to_string();
     let until = (chrono::Utc::now().timestamp() + 1).to_string();
     let died = docker_ok(&[
-        "events", "--since", &since, "--until", &until, "--filter", &format!("container={}", c.name),
-        "--filter", "event=die", "--format", "{{.Actor.Attributes.exitCode}}",
+        "events",
+        "--since",
+        &since,
+        "--until",
+        &until,
+        "--filter",
+        &format!("container={}", c.name),
+        "--filter",
+        "event=die",
+        "--format",
+        "{{.Actor.Attributes.exitCode}}",
     ]);
     assert_eq!(died, "1", "the process exited with code 1 (docker events: die)");
     let restarted_at = c.inspect("{{.State.StartedAt}}");
     // The new process: partitions assigned and an image stored, within 10 s of its start.
-    wait_until(Duration::from_secs(30), "the new process holds partitions", || {
-        c.logs_with("partitions assigned").len() > assigned_before
-    });
+    wait_until(Duration::from_secs(30), "the new process holds partitions", || c.logs_with("partitions assigned").len() > assigned_before);
     // Its first event handled: stored, or found already stored (the fixtures hold few images, so
     // the restarted process often meets one its predecessor stored).
     let started = chrono::DateTime::parse_from_rfc3339(&restarted_at).unwrap();
@@ -396,7 +400,15 @@ fn past_the_restart_limit_exits_1_and_docker_restarts_it_storing_within_10_s() {
     let took = (at - started).num_milliseconds() as f64 / 1000.0;
     assert!(db.rows().iter().any(|r| r.nasa_id == nasa_id), "{nasa_id} is stored");
     eprintln!("restarted process handled its first image ({nasa_id}) {took:.1} s after its start ({restarted_at}); its milestones:");
-    for message in ["HTTP endpoint listening", "migrations applied", "actor started", "partitions assigned", "sent", "saved to DB", "duplicate skipped"] {
+    for message in [
+        "HTTP endpoint listening",
+        "migrations applied",
+        "actor started",
+        "partitions assigned",
+        "sent",
+        "saved to DB",
+        "duplicate skipped",
+    ] {
         if let Some(line) = c.logs_with(message).iter().find(|l| l["@timestamp"].as_str().is_some_and(|t| *t > restarted_at[..23])) {
             eprintln!("  {} {message}", line["@timestamp"].as_str().unwrap());
         }

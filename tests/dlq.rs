@@ -47,7 +47,8 @@ fn produce_all(broker: &Broker, events: &[(String, String)]) {
 /// `n` events with disallowed image hosts on the events topic (one partition, made here).
 fn disallowed_events(broker: &Broker, nasa: &FakeNasa, prefix: &str, n: usize) -> Vec<(String, String)> {
     broker.create_topic(&broker.topic, 1);
-    let events: Vec<(String, String)> = (0..n).map(|i| format!("{prefix}-{i}")).map(|id| (id.clone(), disallowed_event(nasa, &id))).collect();
+    let events: Vec<(String, String)> =
+        (0..n).map(|i| format!("{prefix}-{i}")).map(|id| (id.clone(), disallowed_event(nasa, &id))).collect();
     produce_all(broker, &events);
     events
 }
@@ -418,4 +419,3 @@ fn dlq_help_lists_only_what_it_uses_and_bad_input_exits_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("nasa-ingest: KAFKA_BROKERS=\"no-port\" is not valid"));
 }
-

@@ -87,7 +87,9 @@ fn tc05_nasa_api_outage_is_ridden_out() {
 
     let failures = |d: &Daemon| d.logs_with("NASA API request failed, will retry");
     nasa.state.set_api_mode(ApiMode::Status(503));
-    wait_until(Duration::from_secs(30), "a 503 noticed", || failures(&daemon).iter().any(|l| l["error.message"].as_str().unwrap().contains("503")));
+    wait_until(Duration::from_secs(30), "a 503 noticed", || {
+        failures(&daemon).iter().any(|l| l["error.message"].as_str().unwrap().contains("503"))
+    });
     nasa.state.set_api_mode(ApiMode::Hang);
     wait_until(Duration::from_secs(30), "a timeout noticed", || failures(&daemon).iter().any(|l| l["error.type"] == "nasa_timeout"));
     let (addr, state) = nasa.stop();
@@ -262,7 +264,10 @@ fn poison_messages_go_to_the_dead_letter_topic_and_the_pipeline_goes_on() {
     nasa.state.set_image_status("gone-404", 404);
     let poison: Vec<(&str, String)> = vec![
         ("not_json", "this is not json".into()),
-        ("missing_field", r#"{"event_type": "image_discovered", "event_id": "0b9c6f0e-8a57-4a53-9d5c-1f0e3c1b2a77", "nasa_id": "x"}"#.into()),
+        (
+            "missing_field",
+            r#"{"event_type": "image_discovered", "event_id": "0b9c6f0e-8a57-4a53-9d5c-1f0e3c1b2a77", "nasa_id": "x"}"#.into(),
+        ),
         ("image_http_4xx", with_url("gone-404", format!("{}/image/gone-404/gone-404~orig.jpg", nasa.url))),
         ("not_an_image", with_url("page", format!("{}/image/page/page.html", nasa.url))),
         ("too_large", with_url("big", format!("{}/image/big/big~huge.jpg", nasa.url))),

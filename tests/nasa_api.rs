@@ -98,7 +98,11 @@ async fn no_hits_and_deep_paging_are_answered_clearly() {
         other => panic!("{other:?}"),
     }
     let found = c.random_image("earth").await.unwrap().unwrap();
-    assert!(found.image_url.contains("~medium.jpg") || found.image_url.contains("~small.jpg") || found.image_url.contains("~thumb.jpg"), "{}", found.image_url);
+    assert!(
+        found.image_url.contains("~medium.jpg") || found.image_url.contains("~small.jpg") || found.image_url.contains("~thumb.jpg"),
+        "{}",
+        found.image_url
+    );
 }
 
 #[tokio::test]

@@ -91,7 +91,8 @@ fn log_level_filters() {
 /// release and tags.
 #[test]
 fn tc07_a_panic_reaches_sentry_with_its_context() {
-    let (broker, db, nasa, dir, sentry) = (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap(), FakeSentry::start());
+    let (broker, db, nasa, dir, sentry) =
+        (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap(), FakeSentry::start());
     let mut env = daemon_env(&broker, &db, &nasa, dir.path());
     set(&mut env, "SENTRY_DSN", &sentry.dsn());
     set(&mut env, "ADMIN_TOKEN", "t0ken");
@@ -119,8 +120,7 @@ fn tc07_a_panic_reaches_sentry_with_its_context() {
 /// A Kafka outage with many retries is one Sentry event, plus one when it is over.
 #[test]
 fn a_kafka_outage_is_one_sentry_event_not_one_per_retry() {
-    let (broker, db, nasa, dir, sentry) =
-        (Broker::own(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap(), FakeSentry::start());
+    let (broker, db, nasa, dir, sentry) = (Broker::own(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap(), FakeSentry::start());
     let mut env = daemon_env(&broker, &db, &nasa, dir.path());
     set(&mut env, "CONSUMER_ENABLED", "false");
     set(&mut env, "SENTRY_DSN", &sentry.dsn());
@@ -392,7 +392,10 @@ fn metrics_are_there_before_any_incident_and_head_probes_answer() {
     let (status, metrics) = http(&addr, "GET", "/metrics", &[]);
     assert_eq!(status, 200);
     let value = |series: &str| -> Option<f64> {
-        metrics.lines().find(|l| l.starts_with(series) && l[series.len()..].starts_with(' ')).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        metrics
+            .lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
     };
     for actor in ["fetcher", "publisher", "subscriber", "downloader", "storer"] {
         assert_eq!(value(&format!("nasa_ingest_actor_restarts_total{{actor=\"{actor}\"}}")), Some(0.0), "{actor}: {metrics}");

@@ -6,10 +6,8 @@ use common::*;
 use nasa_ingest::image::sniff_content_type;
 use std::time::Duration;
 
-const DOCUMENTED_EVENT_FIELDS: [&str; 10] = [
-    "schema_version", "event_id", "event_type", "nasa_id", "image_url", "title", "query", "center", "date_created",
-    "produced_at",
-];
+const DOCUMENTED_EVENT_FIELDS: [&str; 10] =
+    ["schema_version", "event_id", "event_type", "nasa_id", "image_url", "title", "query", "center", "date_created", "produced_at"];
 
 /// TC-01, TC-02: both roles on, INTERVAL_SECONDS=1: images are fetched, published, consumed and
 /// stored byte for byte; the messages follow the documented schema; SIGTERM exits 0 within 10 s.
@@ -110,8 +108,8 @@ fn earlier_versions_event_is_stored() {
 fn in_flight_work_is_bounded_and_commits_wait_for_unfinished_events() {
     let (broker, db, nasa, dir) = (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
     broker.create_topic(&broker.topic, 1);
-    let ids = ["as11-40-5874", "as12-46-6749", "as17-134-20384", "as17-148-22727", "iss026-s-001", "iss042e340851",
-        "KSC-2011-1500", "PIA00407"];
+    let ids =
+        ["as11-40-5874", "as12-46-6749", "as17-134-20384", "as17-148-22727", "iss026-s-001", "iss042e340851", "KSC-2011-1500", "PIA00407"];
     for id in ids {
         broker.produce(&broker.topic, Some(id), event_json(&nasa, id).as_bytes());
     }

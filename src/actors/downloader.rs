@@ -80,10 +80,8 @@ impl Handler<Download> for Downloader {
 }
 
 async fn download(http: reqwest::Client, rules: Arc<Rules>, raw_url: String) -> Result<Downloaded, EventError> {
-    let url = Url::parse(&raw_url)
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https"))
-        .ok_or_else(|| Permanent::BadUrl(raw_url.clone()))?;
+    let url =
+        Url::parse(&raw_url).ok().filter(|u| matches!(u.scheme(), "http" | "https")).ok_or_else(|| Permanent::BadUrl(raw_url.clone()))?;
     if !rules.host_allowed(&url) {
         return Err(Permanent::HostNotAllowed(url.host_str().unwrap_or("").to_owned()).into());
     }

@@ -7,14 +7,14 @@ use slog::{info, warn, Logger};
 use std::time::{Duration, Instant};
 
 use super::publisher::{Publish, Publisher, WaitIdle};
-use crate::supervision::{Lifeline, Slot};
 use crate::backoff::Backoff;
-use crate::deps::{Dependency, DEPENDENCIES};
 use crate::config::RANDOM_TOPICS;
+use crate::deps::{Dependency, DEPENDENCIES};
 use crate::event::ImageEvent;
 use crate::metrics::METRICS;
-use crate::telemetry::{self, EventInfo};
 use crate::nasa::{NasaClient, NasaError};
+use crate::supervision::{Lifeline, Slot};
+use crate::telemetry::{self, EventInfo};
 
 const NASA_INCIDENT: &str = "nasa_api_unavailable";
 
@@ -155,13 +155,7 @@ impl Fetcher {
 
 /// One cycle: wait until nothing is pending, find an image (or take the unsent one), publish it
 /// and wait for delivery.
-async fn fetch_and_publish(
-    nasa: NasaClient,
-    publisher: Slot<Publisher>,
-    query: String,
-    unsent: Option<ImageEvent>,
-    log: Logger,
-) -> Cycle {
+async fn fetch_and_publish(nasa: NasaClient, publisher: Slot<Publisher>, query: String, unsent: Option<ImageEvent>, log: Logger) -> Cycle {
     if let Err(e) = publisher.send(WaitIdle).await {
         return Cycle::PublisherFailed(e.to_string(), unsent);
     }

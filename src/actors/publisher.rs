@@ -13,8 +13,8 @@ use crate::event::ImageEvent;
 use crate::kafka::LogContext;
 use crate::metrics::METRICS;
 use crate::outbox::{Outbox, OutboxError};
-use crate::telemetry::{self, EventInfo};
 use crate::supervision::Lifeline;
+use crate::telemetry::{self, EventInfo};
 
 const KAFKA_INCIDENT: &str = "kafka_unavailable";
 

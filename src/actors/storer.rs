@@ -162,7 +162,9 @@ fn answer_each<R>(senders: Vec<oneshot::Sender<R>>, answers: Result<Vec<R>, Tran
 /// only the row it refuses is answered with the refusal.
 fn write_batch(pool: &PgPool, rows: Vec<NewImage>) -> Result<Vec<Result<Stored, EventError>>, Transient> {
     match db::insert_batch(pool, &rows) {
-        Ok(mut inserted) => Ok(rows.iter().map(|r| Ok(if inserted.remove(&r.nasa_id) { Stored::Inserted } else { Stored::Duplicate })).collect()),
+        Ok(mut inserted) => {
+            Ok(rows.iter().map(|r| Ok(if inserted.remove(&r.nasa_id) { Stored::Inserted } else { Stored::Duplicate })).collect())
+        }
         Err(EventError::Transient(t @ Transient::Database(_))) => Err(t),
         Err(e) if rows.len() == 1 => Ok(vec![Err(e)]),
         Err(_) => Ok(rows.iter().map(|r| db::insert(pool, r)).collect()),

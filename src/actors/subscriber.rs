@@ -216,7 +216,11 @@ impl Observer {
     }
 }
 
-fn join(settings: &MemberSettings, permits: &Arc<Semaphore>, deliveries: &mpsc::UnboundedSender<Delivery>) -> rdkafka::error::KafkaResult<Member> {
+fn join(
+    settings: &MemberSettings,
+    permits: &Arc<Semaphore>,
+    deliveries: &mpsc::UnboundedSender<Delivery>,
+) -> rdkafka::error::KafkaResult<Member> {
     let out = deliveries.clone();
     Member::join(settings, permits.clone(), move |d| {
         // Only fails when the actix system is gone: the process is ending.

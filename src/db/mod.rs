@@ -12,8 +12,8 @@ use uuid::Uuid;
 use crate::config::DatabaseUrl;
 use crate::deps::{Dependency, DependencyError, DEPENDENCIES};
 use crate::errors::{EventError, Permanent, Transient};
-use slog::Logger;
 use schema::images;
+use slog::Logger;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 

@@ -335,13 +335,13 @@ pub fn make_image(path: &str) -> (Vec<u8>, &'static str) {
 /// A minimal baseline TIFF (uncompressed RGB, one strip).
 fn tiff(pixels: &[u8], w: u16, h: u16) -> Vec<u8> {
     let entries: [(u16, u16, u32, u32); 8] = [
-        (256, 3, 1, w as u32),          // ImageWidth
-        (257, 3, 1, h as u32),          // ImageLength
-        (258, 3, 1, 8),                 // BitsPerSample (8 for each sample)
-        (259, 3, 1, 1),                 // Compression: none
-        (262, 3, 1, 2),                 // Photometric: RGB
-        (273, 4, 1, 0),                 // StripOffsets (patched below)
-        (277, 3, 1, 3),                 // SamplesPerPixel
+        (256, 3, 1, w as u32),            // ImageWidth
+        (257, 3, 1, h as u32),            // ImageLength
+        (258, 3, 1, 8),                   // BitsPerSample (8 for each sample)
+        (259, 3, 1, 1),                   // Compression: none
+        (262, 3, 1, 2),                   // Photometric: RGB
+        (273, 4, 1, 0),                   // StripOffsets (patched below)
+        (277, 3, 1, 3),                   // SamplesPerPixel
         (279, 4, 1, pixels.len() as u32), // StripByteCounts
     ];
     let ifd_len = 2 + entries.len() * 12 + 4;

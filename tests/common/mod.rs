@@ -189,7 +189,11 @@ impl Kafka {
             for n in &self.nodes {
                 if let Some(c) = n.child.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
                     if let Some(status) = c.try_wait().unwrap() {
-                        return Err(format!("Kafka node {} exited with {status} while starting: {}", n.id, tail(&n.dir.join("broker.log"))));
+                        return Err(format!(
+                            "Kafka node {} exited with {status} while starting: {}",
+                            n.id,
+                            tail(&n.dir.join("broker.log"))
+                        ));
                     }
                 }
             }
@@ -258,13 +262,7 @@ impl Broker {
 
     fn view(kafka: Arc<Kafka>) -> Broker {
         let topic = unique("images");
-        Broker {
-            addr: kafka.bootstrap(),
-            dlq: format!("{topic}.dlq"),
-            topic,
-            kafka,
-            offset_readers: Default::default(),
-        }
+        Broker { addr: kafka.bootstrap(), dlq: format!("{topic}.dlq"), topic, kafka, offset_readers: Default::default() }
     }
 
     /// Stops every node with SIGTERM (a controlled shutdown) and waits for it to exit.
@@ -318,9 +316,9 @@ impl Broker {
     pub fn fully_replicated(&self, topic: &str) -> bool {
         let client: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &self.addr).create().unwrap();
         let Ok(md) = client.fetch_metadata(Some(topic), Duration::from_secs(5)) else { return false };
-        md.topics().first().is_some_and(|t| {
-            !t.partitions().is_empty() && t.partitions().iter().all(|p| p.isr().len() == self.kafka.replicas)
-        })
+        md.topics()
+            .first()
+            .is_some_and(|t| !t.partitions().is_empty() && t.partitions().iter().all(|p| p.isr().len() == self.kafka.replicas))
     }
 
     /// Which node leads `partition` of `topic` now.
@@ -332,8 +330,7 @@ impl Broker {
     }
 
     pub fn create_topic(&self, name: &str, partitions: i32) {
-        let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", &self.addr).create().unwrap();
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &self.addr).create().unwrap();
         let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(self.kafka.replicas as i32));
         let res = futures::executor::block_on(admin.create_topics(&[topic], &AdminOptions::new())).unwrap();
         res[0].as_ref().expect("topic created");
@@ -368,9 +365,7 @@ impl Broker {
                 let headers = m
                     .headers()
                     .map(|h| {
-                        h.iter()
-                            .map(|x| (x.key.to_owned(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned()))
-                            .collect()
+                        h.iter().map(|x| (x.key.to_owned(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned())).collect()
                     })
                     .unwrap_or_default();
                 out.push(Record {
@@ -392,9 +387,7 @@ impl Broker {
             .lock()
             .unwrap()
             .entry(group.to_owned())
-            .or_insert_with(|| {
-                Arc::new(ClientConfig::new().set("bootstrap.servers", &self.addr).set("group.id", group).create().unwrap())
-            })
+            .or_insert_with(|| Arc::new(ClientConfig::new().set("bootstrap.servers", &self.addr).set("group.id", group).create().unwrap()))
             .clone();
         let mut tpl = TopicPartitionList::new();
         for p in 0..partitions {
@@ -419,7 +412,6 @@ impl Broker {
             })
             .collect()
     }
-
 }
 
 impl Broker {
@@ -476,10 +468,7 @@ impl TestDb {
             #[diesel(sql_type = diesel::sql_types::BigInt)]
             n: i64,
         }
-        diesel::sql_query("SELECT count(*) AS n FROM images")
-            .get_result::<Count>(&mut self.conn())
-            .map(|c| c.n as usize)
-            .unwrap_or(0)
+        diesel::sql_query("SELECT count(*) AS n FROM images").get_result::<Count>(&mut self.conn()).map(|c| c.n as usize).unwrap_or(0)
     }
 
     pub fn conn(&self) -> PgConnection {
@@ -615,11 +604,7 @@ impl Daemon {
 
     /// Parsed log lines whose `message` is `message`.
     pub fn logs_with(&self, message: &str) -> Vec<serde_json::Value> {
-        self.lines()
-            .iter()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["message"] == message)
-            .collect()
+        self.lines().iter().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|v| v["message"] == message).collect()
     }
 
     pub fn wait_for_log(&self, message: &str, count: usize, timeout: Duration) {
@@ -908,11 +893,7 @@ fn serve_sentry(conn: std::net::TcpStream, sink: Arc<Mutex<Vec<serde_json::Value
             head.push_str(&line);
         }
         let lower = head.to_ascii_lowercase();
-        let len = lower
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .unwrap_or(0);
+        let len = lower.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(0);
         let mut body = vec![0; len];
         if reader.read_exact(&mut body).is_err() {
             return;
