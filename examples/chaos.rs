@@ -738,7 +738,7 @@ impl World {
                 } else if f.kind == Kind::BrokerTwoDown {
                     let a = f.target as usize % 3;
                     Some(vec![a, (a + 1 + f.param as usize % 2) % 3])
-                } else if f.param % 2 == 0 {
+                } else if f.param.is_multiple_of(2) {
                     // The leader of a partition: where the traffic is.
                     let p = (f.param / 2) as i32 % PARTITIONS;
                     let leader = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.broker.leader_of(&self.broker.topic, p)));

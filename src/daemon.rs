@@ -313,9 +313,27 @@ async fn consumer_children(
     let (storer_slot, downloader_slot, subscriber_slot) = (slots.storer.clone(), slots.downloader.clone(), slots.subscriber.clone());
     let (hosts, max_bytes, timeout) = (config.allowed_image_hosts.clone(), config.max_image_bytes, config.download_timeout);
     Ok(vec![
-        ("storer", Box::new(move |l| Ok(storer_slot.set(Some(Storer::new(pool.clone(), BatchLimits::default(), l).start()))))),
-        ("downloader", Box::new(move |l| Ok(downloader_slot.set(Some(Downloader::new(hosts.clone(), max_bytes, timeout, l).start()))))),
-        ("subscriber", Box::new(move |l| Ok(subscriber_slot.set(Some(Subscriber::new(consumer.clone(), l).start()))))),
+        (
+            "storer",
+            Box::new(move |l| {
+                storer_slot.set(Some(Storer::new(pool.clone(), BatchLimits::default(), l).start()));
+                Ok(())
+            }),
+        ),
+        (
+            "downloader",
+            Box::new(move |l| {
+                downloader_slot.set(Some(Downloader::new(hosts.clone(), max_bytes, timeout, l).start()));
+                Ok(())
+            }),
+        ),
+        (
+            "subscriber",
+            Box::new(move |l| {
+                subscriber_slot.set(Some(Subscriber::new(consumer.clone(), l).start()));
+                Ok(())
+            }),
+        ),
     ])
 }
 

@@ -435,7 +435,7 @@ mod tests {
     fn a_closed_port_is_unreachable_with_its_address_and_cause() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = format!("127.0.0.1:{port}");
-        let e = probe_tcp(Dependency::Kafka, &[addr.clone()], std::time::Duration::from_secs(1)).unwrap_err();
+        let e = probe_tcp(Dependency::Kafka, std::slice::from_ref(&addr), std::time::Duration::from_secs(1)).unwrap_err();
         assert_eq!(e.to_string(), format!("Kafka unreachable at {addr}: connection refused; retrying until it is back"));
     }
 }

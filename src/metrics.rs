@@ -30,8 +30,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 /// The window of the rates on /status and the page.
 const RATE_WINDOW: Duration = Duration::from_secs(60);
 
+/// fetched, published, consumed and stored at one moment.
+type Sample = (Instant, [u64; 4]);
+
 /// Counter samples of the last minute, for per-minute rates.
-static SAMPLES: LazyLock<Mutex<VecDeque<(Instant, [u64; 4])>>> = LazyLock::new(Mutex::default);
+static SAMPLES: LazyLock<Mutex<VecDeque<Sample>>> = LazyLock::new(Mutex::default);
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(format!("nasa_ingest_{name}"), help).expect("valid metric");

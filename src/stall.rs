@@ -294,12 +294,12 @@ mod tests {
     #[test]
     fn assignments_are_read_from_the_consumer_protocol() {
         let mut b = vec![0, 1, 0, 0, 0, 2];
-        for (topic, parts) in [("other", vec![9]), ("images", vec![4, 5])] {
+        for (topic, parts) in [("other", vec![9i32]), ("images", vec![4, 5])] {
             b.extend((topic.len() as i16).to_be_bytes());
             b.extend(topic.as_bytes());
             b.extend((parts.len() as i32).to_be_bytes());
             for p in parts {
-                b.extend((p as i32).to_be_bytes());
+                b.extend(p.to_be_bytes());
             }
         }
         b.extend((-1i32).to_be_bytes());

@@ -20,8 +20,7 @@ fn held(daemon: &Daemon) -> Vec<i32> {
         .lines()
         .iter()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["message"] == "partitions assigned" || v["message"] == "partitions revoked")
-        .last();
+        .rfind(|v| v["message"] == "partitions assigned" || v["message"] == "partitions revoked");
     match last {
         Some(v) if v["message"] == "partitions assigned" => {
             serde_json::from_str(v["labels.partitions"].as_str().unwrap_or("[]")).unwrap_or_default()

@@ -291,7 +291,7 @@ fn kafka_brokers_at_a_closed_port_is_a_warn_with_the_address() {
     let addr = daemon.http_addr();
     let (code, body) = http(&addr, "GET", "/readyz", &[]);
     assert_eq!(code, 503);
-    assert!(body.contains(&format!("Kafka: unreachable since")) && body.contains("connection refused"), "{body}");
+    assert!(body.contains("Kafka: unreachable since") && body.contains("connection refused"), "{body}");
     eprintln!("WARN after {:.2} s", first.as_secs_f64());
 }
 
