@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::actors::publisher::{self, Publish, Publisher};
-use crate::backoff::{retry, Backoff};
+use crate::backoff::retry;
 use crate::config::{BackfillArgs, Config};
 use crate::datadir::Owner;
 use crate::deps::{wait_until_usable, Dependency};
@@ -138,14 +138,14 @@ async fn backfill(config: &Config, args: &BackfillArgs, log: &Logger) -> Result<
             published.record(&pending.nasa_id).map_err(|e| e.to_string())?;
         }
     }
-    let retry_backoff = Backoff::new(config.retry_min_backoff, config.retry_max_backoff, 0.2);
+    let retry_backoff = config.retry_backoff();
     let topics = [config.kafka_topic.as_str(), config.kafka_dlq_topic.as_str()];
     let ensure_topics = || kafka::ensure_topics_checked(&config.kafka_brokers, &topics, log);
     if wait_until_usable(log, Dependency::Kafka, retry_backoff, &stop, ensure_topics).await.is_none() {
         return Ok(EXIT_INTERRUPTED);
     }
     let factory = publisher::producer_factory(config.kafka_brokers.clone(), log.clone());
-    let publish_backoff = Backoff::new(config.publish_min_backoff, config.publish_max_backoff, 0.2);
+    let publish_backoff = config.publish_backoff();
     let publisher = Publisher::new(
         factory,
         config.kafka_topic.clone(),

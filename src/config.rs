@@ -9,8 +9,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 use url::Url;
 
+use crate::backoff::Backoff;
 use crate::image::ImageVariant;
 use crate::logging::LogFormat;
+use crate::supervision::Policy;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -371,6 +373,33 @@ impl ConfigError {
         match self {
             ConfigError::Invalid { var, .. } | ConfigError::InvalidSecret { var, .. } | ConfigError::Missing { var, .. } => var,
             ConfigError::NoRole => "PRODUCER_ENABLED",
+        }
+    }
+}
+
+/// Every retry delay is stretched by up to this fraction at random, so that processes retrying the
+/// same outage do not hit the dependency in step.
+pub const JITTER: f64 = 0.2;
+
+/// Ready values made of the raw settings, so that callers do not assemble them.
+impl Config {
+    /// Retries of Kafka, Postgres, the NASA API and image downloads (`RETRY_*_BACKOFF_MS`).
+    pub fn retry_backoff(&self) -> Backoff {
+        Backoff::new(self.retry_min_backoff, self.retry_max_backoff, JITTER)
+    }
+
+    /// The Publisher's retries while Kafka is unavailable (`PUBLISH_*_BACKOFF_MS`).
+    pub fn publish_backoff(&self) -> Backoff {
+        Backoff::new(self.publish_min_backoff, self.publish_max_backoff, JITTER)
+    }
+
+    /// How the supervisor restarts an actor (`SUPERVISOR_*`).
+    pub fn restart_policy(&self) -> Policy {
+        Policy {
+            backoff: Backoff::new(self.supervisor_min_backoff, self.supervisor_max_backoff, JITTER),
+            stable_after: self.supervisor_restart_window,
+            max_restarts: self.supervisor_max_restarts,
+            window: self.supervisor_restart_window,
         }
     }
 }

@@ -28,7 +28,7 @@ use crate::kafka;
 use crate::logging::for_component;
 use crate::nasa::NasaClient;
 use crate::outbox::Outbox;
-use crate::supervision::{ChildSpec, Crash, Lifeline, Outcome, Policy, Restart, RestartCounts, RestartHook, RestartType, Slot, Supervisor};
+use crate::supervision::{ChildSpec, Crash, Lifeline, Outcome, Restart, RestartCounts, RestartHook, RestartType, Slot, Supervisor};
 
 /// In-flight events get this long to finish at shutdown (the whole exit stays under 10 s).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(6);
@@ -237,16 +237,11 @@ async fn prepare(
     app: &AppState,
 ) -> Result<(), StartError> {
     let log = &for_component(root, "startup");
-    let retry = Backoff::new(config.retry_min_backoff, config.retry_max_backoff, 0.2);
+    let retry = config.retry_backoff();
     let topics = [config.kafka_topic.as_str(), config.kafka_dlq_topic.as_str()];
     wait_until_usable(log, Dependency::Kafka, retry, &NEVER, || kafka::ensure_topics_checked(&config.kafka_brokers, &topics, log)).await;
     app.dead_letters.start(config.kafka_brokers.clone(), config.kafka_dlq_topic.clone(), for_component(root, "dlq-watch"));
-    let policy = Policy {
-        backoff: Backoff::new(config.supervisor_min_backoff, config.supervisor_max_backoff, 0.2),
-        stable_after: config.supervisor_restart_window,
-        max_restarts: config.supervisor_max_restarts,
-        window: config.supervisor_restart_window,
-    };
+    let policy = config.restart_policy();
     let mut add = |name: &'static str, start: Box<dyn FnMut(Lifeline) -> Result<(), String>>| {
         supervisor.add(ChildSpec { name, restart: RestartType::Permanent, policy, start })
     };
@@ -340,7 +335,7 @@ async fn consumer_children(
 /// Publisher and Fetcher. Each Publisher incarnation has a fresh producer; the outbox is on disk.
 fn producer_children(config: &Config, root: &Logger, slots: &Slots, retry: Backoff, outbox: Outbox) -> Children {
     let (brokers, topic) = (config.kafka_brokers.clone(), config.kafka_topic.clone());
-    let publish_backoff = Backoff::new(config.publish_min_backoff, config.publish_max_backoff, 0.2);
+    let publish_backoff = config.publish_backoff();
     let (pub_log, fetch_log) = (for_component(root, "publisher"), for_component(root, "fetcher"));
     let nasa = NasaClient::new(config.nasa_api_url.clone(), config.image_variant, config.nasa_timeout);
     let (query, interval, publish_timeout) = (config.query.clone(), config.interval, config.publish_timeout);

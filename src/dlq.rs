@@ -194,7 +194,7 @@ fn unreachable(brokers: &str, e: impl std::fmt::Display) -> DlqError {
 /// just after the topic was made, the group coordinator loading after a restart), with growing
 /// delays, for up to [`READ_PATIENCE`].
 fn patiently<T>(brokers: &str, log: &Logger, what: &str, mut ask: impl FnMut() -> rdkafka::error::KafkaResult<T>) -> Result<T, DlqError> {
-    let backoff = crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(3), 0.2);
+    let backoff = crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(3), crate::config::JITTER);
     let started = Instant::now();
     for attempt in 0.. {
         match ask() {
