@@ -93,12 +93,7 @@ fn status_page_gallery_images_decode_in_chromium() {
     assert_eq!(title, "nasa-ingest status");
 
     driver.run(&session, "window.scrollTo(0, 0)");
-    let shot = http_json(&driver.addr, "GET", &format!("/session/{session}/screenshot"), None).1["value"].as_str().unwrap().to_owned();
-    let png = base64::engine::general_purpose::STANDARD.decode(shot).unwrap();
-    assert!(png.starts_with(b"\x89PNG"));
-    let out = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/status-page.png");
-    std::fs::write(&out, png).unwrap();
-    eprintln!("screenshot: {}", out.display());
+    screenshot(&driver, &session, "target/status-page.png");
     http_json(&driver.addr, "DELETE", &format!("/session/{session}"), None);
 }
 
@@ -136,13 +131,18 @@ fn the_page_shows_postgres_cut_in_its_dependencies_panel() {
     let newest = driver.run(&session, "return document.querySelector('#problems tr:nth-child(2)').innerText");
     let newest = newest.as_str().unwrap_or_default();
     assert!(newest.contains("\twarn\t") && newest.contains("Postgres"), "{newest}");
-    let shot = http_json(&driver.addr, "GET", &format!("/session/{session}/screenshot"), None).1["value"].as_str().unwrap().to_owned();
-    let png = base64::engine::general_purpose::STANDARD.decode(shot).unwrap();
-    assert!(png.starts_with(b"\x89PNG"));
-    let out = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/status-page-postgres-cut.png");
-    std::fs::write(&out, png).unwrap();
-    eprintln!("screenshot: {}", out.display());
+    screenshot(&driver, &session, "target/status-page-postgres-cut.png");
     http_json(&driver.addr, "DELETE", &format!("/session/{session}"), None);
     proxy.restore();
     wait_until(Duration::from_secs(20), "Postgres up again", || postgres()["state"] == "up");
+}
+
+/// Saves what the browser shows as a PNG at `rel` (under the project's folder).
+fn screenshot(driver: &ChromeDriver, session: &str, rel: &str) {
+    let shot = http_json(&driver.addr, "GET", &format!("/session/{session}/screenshot"), None).1["value"].as_str().unwrap().to_owned();
+    let png = base64::engine::general_purpose::STANDARD.decode(shot).unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+    let out = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel);
+    std::fs::write(&out, png).unwrap();
+    eprintln!("screenshot: {}", out.display());
 }

@@ -325,21 +325,27 @@ fn output_on_a_terminal(env: &[(String, String)], needle: &str) -> Vec<String> {
     text.lines().map(|l| l.trim_end_matches('\r').to_owned()).filter(|l| !l.is_empty()).collect()
 }
 
+/// A producer-only daemon whose KAFKA_BROKERS is a closed port (no broker needed), and that port.
+fn producer_without_kafka(data_dir: &std::path::Path) -> (Vec<(String, String)>, String) {
+    let closed = format!("127.0.0.1:{}", free_port());
+    let env = [
+        ("KAFKA_BROKERS", closed.as_str()),
+        ("CONSUMER_ENABLED", "false"),
+        ("HTTP_ADDR", "127.0.0.1:0"),
+        ("DATA_DIR", &data_dir.display().to_string()),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    (env, closed)
+}
+
 /// On a terminal the log is text, one short line per event: time, level, actor, message, labels.
 /// LOG_FORMAT=json keeps JSON there; off a terminal JSON is the default (every other test).
 #[test]
 fn logs_are_text_on_a_terminal_and_json_otherwise() {
     let dir = tempfile::tempdir().unwrap();
-    let closed = format!("127.0.0.1:{}", free_port());
-    let env: Vec<(String, String)> = [
-        ("KAFKA_BROKERS", closed.as_str()),
-        ("CONSUMER_ENABLED", "false"),
-        ("HTTP_ADDR", "127.0.0.1:0"),
-        ("DATA_DIR", &dir.path().display().to_string()),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let (env, closed) = producer_without_kafka(dir.path());
     let lines = output_on_a_terminal(&env, "Kafka unreachable");
     assert!(lines.iter().all(|l| !l.starts_with('{')), "no JSON on a terminal: {lines:#?}");
     let warn = lines.iter().find(|l| l.contains("Kafka unreachable")).unwrap();
@@ -377,16 +383,7 @@ fn raw_answer(addr: &str, method: &str, path: &str) -> String {
 #[test]
 fn metrics_are_there_before_any_incident_and_head_probes_answer() {
     let dir = tempfile::tempdir().unwrap();
-    let closed = format!("127.0.0.1:{}", free_port());
-    let env: Vec<(String, String)> = [
-        ("KAFKA_BROKERS", closed.as_str()),
-        ("CONSUMER_ENABLED", "false"),
-        ("HTTP_ADDR", "127.0.0.1:0"),
-        ("DATA_DIR", &dir.path().display().to_string()),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let (env, _closed_port) = producer_without_kafka(dir.path());
     let daemon = Daemon::spawn(&env);
     let addr = daemon.http_addr();
     let (status, metrics) = http(&addr, "GET", "/metrics", &[]);
