@@ -30,7 +30,7 @@ use crate::event::ImageEvent;
 use crate::kafka;
 use crate::nasa::{image_items, NasaClient, NasaError, Search, MAX_RESULTS};
 use crate::oneshot::{stop_on_signal, Progress, Words, EXIT_INTERRUPTED};
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, OutboxError};
 use crate::supervision::Lifeline;
 
 /// The API's largest page.
@@ -115,27 +115,42 @@ where
     Ok(out)
 }
 
+/// Why a backfill cannot go on (transient faults are waited out; these are not).
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error("cannot open or write the backfill's record of published images in DATA_DIR: {0}; check that DATA_DIR is writable")]
+    State(#[source] std::io::Error),
+    #[error("cannot create a Kafka producer: {0}; check KAFKA_BROKERS")]
+    Producer(#[source] rdkafka::error::KafkaError),
+    #[error("cannot plan the search by years: {0}")]
+    Plan(#[source] NasaError),
+    #[error("the publisher stopped: {0}; this is a bug, please report it")]
+    PublisherStopped(#[source] actix::MailboxError),
+}
+
 /// Runs a backfill; returns the exit code.
 pub async fn run(config: Config, args: BackfillArgs, log: Logger) -> u8 {
     match backfill(&config, &args, &log).await {
         Ok(code) => code,
         Err(e) => {
-            slog::error!(log, "backfill failed"; "error.type" => "backfill", "error.message" => e.clone());
+            slog::error!(log, "backfill failed"; "error.type" => "backfill", "error.message" => e.to_string());
             eprintln!("nasa-ingest backfill: {e}");
             1
         }
     }
 }
 
-async fn backfill(config: &Config, args: &BackfillArgs, log: &Logger) -> Result<u8, String> {
+async fn backfill(config: &Config, args: &BackfillArgs, log: &Logger) -> Result<u8, BackfillError> {
     let stop = Arc::new(AtomicBool::new(false));
     stop_on_signal(stop.clone(), log.clone(), "stopping after the event being published");
-    let outbox = Outbox::open(&config.data_dir, Owner::Backfill).map_err(|e| e.to_string())?;
-    let mut published = Published::open(&config.data_dir, args).map_err(|e| format!("cannot open the backfill state: {e}"))?;
+    let outbox = Outbox::open(&config.data_dir, Owner::Backfill)?;
+    let mut published = Published::open(&config.data_dir, args).map_err(BackfillError::State)?;
     // An event of this search left pending by an interrupted run: the Publisher sends it first.
     if let Ok(Some(pending)) = outbox.pending() {
         if pending.query.as_deref() == Some(args.query.as_str()) {
-            published.record(&pending.nasa_id).map_err(|e| e.to_string())?;
+            published.record(&pending.nasa_id).map_err(BackfillError::State)?;
         }
     }
     let retry_backoff = config.retry_backoff();
@@ -155,7 +170,7 @@ async fn backfill(config: &Config, args: &BackfillArgs, log: &Logger) -> Result<
         log.clone(),
         Lifeline::unsupervised("publisher"),
     )
-    .map_err(|e| format!("cannot create a Kafka producer: {e}; check KAFKA_BROKERS"))?
+    .map_err(BackfillError::Producer)?
     .start();
     let nasa = NasaClient::new(config.nasa_api_url.clone(), config.image_variant, config.nasa_timeout);
 
@@ -171,7 +186,7 @@ async fn backfill(config: &Config, args: &BackfillArgs, log: &Logger) -> Result<
         vec![(asked, total)]
     } else {
         let years = asked.unwrap_or((FIRST_YEAR, chrono::Datelike::year(&chrono::Utc::now()) as u32));
-        let planned = plan_ranges(years, |r| hits(Some(r))).await.map_err(|e| e.to_string())?;
+        let planned = plan_ranges(years, |r| hits(Some(r))).await.map_err(BackfillError::Plan)?;
         planned.into_iter().map(|(r, n)| (Some(r), n)).collect()
     };
     let reachable: u64 = ranges.iter().map(|(_, n)| (*n).min(MAX_RESULTS)).sum();
@@ -209,7 +224,7 @@ async fn backfill(config: &Config, args: &BackfillArgs, log: &Logger) -> Result<
                 };
                 match retry(log, DISK_RETRY, retry_backoff, &stop, publish).await {
                     None => break 'ranges,
-                    Some(Err(e)) => return Err(format!("the publisher stopped: {e}")),
+                    Some(Err(e)) => return Err(BackfillError::PublisherStopped(e)),
                     Some(Ok(())) => {}
                 }
                 let record = || std::future::ready(published.record(id));
