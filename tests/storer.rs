@@ -34,6 +34,10 @@ fn storer(db: &TestDb, limits: BatchLimits) -> Addr<Storer> {
     Storer::new(pool, limits, Lifeline::unsupervised("storer")).start()
 }
 
+/// The batch histogram is global to this test binary: tests that write hold this, so that one
+/// test's batches are not counted in another's.
+static WRITERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// (statements written, rows in them) so far, from the Storer's histogram.
 fn batches() -> (u64, f64) {
     (METRICS.store_batch_rows.get_sample_count(), METRICS.store_batch_rows.get_sample_sum())
@@ -41,6 +45,7 @@ fn batches() -> (u64, f64) {
 
 #[actix_rt::test]
 async fn concurrent_rows_share_statements_and_each_sender_learns_its_outcome() {
+    let _serial = WRITERS.lock().await;
     let db = TestDb::create();
     let storer = storer(&db, BatchLimits { max_rows: 16, max_bytes: 1 << 20, linger: Duration::from_millis(20) });
     for id in ["old-1", "old-2"] {
@@ -69,6 +74,7 @@ async fn concurrent_rows_share_statements_and_each_sender_learns_its_outcome() {
 
 #[actix_rt::test]
 async fn a_row_postgres_refuses_fails_alone_and_its_batch_mates_are_stored() {
+    let _serial = WRITERS.lock().await;
     let db = TestDb::create();
     let storer = storer(&db, BatchLimits { max_rows: 64, max_bytes: 1 << 20, linger: Duration::from_millis(20) });
     // A nasa_id too large for the unique index (random, so it does not compress): Postgres
@@ -94,6 +100,7 @@ async fn a_row_postgres_refuses_fails_alone_and_its_batch_mates_are_stored() {
 
 #[actix_rt::test]
 async fn is_stored_questions_asked_at_once_each_get_their_own_answer() {
+    let _serial = WRITERS.lock().await;
     let db = TestDb::create();
     let storer = storer(&db, BatchLimits::default());
     for i in 0..5 {
@@ -108,6 +115,7 @@ async fn is_stored_questions_asked_at_once_each_get_their_own_answer() {
 
 #[actix_rt::test]
 async fn postgres_down_answers_every_sender_with_a_transient_failure() {
+    let _serial = WRITERS.lock().await;
     let db = TestDb::create();
     let proxy = TcpProxy::start("127.0.0.1:5432");
     let url = db.url.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
