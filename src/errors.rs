@@ -62,7 +62,7 @@ impl Permanent {
 }
 
 /// A failure expected to clear up: the same message is retried after a backoff.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum Transient {
     #[error("image server answered {status} for {url}; retrying")]
     ServerStatus { status: u16, url: String },

@@ -125,7 +125,9 @@ async fn postgres_down_answers_every_sender_with_a_transient_failure() {
     proxy.cut();
     let answers = futures::future::join_all((0..6).map(|i| storer.send(Store(row(&format!("cut-{i}")))))).await;
     for a in answers {
-        assert!(matches!(a.unwrap(), Err(EventError::Transient(Transient::Database(_)))), "retried, not dead-lettered");
+        let e = a.unwrap().unwrap_err();
+        assert!(matches!(e, EventError::Transient(Transient::Database(_))), "retried, not dead-lettered: {e}");
+        assert_eq!(e.to_string().matches("Postgres unavailable").count(), 1, "said once, not wrapped again: {e}");
     }
     proxy.restore();
     let again = storer.send(Store(row("cut-0"))).await.unwrap();

@@ -90,39 +90,31 @@ impl Storer {
 
     fn write_rows(&mut self) {
         let pool = self.pool.clone();
-        flush(
-            self.rows.take(),
-            move |rows| {
-                METRICS.store_batch_rows.observe(rows.len() as f64);
-                write_batch(&pool, rows)
-            },
-            |e| Err(EventError::from(Transient::Database(e.clone()))),
-        );
+        flush(self.rows.take(), move |rows| {
+            METRICS.store_batch_rows.observe(rows.len() as f64);
+            write_batch(&pool, rows)
+        });
     }
 
     fn run_checks(&mut self) {
         let pool = self.pool.clone();
-        flush(
-            self.checks.take(),
-            move |ids| {
-                let stored = db::stored_among(&pool, &ids)?;
-                Ok(ids.iter().map(|id| Ok(stored.contains(id))).collect())
-            },
-            |e| Err(Transient::Database(e.clone())),
-        );
+        flush(self.checks.take(), move |ids| {
+            let stored = db::stored_among(&pool, &ids)?;
+            Ok(ids.iter().map(|id| Ok(stored.contains(id))).collect())
+        });
     }
 }
 
-/// Writes a taken batch on the blocking pool and answers each sender; `failed` is every sender's
-/// answer when the whole batch failed. Spawned apart from the actor: a batch in flight still gets
-/// its answers if the actor restarts meanwhile.
-fn flush<T, R>(
-    batch: Vec<(T, oneshot::Sender<R>)>,
-    write: impl FnOnce(Vec<T>) -> Result<Vec<R>, Transient> + Send + 'static,
-    failed: impl Fn(&String) -> R + 'static,
+/// Writes a taken batch on the blocking pool and answers each sender; when the whole batch failed
+/// (the connection), every sender gets that failure. Spawned apart from the actor: a batch in
+/// flight still gets its answers if the actor restarts meanwhile.
+fn flush<T, V, E>(
+    batch: Vec<(T, oneshot::Sender<Result<V, E>>)>,
+    write: impl FnOnce(Vec<T>) -> Result<Vec<Result<V, E>>, Transient> + Send + 'static,
 ) where
     T: Send + 'static,
-    R: Send + 'static,
+    V: Send + 'static,
+    E: From<Transient> + Send + 'static,
 {
     if batch.is_empty() {
         return;
@@ -130,7 +122,7 @@ fn flush<T, R>(
     actix::spawn(async move {
         let (items, senders): (Vec<T>, Vec<_>) = batch.into_iter().unzip();
         let answers = blocking(move || write(items)).await;
-        answer_each(senders, answers, failed);
+        answer_each(senders, answers);
     });
 }
 
@@ -140,7 +132,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Transient> + 
 }
 
 /// Answers each sender with its own result, or every sender with the batch's failure.
-fn answer_each<R>(senders: Vec<oneshot::Sender<R>>, answers: Result<Vec<R>, Transient>, failed: impl Fn(&String) -> R) {
+fn answer_each<V, E: From<Transient>>(senders: Vec<oneshot::Sender<Result<V, E>>>, answers: Result<Vec<Result<V, E>>, Transient>) {
     match answers {
         Ok(answers) => {
             for (tx, answer) in senders.into_iter().zip(answers) {
@@ -148,9 +140,8 @@ fn answer_each<R>(senders: Vec<oneshot::Sender<R>>, answers: Result<Vec<R>, Tran
             }
         }
         Err(e) => {
-            let why = e.to_string();
             for tx in senders {
-                let _ = tx.send(failed(&why));
+                let _ = tx.send(Err(E::from(e.clone())));
             }
         }
     }
