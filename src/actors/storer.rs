@@ -1,12 +1,15 @@
-//! Storer: writes images to Postgres in batches. Rows arrive one message each; the Storer collects
-//! them and writes a batch in one statement (`INSERT … ON CONFLICT (nasa_id) DO NOTHING RETURNING
-//! nasa_id`) when it is full (rows or bytes) or after a short linger, then answers each sender
-//! with inserted or duplicate. The "already stored?" check before a download is batched the same
-//! way (one `nasa_id = ANY($1)` query). Diesel blocks, so each write runs on tokio's blocking pool
-//! and the actor's thread stays free; the r2d2 pool bounds the connections.
+//! Storer: writes images to Postgres in batches. Rows arrive one message each, and are written in
+//! one statement per batch (`INSERT … ON CONFLICT (nasa_id) DO NOTHING RETURNING nasa_id`); each
+//! sender is answered with inserted or duplicate. The "already stored?" checks before downloads
+//! are batched the same way (one `nasa_id = ANY($1)` query).
+//!
+//! Batches form by themselves, with no timer: a row is written at once while fewer than
+//! `max_in_flight` statements run; otherwise it waits, with the rows that come meanwhile, for the
+//! next statement to end. An idle pipeline pays no latency for batching; a busy one writes up to
+//! `max_rows` rows (or `max_bytes`) per round trip. Diesel blocks, so each statement runs on
+//! tokio's blocking pool and the actor's thread stays free; the r2d2 pool bounds the connections.
 
 use actix::prelude::*;
-use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::db::{self, NewImage, PgPool, Stored};
@@ -14,42 +17,50 @@ use crate::errors::{EventError, Transient};
 use crate::metrics::METRICS;
 use crate::supervision::Lifeline;
 
-/// When a batch is written: at `max_rows` rows, at `max_bytes` of image bytes, or `linger` after
-/// its first row, whichever comes first.
+/// How rows are grouped into statements.
 #[derive(Clone, Copy, Debug)]
 pub struct BatchLimits {
+    /// Rows (or existence checks) in one statement, at most.
     pub max_rows: usize,
+    /// Image bytes in one statement, at most (a single larger row still goes alone).
     pub max_bytes: usize,
-    pub linger: Duration,
+    /// Statements of one kind running at once; rows wait for one of them to end.
+    pub max_in_flight: usize,
 }
 
 impl Default for BatchLimits {
-    /// A few milliseconds of linger cost little next to a download, and let the rows of concurrent
-    /// events share one round trip; 16 MiB keeps a batch of large images to a sane statement.
+    /// 16 MiB keeps a batch of large images to a sane statement; two statements at once leave the
+    /// pool's other connections to the existence checks and the status page.
     fn default() -> Self {
-        BatchLimits { max_rows: 64, max_bytes: 16 << 20, linger: Duration::from_millis(5) }
+        BatchLimits { max_rows: 64, max_bytes: 16 << 20, max_in_flight: 2 }
     }
 }
 
-/// Items waiting for one statement, each with the sender to answer.
+/// Items waiting for a statement, each with the sender to answer, and the statements running.
 struct Batch<T, R> {
     items: Vec<(T, oneshot::Sender<R>)>,
-    bytes: usize,
-    /// A flush is scheduled for the linger's end.
-    scheduled: bool,
+    in_flight: usize,
 }
 
 impl<T, R> Default for Batch<T, R> {
     fn default() -> Self {
-        Batch { items: Vec::new(), bytes: 0, scheduled: false }
+        Batch { items: Vec::new(), in_flight: 0 }
     }
 }
 
 impl<T, R> Batch<T, R> {
-    fn take(&mut self) -> Vec<(T, oneshot::Sender<R>)> {
-        self.bytes = 0;
-        self.scheduled = false;
-        std::mem::take(&mut self.items)
+    /// The next statement's items, if a statement may start now: the oldest ones, within the limits.
+    fn next(&mut self, limits: &BatchLimits, bytes: impl Fn(&T) -> usize) -> Option<Vec<(T, oneshot::Sender<R>)>> {
+        if self.items.is_empty() || self.in_flight >= limits.max_in_flight {
+            return None;
+        }
+        let (mut n, mut size) = (0, 0);
+        while n < self.items.len() && n < limits.max_rows && (n == 0 || size + bytes(&self.items[n].0) <= limits.max_bytes) {
+            size += bytes(&self.items[n].0);
+            n += 1;
+        }
+        self.in_flight += 1;
+        Some(self.items.drain(..n).collect())
     }
 }
 
@@ -68,47 +79,41 @@ impl Storer {
         Storer { pool, limits, rows: Batch::default(), checks: Batch::default(), lifeline }
     }
 
-    /// Writes the pending rows now if the batch is full, else makes sure the linger will.
-    fn rows_added(&mut self, ctx: &mut Context<Self>) {
-        let full = self.rows.items.len() >= self.limits.max_rows || self.rows.bytes >= self.limits.max_bytes;
-        if full {
-            self.write_rows();
-        } else if !self.rows.scheduled {
-            self.rows.scheduled = true;
-            ctx.run_later(self.limits.linger, |act, _| act.write_rows());
+    /// Starts statements for the waiting rows while the limit allows; each one, when it ends,
+    /// starts the next.
+    fn write_rows(&mut self, ctx: &mut Context<Self>) {
+        while let Some(batch) = self.rows.next(&self.limits, |r| r.image_bytes.len()) {
+            let pool = self.pool.clone();
+            let write = move |rows: Vec<NewImage>| {
+                METRICS.store_batch_rows.observe(rows.len() as f64);
+                write_batch(&pool, rows)
+            };
+            ctx.spawn(run(batch, write).into_actor(self).map(|(), act, ctx| {
+                act.rows.in_flight -= 1;
+                act.write_rows(ctx);
+            }));
         }
     }
 
-    fn checks_added(&mut self, ctx: &mut Context<Self>) {
-        if self.checks.items.len() >= self.limits.max_rows {
-            self.run_checks();
-        } else if !self.checks.scheduled {
-            self.checks.scheduled = true;
-            ctx.run_later(self.limits.linger, |act, _| act.run_checks());
+    fn run_checks(&mut self, ctx: &mut Context<Self>) {
+        while let Some(batch) = self.checks.next(&self.limits, |_| 0) {
+            let pool = self.pool.clone();
+            let check = move |ids: Vec<String>| {
+                let stored = db::stored_among(&pool, &ids)?;
+                Ok(ids.iter().map(|id| Ok(stored.contains(id))).collect())
+            };
+            ctx.spawn(run(batch, check).into_actor(self).map(|(), act, ctx| {
+                act.checks.in_flight -= 1;
+                act.run_checks(ctx);
+            }));
         }
-    }
-
-    fn write_rows(&mut self) {
-        let pool = self.pool.clone();
-        flush(self.rows.take(), move |rows| {
-            METRICS.store_batch_rows.observe(rows.len() as f64);
-            write_batch(&pool, rows)
-        });
-    }
-
-    fn run_checks(&mut self) {
-        let pool = self.pool.clone();
-        flush(self.checks.take(), move |ids| {
-            let stored = db::stored_among(&pool, &ids)?;
-            Ok(ids.iter().map(|id| Ok(stored.contains(id))).collect())
-        });
     }
 }
 
-/// Writes a taken batch on the blocking pool and answers each sender; when the whole batch failed
-/// (the connection), every sender gets that failure. Spawned apart from the actor: a batch in
-/// flight still gets its answers if the actor restarts meanwhile.
-fn flush<T, V, E>(
+/// Runs one statement for `batch` on the blocking pool and answers each sender; when the whole
+/// statement failed (the connection), every sender gets that failure. A statement lost with a
+/// restarting actor drops its senders: they hear `ActorDown` and retry.
+async fn run<T, V, E>(
     batch: Vec<(T, oneshot::Sender<Result<V, E>>)>,
     write: impl FnOnce(Vec<T>) -> Result<Vec<Result<V, E>>, Transient> + Send + 'static,
 ) where
@@ -116,14 +121,9 @@ fn flush<T, V, E>(
     V: Send + 'static,
     E: From<Transient> + Send + 'static,
 {
-    if batch.is_empty() {
-        return;
-    }
-    actix::spawn(async move {
-        let (items, senders): (Vec<T>, Vec<_>) = batch.into_iter().unzip();
-        let answers = blocking(move || write(items)).await;
-        answer_each(senders, answers);
-    });
+    let (items, senders): (Vec<T>, Vec<_>) = batch.into_iter().unzip();
+    let answers = blocking(move || write(items)).await;
+    answer_each(senders, answers);
 }
 
 /// Runs a blocking database call off the actor thread.
@@ -190,7 +190,7 @@ impl Handler<IsStored> for Storer {
     fn handle(&mut self, IsStored(id): IsStored, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
         self.checks.items.push((id, tx));
-        self.checks_added(ctx);
+        self.run_checks(ctx);
         Box::pin(async move { lost(rx.await, || Err(Transient::ActorDown("storer"))) })
     }
 }
@@ -199,9 +199,8 @@ impl Handler<Store> for Storer {
     type Result = ResponseFuture<Result<Stored, EventError>>;
     fn handle(&mut self, Store(row): Store, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
-        self.rows.bytes += row.image_bytes.len();
         self.rows.items.push((row, tx));
-        self.rows_added(ctx);
+        self.write_rows(ctx);
         Box::pin(async move { lost(rx.await, || Err(Transient::ActorDown("storer").into())) })
     }
 }
