@@ -1367,17 +1367,8 @@ fn main() {
     // 404 again, as a host that came back would, and the dead letters of that reason are replayed.
     w.nasa.state.image_status.lock().unwrap().remove("poison-404-");
     let replay_settings = nasa_ingest::dlq::ReplaySettings {
-        brokers: broker.addr.clone(),
-        topic: broker.topic.clone(),
-        dlq_topic: broker.dlq.clone(),
-        group: nasa_ingest::dlq::default_replay_group(&group),
         filter: nasa_ingest::config::DlqFilter { reason: Some("image_http_4xx".into()), since: None },
-        nasa_id: None,
-        max: None,
-        max_replays: 3,
-        dry_run: false,
-        from_start: false,
-        show_progress: false,
+        ..nasa_ingest::dlq::ReplaySettings::quiet(&broker.addr, &broker.topic, &broker.dlq, &nasa_ingest::dlq::default_replay_group(&group))
     };
     let quiet = slog::Logger::root(slog::Discard, slog::o!());
     let replayed = nasa_ingest::dlq::replay(&replay_settings, &AtomicBool::new(false), &quiet);

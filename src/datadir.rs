@@ -49,7 +49,6 @@ pub enum DataDirError {
 #[derive(Debug)]
 pub struct DataDirLock {
     _file: File,
-    path: PathBuf,
 }
 
 impl DataDirLock {
@@ -78,11 +77,7 @@ impl DataDirLock {
         // Best effort: on a full or read-only DATA_DIR the lock still holds, only the pid is missing
         // from a second process's error. The producer treats such a disk as a passing fault.
         let _ = file.set_len(0).and_then(|()| file.rewind()).and_then(|()| writeln!(file, "{}", std::process::id()));
-        Ok(DataDirLock { _file: file, path })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(DataDirLock { _file: file })
     }
 }
 

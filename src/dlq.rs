@@ -447,7 +447,28 @@ impl ReplaySettings {
             show_progress: true,
         }
     }
+
+    /// Every matching dead letter of `dlq_topic` back to `topic`, from `group`'s progress, with the
+    /// command's defaults and no output: for callers other than the command (the chaos run).
+    pub fn quiet(brokers: &str, topic: &str, dlq_topic: &str, group: &str) -> ReplaySettings {
+        ReplaySettings {
+            brokers: brokers.to_owned(),
+            topic: topic.to_owned(),
+            dlq_topic: dlq_topic.to_owned(),
+            group: group.to_owned(),
+            filter: DlqFilter::default(),
+            nasa_id: None,
+            max: None,
+            max_replays: DEFAULT_MAX_REPLAYS,
+            dry_run: false,
+            from_start: false,
+            show_progress: false,
+        }
+    }
 }
+
+/// `--max-replays` when not given.
+pub const DEFAULT_MAX_REPLAYS: u32 = 3;
 
 /// The replay's own group, beside the daemon's: `<KAFKA_GROUP_ID>.dlq-replay`.
 pub fn default_replay_group(consumer_group: &str) -> String {
@@ -952,19 +973,7 @@ mod tests {
     }
 
     fn settings() -> ReplaySettings {
-        ReplaySettings {
-            brokers: String::new(),
-            topic: "images".into(),
-            dlq_topic: "images.dlq".into(),
-            group: "g".into(),
-            filter: DlqFilter::default(),
-            nasa_id: None,
-            max: None,
-            max_replays: 3,
-            dry_run: false,
-            from_start: false,
-            show_progress: false,
-        }
+        ReplaySettings::quiet("", "images", "images.dlq", "g")
     }
 
     #[test]

@@ -42,19 +42,17 @@ impl Outbox {
         self.dir.join("pending.json")
     }
 
-    /// The pending event, if any. An unreadable file is moved aside (never deleted) and reported.
+    /// The pending event, if any, for the producer that owns the outbox: an unreadable file is
+    /// moved aside (never deleted) and reported.
     pub fn pending(&self) -> Result<Option<ImageEvent>, OutboxError> {
-        let path = self.pending_path();
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(OutboxError::Io { path, source }),
-        };
-        serde_json::from_slice(&bytes).map(Some).or_else(|e| {
-            let moved_to = self.dir.join(format!("corrupt-{}.json", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3f")));
-            fs::rename(&path, &moved_to).map_err(|source| OutboxError::Io { path: path.clone(), source })?;
-            Err(OutboxError::Corrupt { path, reason: e.to_string(), moved_to })
-        })
+        match self.peek() {
+            Err(OutboxError::Unreadable { path, reason }) => {
+                let moved_to = self.dir.join(format!("corrupt-{}.json", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3f")));
+                fs::rename(&path, &moved_to).map_err(|source| OutboxError::Io { path: path.clone(), source })?;
+                Err(OutboxError::Corrupt { path, reason, moved_to })
+            }
+            other => other,
+        }
     }
 
     /// The pending event, if any, for a reader such as `/status`: never moves or changes anything.

@@ -51,6 +51,14 @@ impl ChromeDriver {
         resp["value"]["sessionId"].as_str().unwrap().to_owned()
     }
 
+    /// A new session on `url`; returns its id.
+    fn open(&self, profile: &std::path::Path, url: &str) -> String {
+        let session = self.session(profile);
+        let (status, resp) = http_json(&self.addr, "POST", &format!("/session/{session}/url"), Some(&json!({ "url": url })));
+        assert_eq!(status, 200, "{resp}");
+        session
+    }
+
     fn run(&self, session: &str, script: &str) -> serde_json::Value {
         let body = json!({"script": script, "args": []});
         http_json(&self.addr, "POST", &format!("/session/{session}/execute/sync"), Some(&body)).1["value"].clone()
@@ -74,10 +82,7 @@ fn status_page_gallery_images_decode_in_chromium() {
 
     let driver = ChromeDriver::start();
     let profile = tempfile::tempdir().unwrap();
-    let session = driver.session(profile.path());
-    let (status, resp) =
-        http_json(&driver.addr, "POST", &format!("/session/{session}/url"), Some(&json!({"url": format!("http://{addr}/")})));
-    assert_eq!(status, 200, "{resp}");
+    let session = driver.open(profile.path(), &format!("http://{addr}/"));
     // Lazy images load once they are near the viewport.
     driver.run(&session, "window.scrollTo(0, document.body.scrollHeight)");
     let mut widths = Vec::new();
@@ -118,10 +123,7 @@ fn the_page_shows_postgres_cut_in_its_dependencies_panel() {
 
     let driver = ChromeDriver::start();
     let profile = tempfile::tempdir().unwrap();
-    let session = driver.session(profile.path());
-    let (status, resp) =
-        http_json(&driver.addr, "POST", &format!("/session/{session}/url"), Some(&json!({"url": format!("http://{addr}/")})));
-    assert_eq!(status, 200, "{resp}");
+    let session = driver.open(profile.path(), &format!("http://{addr}/"));
     let panel = driver.run(&session, "return document.querySelector('#dependencies').innerText");
     let panel = panel.as_str().unwrap_or_default();
     assert!(panel.contains("Postgres unreachable since"), "{panel}");

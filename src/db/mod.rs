@@ -154,13 +154,6 @@ pub enum Stored {
     Duplicate,
 }
 
-pub fn is_stored(pool: &PgPool, nasa_id: &str) -> Result<bool, Transient> {
-    use diesel::dsl::exists;
-    diesel::select(exists(images::table.filter(images::nasa_id.eq(nasa_id))))
-        .get_result(&mut conn(pool)?)
-        .map_err(|e| Transient::Database(e.to_string()))
-}
-
 /// Which of `ids` are stored already: one `nasa_id = ANY($1)` query.
 pub fn stored_among(pool: &PgPool, ids: &[String]) -> Result<std::collections::HashSet<String>, Transient> {
     images::table
