@@ -201,9 +201,14 @@ pub struct Settings {
     /// Comma-separated hosts images may be downloaded from. [default: images-assets.nasa.gov]
     #[arg(long, env = "ALLOWED_IMAGE_HOSTS", global = true, hide_env_values = true, help_heading = "Consumer: downloads")]
     pub allowed_image_hosts: Option<String>,
-    /// Events processed at once by the consumer role. [default: 8]
+    /// Image downloads at once per image host; DOWNLOAD_CONCURRENCY × MAX_IMAGE_BYTES also bounds
+    /// the image bytes held by the events in flight. [default: 8]
     #[arg(long, env = "DOWNLOAD_CONCURRENCY", global = true, hide_env_values = true, help_heading = "Consumer: downloads")]
     pub download_concurrency: Option<String>,
+    /// Events the consumer role handles at once (checked, downloading, waiting to be stored); more
+    /// than downloads, so that the Storer's statements carry many rows. [default: 64]
+    #[arg(long, env = "CONSUMER_MAX_IN_FLIGHT", global = true, hide_env_values = true, help_heading = "Consumer: downloads")]
+    pub consumer_max_in_flight: Option<String>,
     /// Seconds a consumer may hold no partition, or the group's partitions may not move while
     /// they have lag, before it counts as stalled (logged, not ready, and rejoined). [default: 60]
     #[arg(long, env = "CONSUMER_STALL_SECS", global = true, hide_env_values = true, help_heading = "Consumer: downloads")]
@@ -299,6 +304,7 @@ pub struct Config {
     pub max_image_bytes: u64,
     pub allowed_image_hosts: Vec<String>,
     pub download_concurrency: usize,
+    pub consumer_max_in_flight: usize,
     pub consumer_stall: Duration,
     pub download_timeout: Duration,
     pub data_dir: PathBuf,
@@ -446,6 +452,7 @@ impl Config {
             max_image_bytes: e.take(parse_number("MAX_IMAGE_BYTES", &s.max_image_bytes, 50 * 1024 * 1024, 1, 1 << 40)),
             allowed_image_hosts: e.take(parse_hosts(&s.allowed_image_hosts)),
             download_concurrency: e.take(parse_number("DOWNLOAD_CONCURRENCY", &s.download_concurrency, 8, 1, 1024)) as usize,
+            consumer_max_in_flight: e.take(parse_number("CONSUMER_MAX_IN_FLIGHT", &s.consumer_max_in_flight, 64, 1, 4096)) as usize,
             consumer_stall: Duration::from_secs(e.take(parse_number("CONSUMER_STALL_SECS", &s.consumer_stall_secs, 60, 5, 86_400))),
             download_timeout: Duration::from_secs(e.take(parse_number(
                 "DOWNLOAD_TIMEOUT_SECONDS",

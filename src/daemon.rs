@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-use crate::actors::downloader::Downloader;
+use crate::actors::downloader::{DownloadLimits, Downloader};
 use crate::actors::fetcher::{Fetcher, FetcherSettings, StopFetching};
 use crate::actors::publisher::{self, Flush, Publisher};
 use crate::actors::storer::{BatchLimits, Storer};
@@ -31,6 +31,9 @@ use crate::outbox::Outbox;
 use crate::supervision::{ChildSpec, Crash, Lifeline, Outcome, Restart, RestartCounts, RestartHook, RestartType, Slot, Supervisor};
 
 /// In-flight events get this long to finish at shutdown (the whole exit stays under 10 s).
+/// Postgres connections: the Storer's statements (two writes and two checks at most at once),
+/// plus the status page and the dependency probes.
+const POOL_SIZE: u32 = 8;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// The stop flag of start-up's retries: start-up itself is raced against the signals by the
@@ -149,7 +152,7 @@ pub async fn run(config: Config, root: Logger) -> u8 {
         .database_url
         .as_ref()
         .filter(|_| config.consumer_enabled)
-        .map(|u| db::reporting_pool(u, config.download_concurrency as u32 + 2, for_component(&root, "postgres")));
+        .map(|u| db::reporting_pool(u, POOL_SIZE, for_component(&root, "postgres")));
     let app = match app_state(&config, &root, &slots, restarts, pool.clone()) {
         Ok(app) => app,
         Err(e) => return start_failed(&log, e),
@@ -304,9 +307,10 @@ async fn consumer_children(
         topic: config.kafka_topic.clone(),
         log: sub_log,
     };
-    let consumer = ConsumerState::new(member, config.download_concurrency, config.consumer_stall, pipeline, restarts, status)?;
+    let consumer = ConsumerState::new(member, config.consumer_max_in_flight, config.consumer_stall, pipeline, restarts, status)?;
     let (storer_slot, downloader_slot, subscriber_slot) = (slots.storer.clone(), slots.downloader.clone(), slots.subscriber.clone());
     let (hosts, max_bytes, timeout) = (config.allowed_image_hosts.clone(), config.max_image_bytes, config.download_timeout);
+    let limits = DownloadLimits::new(config.download_concurrency, config.max_image_bytes);
     Ok(vec![
         (
             "storer",
@@ -318,7 +322,7 @@ async fn consumer_children(
         (
             "downloader",
             Box::new(move |l| {
-                downloader_slot.set(Some(Downloader::new(hosts.clone(), max_bytes, timeout, l).start()));
+                downloader_slot.set(Some(Downloader::new(hosts.clone(), max_bytes, timeout, limits.clone(), l).start()));
                 Ok(())
             }),
         ),
