@@ -300,6 +300,7 @@ async fn consumer_children(
         backoff: retry,
         log: sub_log.clone(),
         last_retry: Default::default(),
+        retry_lines: Default::default(),
     };
     let member = MemberSettings {
         brokers: config.kafka_brokers.clone(),

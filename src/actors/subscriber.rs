@@ -73,6 +73,39 @@ pub struct Pipeline {
     pub log: Logger,
     /// When an event last failed with a transient error.
     pub last_retry: Arc<Mutex<Option<Instant>>>,
+    /// Which retries get a log line (see [`RetryLines`]).
+    pub retry_lines: Arc<Mutex<RetryLines>>,
+}
+
+/// A retry's WARN line is written at most once a second per kind of error; the next line says how
+/// many retries of that kind it left out. With dozens of events in flight, an outage otherwise
+/// writes a line per event and attempt (`nasa_ingest_retries_total` still counts every one).
+#[derive(Debug, Default)]
+pub struct RetryLines {
+    last: std::collections::HashMap<&'static str, (Instant, u64)>,
+}
+
+/// At most one retry line per kind of error in this period.
+const RETRY_LINE_EVERY: Duration = Duration::from_secs(1);
+
+impl RetryLines {
+    /// `Some(left out since the last line)` when this retry of `kind` is to be logged now.
+    fn admit(&mut self, kind: &'static str, now: Instant) -> Option<u64> {
+        match self.last.get_mut(kind) {
+            Some((at, left_out)) if now.duration_since(*at) < RETRY_LINE_EVERY => {
+                *left_out += 1;
+                None
+            }
+            Some((at, left_out)) => {
+                *at = now;
+                Some(std::mem::take(left_out))
+            }
+            None => {
+                self.last.insert(kind, (now, 0));
+                Some(0)
+            }
+        }
+    }
 }
 
 impl Pipeline {
@@ -391,9 +424,12 @@ async fn handle_until_done(delivery: Delivery, p: Pipeline) {
                     error_message: Some(e.to_string()),
                 };
                 telemetry::incident_failed(CONSUMER_INCIDENT, "events fail and are retried", &info);
-                warn!(p.log, "event failed, will retry the same message"; "error.type" => e.kind(),
-                    "error.message" => e.to_string(), "labels.partition" => msg.partition(), "labels.offset" => msg.offset(),
-                    "labels.attempt" => attempt, "labels.delay_ms" => delay.as_millis() as u64);
+                if let Some(left_out) = p.retry_lines.lock().expect("retry lines lock").admit(e.kind(), Instant::now()) {
+                    warn!(p.log, "event failed, will retry the same message"; "error.type" => e.kind(),
+                        "error.message" => e.to_string(), "labels.partition" => msg.partition(), "labels.offset" => msg.offset(),
+                        "labels.attempt" => attempt, "labels.delay_ms" => delay.as_millis() as u64,
+                        "labels.retries_not_logged" => left_out);
+                }
                 tokio::time::sleep(delay).await;
             }
         }
@@ -545,5 +581,22 @@ impl Handler<Drain> for Subscriber {
             }
             .into_actor(self),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_lines_are_one_a_second_per_kind_and_count_what_they_left_out() {
+        let (mut lines, t0) = (RetryLines::default(), Instant::now());
+        assert_eq!(lines.admit("postgres", t0), Some(0), "the first retry of a kind is logged");
+        for ms in [1, 10, 500, 999] {
+            assert_eq!(lines.admit("postgres", t0 + Duration::from_millis(ms)), None, "{ms} ms later: left out");
+        }
+        assert_eq!(lines.admit("image_http_5xx", t0 + Duration::from_millis(2)), Some(0), "another kind has its own second");
+        assert_eq!(lines.admit("postgres", t0 + Duration::from_millis(1000)), Some(4), "a second later: logged, with the 4 left out");
+        assert_eq!(lines.admit("postgres", t0 + Duration::from_millis(2500)), Some(0));
     }
 }
