@@ -282,40 +282,149 @@ pub fn env_var_names() -> std::collections::BTreeSet<String> {
 /// Topics the fetcher picks from when `QUERY` is empty.
 pub const RANDOM_TOPICS: [&str; 8] = ["moon", "mars", "earth", "nebula", "galaxy", "saturn", "jupiter", "apollo"];
 
-/// The validated configuration, read once at start.
+/// The validated configuration, read once at start, grouped by what each part configures.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub kafka_brokers: String,
-    pub kafka_topic: String,
-    pub kafka_dlq_topic: String,
-    pub kafka_group_id: String,
-    pub database_url: Option<DatabaseUrl>,
-    pub nasa_api_url: Url,
+    /// Which roles this process runs.
+    pub roles: Roles,
+    pub kafka: KafkaConfig,
+    pub postgres: PostgresConfig,
+    /// The producer's NASA API searches.
+    pub nasa: NasaConfig,
+    /// The producer's outbox and how it publishes.
+    pub outbox: OutboxConfig,
+    /// The consumer role: downloads and its group membership.
+    pub consumer: ConsumerConfig,
+    /// Retries of the dependencies, and how long start-up waits for them.
+    pub retries: RetryConfig,
+    /// Restarts of actors that died.
+    pub supervisor: SupervisorConfig,
+    pub http: HttpConfig,
+    /// Logs and Sentry.
+    pub observability: ObservabilityConfig,
+}
+
+/// `PRODUCER_ENABLED`, `CONSUMER_ENABLED`: at least one is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Roles {
+    pub producer: bool,
+    pub consumer: bool,
+}
+
+impl Roles {
+    /// For logs and Sentry tags: "producer", "consumer" or "producer+consumer".
+    pub fn label(&self) -> &'static str {
+        match (self.producer, self.consumer) {
+            (true, true) => "producer+consumer",
+            (true, false) => "producer",
+            _ => "consumer",
+        }
+    }
+}
+
+/// `KAFKA_*`.
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub topic: String,
+    /// `<topic>.dlq`.
+    pub dlq_topic: String,
+    pub group_id: String,
+}
+
+/// `DATABASE_URL`.
+#[derive(Clone, Debug)]
+pub struct PostgresConfig {
+    /// None only when neither the consumer role nor `migrate` needs it.
+    pub url: Option<DatabaseUrl>,
+}
+
+/// `NASA_API_URL`, `QUERY`, `INTERVAL_SECONDS`, `IMAGE_VARIANT`, `NASA_TIMEOUT_SECONDS`.
+#[derive(Clone, Debug)]
+pub struct NasaConfig {
+    pub api_url: Url,
+    /// None: a random one of [`RANDOM_TOPICS`] each time.
     pub query: Option<String>,
     pub interval: Duration,
-    pub producer_enabled: bool,
-    pub consumer_enabled: bool,
     pub image_variant: ImageVariant,
-    pub max_image_bytes: u64,
-    pub allowed_image_hosts: Vec<String>,
-    pub download_concurrency: usize,
-    pub consumer_stall: Duration,
-    pub download_timeout: Duration,
+    pub timeout: Duration,
+}
+
+/// `DATA_DIR`, `PUBLISH_TIMEOUT_MS`, `PUBLISH_*_BACKOFF_MS`.
+#[derive(Clone, Debug)]
+pub struct OutboxConfig {
     pub data_dir: PathBuf,
     pub publish_timeout: Duration,
-    pub nasa_timeout: Duration,
     pub publish_min_backoff: Duration,
     pub publish_max_backoff: Duration,
-    pub retry_min_backoff: Duration,
-    pub retry_max_backoff: Duration,
-    pub supervisor_min_backoff: Duration,
-    pub supervisor_max_backoff: Duration,
-    pub supervisor_max_restarts: u32,
-    pub supervisor_restart_window: Duration,
+}
+
+impl OutboxConfig {
+    /// The Publisher's retries while Kafka is unavailable (`PUBLISH_*_BACKOFF_MS`).
+    pub fn publish_backoff(&self) -> Backoff {
+        Backoff::new(self.publish_min_backoff, self.publish_max_backoff, JITTER)
+    }
+}
+
+/// `MAX_IMAGE_BYTES`, `ALLOWED_IMAGE_HOSTS`, `DOWNLOAD_CONCURRENCY`, `CONSUMER_STALL_SECS`, `DOWNLOAD_TIMEOUT_SECONDS`.
+#[derive(Clone, Debug)]
+pub struct ConsumerConfig {
+    pub max_image_bytes: u64,
+    pub allowed_image_hosts: Vec<String>,
+    /// Events processed at once.
+    pub concurrency: usize,
+    pub stall: Duration,
+    pub download_timeout: Duration,
+}
+
+/// `RETRY_*_BACKOFF_MS`, `STARTUP_TIMEOUT_SECS`.
+#[derive(Clone, Debug)]
+pub struct RetryConfig {
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
     /// None: start-up waits for the dependencies forever.
     pub startup_timeout: Option<Duration>,
-    pub http_addr: std::net::SocketAddr,
+}
+
+impl RetryConfig {
+    /// Retries of Kafka, Postgres, the NASA API and image downloads (`RETRY_*_BACKOFF_MS`).
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.min_backoff, self.max_backoff, JITTER)
+    }
+}
+
+/// `SUPERVISOR_*`.
+#[derive(Clone, Debug)]
+pub struct SupervisorConfig {
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    pub max_restarts: u32,
+    pub restart_window: Duration,
+}
+
+impl SupervisorConfig {
+    /// How the supervisor restarts an actor.
+    pub fn restart_policy(&self) -> Policy {
+        Policy {
+            backoff: Backoff::new(self.min_backoff, self.max_backoff, JITTER),
+            stable_after: self.restart_window,
+            max_restarts: self.max_restarts,
+            window: self.restart_window,
+        }
+    }
+}
+
+/// `HTTP_ADDR`, `ADMIN_TOKEN`.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    pub addr: std::net::SocketAddr,
+    /// None: the admin routes do not exist.
     pub admin_token: Option<String>,
+}
+
+/// `ENVIRONMENT`, `SENTRY_*`, `LOG_*`.
+#[derive(Clone, Debug)]
+pub struct ObservabilityConfig {
     pub environment: String,
     pub sentry_dsn: Option<String>,
     pub sentry_min_interval: Duration,
@@ -381,29 +490,6 @@ impl ConfigError {
 /// same outage do not hit the dependency in step.
 pub const JITTER: f64 = 0.2;
 
-/// Ready values made of the raw settings, so that callers do not assemble them.
-impl Config {
-    /// Retries of Kafka, Postgres, the NASA API and image downloads (`RETRY_*_BACKOFF_MS`).
-    pub fn retry_backoff(&self) -> Backoff {
-        Backoff::new(self.retry_min_backoff, self.retry_max_backoff, JITTER)
-    }
-
-    /// The Publisher's retries while Kafka is unavailable (`PUBLISH_*_BACKOFF_MS`).
-    pub fn publish_backoff(&self) -> Backoff {
-        Backoff::new(self.publish_min_backoff, self.publish_max_backoff, JITTER)
-    }
-
-    /// How the supervisor restarts an actor (`SUPERVISOR_*`).
-    pub fn restart_policy(&self) -> Policy {
-        Policy {
-            backoff: Backoff::new(self.supervisor_min_backoff, self.supervisor_max_backoff, JITTER),
-            stable_after: self.supervisor_restart_window,
-            max_restarts: self.supervisor_max_restarts,
-            window: self.supervisor_restart_window,
-        }
-    }
-}
-
 impl Config {
     /// Validates the raw settings. `command` decides which settings are required. Every bad
     /// setting is reported, not only the first: a person fixes them all in one go.
@@ -429,79 +515,70 @@ impl Config {
         let retry_max_backoff = e.take(parse_millis("RETRY_MAX_BACKOFF_MS", &s.retry_max_backoff_ms, 30_000));
         let supervisor_min_backoff = e.take(parse_millis("SUPERVISOR_MIN_BACKOFF_MS", &s.supervisor_min_backoff_ms, 500));
         let supervisor_max_backoff = e.take(parse_millis("SUPERVISOR_MAX_BACKOFF_MS", &s.supervisor_max_backoff_ms, 30_000));
+        // Read in this order, so that the errors come in it too.
+        let brokers = e.take(parse_brokers(&kafka_brokers_setting(s)));
+        let group_id = e.take(parse_name("KAFKA_GROUP_ID", &s.kafka_group_id, "images-writer"));
+        let api_url = e.take_or(parse_http_url("NASA_API_URL", &s.nasa_api_url, DEFAULT_NASA_API_URL), || {
+            Url::parse(DEFAULT_NASA_API_URL).expect("a valid URL")
+        });
+        let interval = Duration::from_secs(e.take(parse_number("INTERVAL_SECONDS", &s.interval_seconds, 30, 1, 86_400)));
+        let image_variant = e.take_or(parse_variant(&s.image_variant), || ImageVariant::Orig);
+        let max_image_bytes = e.take(parse_number("MAX_IMAGE_BYTES", &s.max_image_bytes, 50 * 1024 * 1024, 1, 1 << 40));
+        let allowed_image_hosts = e.take(parse_hosts(&s.allowed_image_hosts));
+        let concurrency = e.take(parse_number("DOWNLOAD_CONCURRENCY", &s.download_concurrency, 8, 1, 1024)) as usize;
+        let stall = Duration::from_secs(e.take(parse_number("CONSUMER_STALL_SECS", &s.consumer_stall_secs, 60, 5, 86_400)));
+        let download_timeout =
+            Duration::from_secs(e.take(parse_number("DOWNLOAD_TIMEOUT_SECONDS", &s.download_timeout_seconds, 60, 1, 3600)));
+        let publish_timeout = e.take(parse_millis("PUBLISH_TIMEOUT_MS", &s.publish_timeout_ms, 5_000));
+        let nasa_timeout = Duration::from_secs(e.take(parse_number("NASA_TIMEOUT_SECONDS", &s.nasa_timeout_seconds, 20, 1, 600)));
+        let publish_max_backoff = e.take(at_least("PUBLISH_MAX_BACKOFF_MS", publish_max_backoff, publish_min_backoff));
+        let retry_max_backoff = e.take(at_least("RETRY_MAX_BACKOFF_MS", retry_max_backoff, retry_min_backoff));
+        let supervisor_max_backoff = e.take(at_least("SUPERVISOR_MAX_BACKOFF_MS", supervisor_max_backoff, supervisor_min_backoff));
+        let max_restarts = e.take(parse_number("SUPERVISOR_MAX_RESTARTS", &s.supervisor_max_restarts, 5, 0, 10_000)) as u32;
+        let restart_window =
+            Duration::from_secs(e.take(parse_number("SUPERVISOR_RESTART_WINDOW_SECS", &s.supervisor_restart_window_secs, 60, 1, 86_400)));
+        let startup_timeout = Some(e.take(parse_number("STARTUP_TIMEOUT_SECS", &s.startup_timeout_secs, 0, 0, 86_400)))
+            .filter(|secs| *secs > 0)
+            .map(Duration::from_secs);
+        let http_addr = e.take_or(parse_socket_addr("HTTP_ADDR", &s.http_addr, DEFAULT_HTTP_ADDR), || {
+            DEFAULT_HTTP_ADDR.parse().expect("a valid address")
+        });
+        let sentry_dsn = e.take(parse_sentry_dsn(&s.sentry_dsn));
+        let sentry_min_interval =
+            Duration::from_secs(e.take(parse_number("SENTRY_MIN_INTERVAL_SECS", &s.sentry_min_interval_secs, 600, 0, 86_400)));
+        let log_level = e.take_or(parse_log_level(&s.log_level), || slog::Level::Info);
+        let log_format = e.take(parse_log_format(&s.log_format));
         let config = Config {
-            kafka_brokers: e.take(parse_brokers(&kafka_brokers_setting(s))),
-            kafka_dlq_topic: format!("{kafka_topic}.dlq"),
-            kafka_topic,
-            kafka_group_id: e.take(parse_name("KAFKA_GROUP_ID", &s.kafka_group_id, "images-writer")),
-            database_url,
-            nasa_api_url: e.take_or(parse_http_url("NASA_API_URL", &s.nasa_api_url, DEFAULT_NASA_API_URL), || {
-                Url::parse(DEFAULT_NASA_API_URL).expect("a valid URL")
-            }),
-            query: non_empty(&s.query).map(str::to_owned),
-            interval: Duration::from_secs(e.take(parse_number("INTERVAL_SECONDS", &s.interval_seconds, 30, 1, 86_400))),
-            producer_enabled,
-            consumer_enabled,
-            image_variant: e.take_or(parse_variant(&s.image_variant), || ImageVariant::Orig),
-            max_image_bytes: e.take(parse_number("MAX_IMAGE_BYTES", &s.max_image_bytes, 50 * 1024 * 1024, 1, 1 << 40)),
-            allowed_image_hosts: e.take(parse_hosts(&s.allowed_image_hosts)),
-            download_concurrency: e.take(parse_number("DOWNLOAD_CONCURRENCY", &s.download_concurrency, 8, 1, 1024)) as usize,
-            consumer_stall: Duration::from_secs(e.take(parse_number("CONSUMER_STALL_SECS", &s.consumer_stall_secs, 60, 5, 86_400))),
-            download_timeout: Duration::from_secs(e.take(parse_number(
-                "DOWNLOAD_TIMEOUT_SECONDS",
-                &s.download_timeout_seconds,
-                60,
-                1,
-                3600,
-            ))),
-            data_dir: PathBuf::from(non_empty(&s.data_dir).unwrap_or("data")),
-            publish_timeout: e.take(parse_millis("PUBLISH_TIMEOUT_MS", &s.publish_timeout_ms, 5_000)),
-            nasa_timeout: Duration::from_secs(e.take(parse_number("NASA_TIMEOUT_SECONDS", &s.nasa_timeout_seconds, 20, 1, 600))),
-            publish_min_backoff,
-            publish_max_backoff: e.take(at_least("PUBLISH_MAX_BACKOFF_MS", publish_max_backoff, publish_min_backoff)),
-            retry_min_backoff,
-            retry_max_backoff: e.take(at_least("RETRY_MAX_BACKOFF_MS", retry_max_backoff, retry_min_backoff)),
-            supervisor_min_backoff,
-            supervisor_max_backoff: e.take(at_least("SUPERVISOR_MAX_BACKOFF_MS", supervisor_max_backoff, supervisor_min_backoff)),
-            supervisor_max_restarts: e.take(parse_number("SUPERVISOR_MAX_RESTARTS", &s.supervisor_max_restarts, 5, 0, 10_000)) as u32,
-            supervisor_restart_window: Duration::from_secs(e.take(parse_number(
-                "SUPERVISOR_RESTART_WINDOW_SECS",
-                &s.supervisor_restart_window_secs,
-                60,
-                1,
-                86_400,
-            ))),
-            startup_timeout: Some(e.take(parse_number("STARTUP_TIMEOUT_SECS", &s.startup_timeout_secs, 0, 0, 86_400)))
-                .filter(|secs| *secs > 0)
-                .map(Duration::from_secs),
-            http_addr: e.take_or(parse_socket_addr("HTTP_ADDR", &s.http_addr, DEFAULT_HTTP_ADDR), || {
-                DEFAULT_HTTP_ADDR.parse().expect("a valid address")
-            }),
-            admin_token: non_empty(&s.admin_token).map(str::to_owned),
-            environment: non_empty(&s.environment).unwrap_or("local").to_owned(),
-            sentry_dsn: e.take(parse_sentry_dsn(&s.sentry_dsn)),
-            sentry_min_interval: Duration::from_secs(e.take(parse_number(
-                "SENTRY_MIN_INTERVAL_SECS",
-                &s.sentry_min_interval_secs,
-                600,
-                0,
-                86_400,
-            ))),
-            log_level: e.take_or(parse_log_level(&s.log_level), || slog::Level::Info),
-            log_format: e.take(parse_log_format(&s.log_format)),
+            roles: Roles { producer: producer_enabled, consumer: consumer_enabled },
+            kafka: KafkaConfig { brokers, dlq_topic: format!("{kafka_topic}.dlq"), topic: kafka_topic, group_id },
+            postgres: PostgresConfig { url: database_url },
+            nasa: NasaConfig { api_url, query: non_empty(&s.query).map(str::to_owned), interval, image_variant, timeout: nasa_timeout },
+            outbox: OutboxConfig {
+                data_dir: PathBuf::from(non_empty(&s.data_dir).unwrap_or("data")),
+                publish_timeout,
+                publish_min_backoff,
+                publish_max_backoff,
+            },
+            consumer: ConsumerConfig { max_image_bytes, allowed_image_hosts, concurrency, stall, download_timeout },
+            retries: RetryConfig { min_backoff: retry_min_backoff, max_backoff: retry_max_backoff, startup_timeout },
+            supervisor: SupervisorConfig {
+                min_backoff: supervisor_min_backoff,
+                max_backoff: supervisor_max_backoff,
+                max_restarts,
+                restart_window,
+            },
+            http: HttpConfig { addr: http_addr, admin_token: non_empty(&s.admin_token).map(str::to_owned) },
+            observability: ObservabilityConfig {
+                environment: non_empty(&s.environment).unwrap_or("local").to_owned(),
+                sentry_dsn,
+                sentry_min_interval,
+                log_level,
+                log_format,
+            },
         };
         match e.0.is_empty() {
             true => Ok(config),
             false => Err(ConfigErrors(e.0)),
-        }
-    }
-
-    /// The roles, for logs and Sentry tags: "producer", "consumer" or "producer+consumer".
-    pub fn roles(&self) -> &'static str {
-        match (self.producer_enabled, self.consumer_enabled) {
-            (true, true) => "producer+consumer",
-            (true, false) => "producer",
-            _ => "consumer",
         }
     }
 }
@@ -686,21 +763,21 @@ mod tests {
     #[test]
     fn defaults_are_the_documented_ones() {
         let c = Config::from_settings(&base(), &Command::Run).unwrap();
-        assert_eq!(c.kafka_topic, "images");
-        assert_eq!(c.kafka_dlq_topic, "images.dlq");
-        assert_eq!(c.kafka_group_id, "images-writer");
-        assert_eq!(c.interval, Duration::from_secs(30));
-        assert_eq!(c.max_image_bytes, 50 * 1024 * 1024);
-        assert_eq!(c.allowed_image_hosts, vec!["images-assets.nasa.gov"]);
-        assert_eq!(c.download_concurrency, 8);
-        assert_eq!(c.nasa_api_url.as_str(), "https://images-api.nasa.gov/");
-        assert!(c.producer_enabled && c.consumer_enabled);
+        assert_eq!(c.kafka.topic, "images");
+        assert_eq!(c.kafka.dlq_topic, "images.dlq");
+        assert_eq!(c.kafka.group_id, "images-writer");
+        assert_eq!(c.nasa.interval, Duration::from_secs(30));
+        assert_eq!(c.consumer.max_image_bytes, 50 * 1024 * 1024);
+        assert_eq!(c.consumer.allowed_image_hosts, vec!["images-assets.nasa.gov"]);
+        assert_eq!(c.consumer.concurrency, 8);
+        assert_eq!(c.nasa.api_url.as_str(), "https://images-api.nasa.gov/");
+        assert!(c.roles.producer && c.roles.consumer);
     }
 
     #[test]
     fn database_url_never_shows_its_password() {
         let c = Config::from_settings(&base(), &Command::Run).unwrap();
-        let shown = format!("{:?} {}", c.database_url, c.database_url.as_ref().unwrap().redacted());
+        let shown = format!("{:?} {}", c.postgres.url, c.postgres.url.as_ref().unwrap().redacted());
         assert!(!shown.contains("secret"), "{shown}");
         assert!(shown.contains("db:5433/images"), "{shown}");
     }
