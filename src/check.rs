@@ -5,11 +5,11 @@
 //! check, ✓ or ✗ with what to fix; exit 0 when all pass, 1 otherwise.
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::datadir::DataDirLock;
+use crate::datadir::{DataDirError, DataDirLock};
 use crate::deps::{probe_tcp, Dependency};
 use crate::nasa::NasaClient;
 use crate::{db, kafka};
@@ -48,7 +48,7 @@ pub async fn run(config: &Config) -> Vec<Check> {
     }
     if config.roles.producer {
         checks.push(check_nasa(config).await);
-        checks.push(Check::new("DATA_DIR", check_data_dir(&config.outbox.data_dir)));
+        checks.push(Check::new("DATA_DIR", check_data_dir(&config.outbox.data_dir).map_err(|e| e.to_string())));
     }
     checks.push(Check::new("HTTP_ADDR", check_http_addr(config.http.addr)));
     checks
@@ -104,21 +104,39 @@ async fn check_nasa(config: &Config) -> Check {
     Check::new("NASA API", outcome)
 }
 
+/// DATA_DIR is no writable directory: a setting to change.
+#[derive(Debug, thiserror::Error)]
+#[error("DATA_DIR={} is not writable ({source}); make it a writable directory or point DATA_DIR elsewhere", dir.display())]
+pub struct DataDirNotWritable {
+    pub dir: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Why DATA_DIR cannot hold this producer's outbox.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirCheckError {
+    #[error(transparent)]
+    NotWritable(#[from] DataDirNotWritable),
+    #[error(transparent)]
+    InUse(#[from] DataDirError),
+}
+
 /// A file can be created, written and removed in DATA_DIR (it is created when missing), and no
 /// other producer holds its outbox's lock.
-pub fn check_data_dir(dir: &Path) -> Result<String, String> {
-    try_writing(dir).map_err(|e| not_writable(dir, &e))?;
+pub fn check_data_dir(dir: &Path) -> Result<String, DataDirCheckError> {
+    try_writing(dir).map_err(|source| DataDirNotWritable { dir: dir.to_owned(), source })?;
     // Taken and dropped at once: only whether another process holds it matters here.
-    DataDirLock::acquire(dir).map_err(|e| e.to_string())?;
+    DataDirLock::acquire(dir)?;
     Ok(format!("{} is writable and not in use by another producer", dir.display()))
 }
 
 /// At the daemon's start: a DATA_DIR that is no writable directory (missing permission, a file in
 /// the way) is a setting to fix. A full or read-only filesystem is not: it is a passing fault the
 /// producer waits out (it keeps its event and retries), so it does not stop the start.
-pub fn check_data_dir_setting(dir: &Path) -> Result<(), String> {
+pub fn check_data_dir_setting(dir: &Path) -> Result<(), DataDirNotWritable> {
     match try_writing(dir) {
-        Err(e) if !is_passing_disk_fault(&e) => Err(not_writable(dir, &e)),
+        Err(source) if !is_passing_disk_fault(&source) => Err(DataDirNotWritable { dir: dir.to_owned(), source }),
         _ => Ok(()),
     }
 }
@@ -131,10 +149,6 @@ fn try_writing(dir: &Path) -> std::io::Result<()> {
 fn is_passing_disk_fault(e: &std::io::Error) -> bool {
     use std::io::ErrorKind as K;
     matches!(e.kind(), K::StorageFull | K::ReadOnlyFilesystem | K::QuotaExceeded)
-}
-
-fn not_writable(dir: &Path, e: &std::io::Error) -> String {
-    format!("DATA_DIR={} is not writable ({e}); make it a writable directory or point DATA_DIR elsewhere", dir.display())
 }
 
 /// The address can be bound now (nothing else listens there).

@@ -46,14 +46,14 @@ pub const EXIT_SETTING: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("{0}")]
+    #[error("cannot open the producer's outbox: {0}")]
     Outbox(#[from] crate::outbox::OutboxError),
     #[error("cannot create a Kafka client: {0}; check KAFKA_BROKERS")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("HTTP_ADDR={addr} cannot be bound ({source}); stop what listens there or choose another port")]
     HttpAddr { addr: std::net::SocketAddr, source: std::io::Error },
-    #[error("{0}")]
-    DataDir(String),
+    #[error(transparent)]
+    DataDir(#[from] crate::check::DataDirNotWritable),
     #[error("the dependencies were not usable within STARTUP_TIMEOUT_SECS={secs}: {waiting}; fix them, or raise STARTUP_TIMEOUT_SECS (0 waits forever)")]
     StartupTimeout { secs: u64, waiting: String },
 }
@@ -205,7 +205,7 @@ fn app_state(
     let outbox = if config.roles.producer {
         // Writable now, or the first event would fail much later (a full or read-only disk is a
         // passing fault the producer waits out: it starts anyway).
-        crate::check::check_data_dir_setting(&config.outbox.data_dir).map_err(StartError::DataDir)?;
+        crate::check::check_data_dir_setting(&config.outbox.data_dir)?;
         Some(Outbox::open(&config.outbox.data_dir, Owner::Daemon)?)
     } else {
         None
