@@ -83,6 +83,21 @@ impl Drop for Nginx {
     }
 }
 
+/// Sends the event of image `i` (waits while librdkafka's queue is full).
+fn produce(producer: &rdkafka::producer::BaseProducer, topic: &str, base_url: &str, i: usize) {
+    let event = serde_json::json!({
+        "schema_version": 1, "event_id": uuid::Uuid::new_v4(), "event_type": "image_discovered",
+        "nasa_id": id(i), "image_url": format!("{base_url}/image/{}/{}~orig.jpg", id(i), id(i)),
+        "title": format!("bench image {i}"), "query": "bench", "center": "JSC",
+        "date_created": "2020-01-01T00:00:00Z", "produced_at": chrono::Utc::now(),
+    })
+    .to_string();
+    let key = id(i);
+    while producer.send(rdkafka::producer::BaseRecord::to(topic).key(&key).payload(&event)).is_err() {
+        producer.poll(Duration::from_millis(10));
+    }
+}
+
 fn id(i: usize) -> String {
     format!("bench-{i:06}")
 }
@@ -152,6 +167,48 @@ fn copy_limit(count: usize, size: usize) -> f64 {
     count as f64 / started.elapsed().as_secs_f64()
 }
 
+/// At most this many events are sent paced after the backlog.
+const PACED_MAX: usize = 200;
+
+struct Paced {
+    rate: f64,
+    latencies: Vec<u64>,
+}
+
+/// Latency when the pipeline is not saturated: events sent one by one at a quarter of the measured
+/// rate (at most 50/s, for 4 s) to the running daemon, which has drained its backlog.
+fn paced_latency(
+    daemon: &Daemon,
+    broker: &Broker,
+    producer: &rdkafka::producer::BaseProducer,
+    group: &str,
+    base_url: &str,
+    a: &Args,
+    measured: f64,
+) -> Paced {
+    let rate = (measured / 4.0).clamp(1.0, 50.0);
+    let n = ((rate * 4.0) as usize).clamp(10, PACED_MAX);
+    for i in a.count..a.count + n {
+        produce(producer, &broker.topic, base_url, i);
+        rdkafka::producer::Producer::flush(producer, Duration::from_secs(10)).unwrap();
+        // The pace is the workload itself, not a wait for a condition.
+        std::thread::sleep(Duration::from_secs_f64(1.0 / rate));
+    }
+    wait_until(Duration::from_secs(120), "every paced event committed", || {
+        let committed: i64 = broker.committed(group, &broker.topic, a.partitions).iter().map(|o| o.unwrap_or(0)).sum();
+        committed as usize == a.count + n
+    });
+    let first = id(a.count);
+    let mut latencies: Vec<u64> = daemon
+        .logs_with("saved to DB")
+        .iter()
+        .filter(|l| l["labels.nasa_id"].as_str().is_some_and(|id| id >= first.as_str()))
+        .filter_map(|l| l["labels.latency_ms"].as_u64())
+        .collect();
+    latencies.sort_unstable();
+    Paced { rate, latencies }
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -164,7 +221,7 @@ async fn main() {
     let a = args();
     let work = tempfile::tempdir().unwrap();
     eprintln!("bench: {} images of {} bytes, DOWNLOAD_CONCURRENCY={}", a.count, a.size, a.concurrency);
-    write_images(work.path(), a.count, a.size);
+    write_images(work.path(), a.count + PACED_MAX, a.size);
     let nginx = Nginx::start(work.path());
     let server_rate = nginx_alone(&nginx.addr, a.count, a.concurrency).await;
 
@@ -194,22 +251,7 @@ async fn main() {
     let producer: rdkafka::producer::BaseProducer =
         rdkafka::ClientConfig::new().set("bootstrap.servers", &broker.addr).set("linger.ms", "20").create().unwrap();
     for i in 0..a.count {
-        let event = serde_json::json!({
-            "schema_version": 1, "event_id": uuid::Uuid::new_v4(), "event_type": "image_discovered",
-            "nasa_id": id(i), "image_url": format!("{base_url}/image/{}/{}~orig.jpg", id(i), id(i)),
-            "title": format!("bench image {i}"), "query": "bench", "center": "JSC",
-            "date_created": "2020-01-01T00:00:00Z", "produced_at": chrono::Utc::now(),
-        })
-        .to_string();
-        let key = id(i);
-        loop {
-            match producer.send(rdkafka::producer::BaseRecord::to(&broker.topic).key(&key).payload(&event)) {
-                Ok(()) => break,
-                Err(_) => {
-                    producer.poll(Duration::from_millis(10));
-                }
-            }
-        }
+        produce(&producer, &broker.topic, &base_url, i);
     }
     rdkafka::producer::Producer::flush(&producer, Duration::from_secs(60)).unwrap();
     let group = get(&env, "KAFKA_GROUP_ID").to_owned();
@@ -233,13 +275,14 @@ async fn main() {
     let assigned = daemon.logs_with("partitions assigned").first().and_then(|l| l["@timestamp"].as_str().map(str::to_owned));
     let assigned = assigned.and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok()).expect("an assignment");
     let steady = (finished - assigned.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1000.0;
+    let rate = a.count as f64 / steady;
+    let paced = paced_latency(&daemon, &broker, &producer, &group, &base_url, &a, rate);
     if let Ok(path) = std::env::var("BENCH_DAEMON_LOG") {
         std::fs::write(path, daemon.lines().join("\n")).unwrap();
     }
     drop(daemon);
 
     let copy = copy_limit(a.count.min(2000), a.size);
-    let rate = a.count as f64 / steady;
     println!("size_bytes={} count={} concurrency={}", a.size, a.count, a.concurrency);
     println!(
         "images_per_s={rate:.0} mb_per_s={:.1} steady_s={steady:.2} (partitions assigned -> all committed); with start-up: {:.0}/s over {elapsed:.1} s",
@@ -247,10 +290,17 @@ async fn main() {
         a.count as f64 / elapsed
     );
     println!(
-        "latency_ms p50={} p99={} (read from Kafka -> row committed; {} events)",
+        "backlog_latency_ms p50={} p99={} (read from Kafka -> row committed, the backlog pre-loaded: saturated; {} events)",
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
         latencies.len()
+    );
+    println!(
+        "paced_latency_ms p50={} p99={} ({} events at {:.0}/s, a quarter of the rate above: not saturated)",
+        percentile(&paced.latencies, 0.5),
+        percentile(&paced.latencies, 0.99),
+        paced.latencies.len(),
+        paced.rate
     );
     println!("rss_kib idle={idle_rss} peak={peak}");
     println!("postgres_copy_rows_per_s={copy:.0} ratio={:.2}", rate / copy);

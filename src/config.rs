@@ -196,6 +196,8 @@ pub struct Settings {
     pub allowed_image_hosts: Option<String>,
     #[arg(long, env = vars::DOWNLOAD_CONCURRENCY.var, help = vars::DOWNLOAD_CONCURRENCY.help(), help_heading = vars::DOWNLOAD_CONCURRENCY.heading, global = true, hide_env_values = true)]
     pub download_concurrency: Option<String>,
+    #[arg(long, env = vars::CONSUMER_MAX_IN_FLIGHT.var, help = vars::CONSUMER_MAX_IN_FLIGHT.help(), help_heading = vars::CONSUMER_MAX_IN_FLIGHT.heading, global = true, hide_env_values = true)]
+    pub consumer_max_in_flight: Option<String>,
     #[arg(long, env = vars::CONSUMER_STALL_SECS.var, help = vars::CONSUMER_STALL_SECS.help(), help_heading = vars::CONSUMER_STALL_SECS.heading, global = true, hide_env_values = true)]
     pub consumer_stall_secs: Option<String>,
     #[arg(long, env = vars::DOWNLOAD_TIMEOUT_SECONDS.var, help = vars::DOWNLOAD_TIMEOUT_SECONDS.help(), help_heading = vars::DOWNLOAD_TIMEOUT_SECONDS.heading, global = true, hide_env_values = true)]
@@ -351,8 +353,18 @@ pub mod vars {
     );
     pub const ALLOWED_IMAGE_HOSTS: Setting =
         Setting::new("ALLOWED_IMAGE_HOSTS", DOWNLOADS, "images-assets.nasa.gov", "comma-separated hosts images may come from");
-    pub const DOWNLOAD_CONCURRENCY: Setting =
-        Setting::new("DOWNLOAD_CONCURRENCY", DOWNLOADS, "8", "events in flight at once in the consumer role");
+    pub const DOWNLOAD_CONCURRENCY: Setting = Setting::new(
+        "DOWNLOAD_CONCURRENCY",
+        DOWNLOADS,
+        "8",
+        "image downloads at once per image host; `DOWNLOAD_CONCURRENCY × MAX_IMAGE_BYTES` also bounds the image bytes the events in flight hold",
+    );
+    pub const CONSUMER_MAX_IN_FLIGHT: Setting = Setting::new(
+        "CONSUMER_MAX_IN_FLIGHT",
+        DOWNLOADS,
+        "64",
+        "events the consumer role handles at once (checked, downloading, or waiting to be stored): more than downloads, so that the Storer's statements carry many rows (1 to 4096)",
+    );
     pub const CONSUMER_STALL_SECS: Setting = Setting::new(
         "CONSUMER_STALL_SECS",
         DOWNLOADS,
@@ -433,7 +445,7 @@ pub mod vars {
     );
 
     /// Every setting, in `--help`'s order.
-    pub const ALL: [Setting; 34] = [
+    pub const ALL: [Setting; 35] = [
         KAFKA_BROKERS,
         KAFKA_TOPIC,
         KAFKA_GROUP_ID,
@@ -448,6 +460,7 @@ pub mod vars {
         MAX_IMAGE_BYTES,
         ALLOWED_IMAGE_HOSTS,
         DOWNLOAD_CONCURRENCY,
+        CONSUMER_MAX_IN_FLIGHT,
         CONSUMER_STALL_SECS,
         DOWNLOAD_TIMEOUT_SECONDS,
         DATA_DIR,
@@ -565,13 +578,16 @@ impl OutboxConfig {
     }
 }
 
-/// `MAX_IMAGE_BYTES`, `ALLOWED_IMAGE_HOSTS`, `DOWNLOAD_CONCURRENCY`, `CONSUMER_STALL_SECS`, `DOWNLOAD_TIMEOUT_SECONDS`.
+/// `MAX_IMAGE_BYTES`, `ALLOWED_IMAGE_HOSTS`, `DOWNLOAD_CONCURRENCY`, `CONSUMER_MAX_IN_FLIGHT`, `CONSUMER_STALL_SECS`,
+/// `DOWNLOAD_TIMEOUT_SECONDS`.
 #[derive(Clone, Debug)]
 pub struct ConsumerConfig {
     pub max_image_bytes: u64,
     pub allowed_image_hosts: Vec<String>,
-    /// Events processed at once.
+    /// Image downloads at once per image host.
     pub concurrency: usize,
+    /// Events handled at once.
+    pub max_in_flight: usize,
     pub stall: Duration,
     pub download_timeout: Duration,
 }
@@ -728,6 +744,7 @@ impl Config {
         let max_image_bytes = e.take(parse_number(&vars::MAX_IMAGE_BYTES, &s.max_image_bytes, 1, 1 << 40));
         let allowed_image_hosts = e.take(parse_hosts(&s.allowed_image_hosts));
         let concurrency = e.take(parse_number(&vars::DOWNLOAD_CONCURRENCY, &s.download_concurrency, 1, 1024)) as usize;
+        let max_in_flight = e.take(parse_number(&vars::CONSUMER_MAX_IN_FLIGHT, &s.consumer_max_in_flight, 1, 4096)) as usize;
         let stall = Duration::from_secs(e.take(parse_number(&vars::CONSUMER_STALL_SECS, &s.consumer_stall_secs, 5, 86_400)));
         let download_timeout =
             Duration::from_secs(e.take(parse_number(&vars::DOWNLOAD_TIMEOUT_SECONDS, &s.download_timeout_seconds, 1, 3600)));
@@ -760,7 +777,7 @@ impl Config {
                 publish_min_backoff,
                 publish_max_backoff,
             },
-            consumer: ConsumerConfig { max_image_bytes, allowed_image_hosts, concurrency, stall, download_timeout },
+            consumer: ConsumerConfig { max_image_bytes, allowed_image_hosts, concurrency, max_in_flight, stall, download_timeout },
             retries: RetryConfig { min_backoff: retry_min_backoff, max_backoff: retry_max_backoff, startup_timeout },
             supervisor: SupervisorConfig {
                 min_backoff: supervisor_min_backoff,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-use crate::actors::downloader::Downloader;
+use crate::actors::downloader::{DownloadLimits, Downloader};
 use crate::actors::fetcher::{Fetcher, FetcherSettings, StopFetching};
 use crate::actors::publisher::{self, Flush, Publisher};
 use crate::actors::storer::{BatchLimits, Storer};
@@ -31,6 +31,9 @@ use crate::outbox::Outbox;
 use crate::supervision::{ChildSpec, Crash, Lifeline, Outcome, Restart, RestartCounts, RestartHook, RestartType, Slot, Supervisor};
 
 /// In-flight events get this long to finish at shutdown (the whole exit stays under 10 s).
+/// Postgres connections: the Storer's statements (two writes and two checks at most at once),
+/// plus the status page and the dependency probes.
+const POOL_SIZE: u32 = 8;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// The stop flag of start-up's retries: start-up itself is raced against the signals by the
@@ -150,7 +153,7 @@ pub async fn run(config: Config, root: Logger) -> u8 {
         .url
         .as_ref()
         .filter(|_| config.roles.consumer)
-        .map(|u| db::reporting_pool(u, config.consumer.concurrency as u32 + 2, for_component(&root, "postgres")));
+        .map(|u| db::reporting_pool(u, POOL_SIZE, for_component(&root, "postgres")));
     let app = match app_state(&config, &root, &slots, restarts, pool.clone()) {
         Ok(app) => app,
         Err(e) => return start_failed(&log, e),
@@ -305,10 +308,11 @@ async fn consumer_children(
         topic: config.kafka.topic.clone(),
         log: sub_log,
     };
-    let consumer = ConsumerState::new(member, config.consumer.concurrency, config.consumer.stall, pipeline, restarts, status)?;
+    let consumer = ConsumerState::new(member, config.consumer.max_in_flight, config.consumer.stall, pipeline, restarts, status)?;
     let (storer_slot, downloader_slot, subscriber_slot) = (slots.storer.clone(), slots.downloader.clone(), slots.subscriber.clone());
     let (hosts, max_bytes, timeout) =
         (config.consumer.allowed_image_hosts.clone(), config.consumer.max_image_bytes, config.consumer.download_timeout);
+    let limits = DownloadLimits::new(config.consumer.concurrency, config.consumer.max_image_bytes);
     Ok(vec![
         (
             "storer",
@@ -320,7 +324,7 @@ async fn consumer_children(
         (
             "downloader",
             Box::new(move |l| {
-                downloader_slot.set(Some(Downloader::new(hosts.clone(), max_bytes, timeout, l).start()));
+                downloader_slot.set(Some(Downloader::new(hosts.clone(), max_bytes, timeout, limits.clone(), l).start()));
                 Ok(())
             }),
         ),

@@ -143,6 +143,7 @@ fn scale_out_members_die_leave_and_join_and_every_event_is_stored_once() {
         let mut env = base.clone();
         set(&mut env, "DATA_DIR", &dirs[i].path().display().to_string());
         set(&mut env, "DOWNLOAD_CONCURRENCY", "2");
+        set(&mut env, "CONSUMER_MAX_IN_FLIGHT", "2");
         set(&mut env, "CONSUMER_STALL_SECS", "20");
         env
     };
@@ -182,7 +183,7 @@ fn a_panic_while_handling_an_event_is_caught_retried_and_dead_lettered() {
     broker.create_topic(&broker.dlq, 1);
     let mut env = consumer_only(&broker, &db, &nasa, dir.path());
     set(&mut env, "ADMIN_TOKEN", "t0ken");
-    set(&mut env, "DOWNLOAD_CONCURRENCY", "1");
+    set(&mut env, "CONSUMER_MAX_IN_FLIGHT", "1");
     let group = get(&env, "KAFKA_GROUP_ID").to_owned();
     let daemon = Daemon::spawn(&env);
     let addr = daemon.http_addr();

@@ -1,5 +1,5 @@
 //! Subscriber: owns the consumer group membership of this process and the work of every event
-//! it read. Up to DOWNLOAD_CONCURRENCY events are in flight, each a task of the Subscriber's
+//! it read. Up to CONSUMER_MAX_IN_FLIGHT events are in flight, each a task of the Subscriber's
 //! [`TaskTracker`]; per partition the committed offset never passes an unfinished event (see
 //! `offsets`). Transient failures retry the same event with backoff; permanent ones go to the
 //! dead-letter topic, and only then is it committed. A panic while handling one event is caught,
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::task::TaskTracker;
 
-use super::downloader::{Download, Downloader};
+use super::downloader::{Download, Downloaded, Downloader, Held};
 use super::storer::{IsStored, Store, Storer};
 use crate::backoff::Backoff;
 use crate::consumer::{Delivery, Member, MemberSettings};
@@ -461,7 +461,9 @@ async fn handle_once(msg: &OwnedMessage, p: &Pipeline, read_at: Instant) -> Resu
     }
     let image = p.downloader.send(Download(event.image_url.clone())).await??;
     let bytes = image.bytes.len();
-    let stored = p.storer.send(Store(new_row(&event, image, msg))).await??;
+    let (row, held) = new_row(&event, image, msg);
+    let stored = p.storer.send(Store(row)).await??;
+    drop(held);
     match stored {
         Stored::Inserted => {
             METRICS.stored.inc();
@@ -475,8 +477,9 @@ async fn handle_once(msg: &OwnedMessage, p: &Pipeline, read_at: Instant) -> Resu
     Ok(stored)
 }
 
-fn new_row(event: &IncomingEvent, image: super::downloader::Downloaded, msg: &OwnedMessage) -> NewImage {
-    NewImage {
+/// The row, and the image bytes' share of the download budget, to keep until it is stored.
+fn new_row(event: &IncomingEvent, image: Downloaded, msg: &OwnedMessage) -> (NewImage, Held) {
+    let row = NewImage {
         nasa_id: clean_text(&event.nasa_id),
         title: event.title.as_deref().map(clean_text),
         query: event.query.as_deref().map(clean_text),
@@ -488,7 +491,8 @@ fn new_row(event: &IncomingEvent, image: super::downloader::Downloaded, msg: &Ow
         event_id: event.event_id,
         kafka_partition: Some(msg.partition()),
         kafka_offset: Some(msg.offset()),
-    }
+    };
+    (row, image.held)
 }
 
 /// Sends the original message, with why it failed, to the dead-letter topic. A replayed event

@@ -35,7 +35,27 @@ pub fn reporting_pool(database_url: &DatabaseUrl, max_size: u32, log: Logger) ->
 }
 
 fn builder(max_size: u32) -> r2d2::Builder<ConnectionManager<PgConnection>> {
-    Pool::builder().max_size(max_size).min_idle(Some(0)).connection_timeout(Duration::from_secs(5))
+    Pool::builder()
+        .max_size(max_size)
+        .min_idle(Some(0))
+        .connection_timeout(Duration::from_secs(5))
+        .connection_customizer(Box::new(PlanEachQuery))
+}
+
+/// Every statement is planned for its own parameters. Diesel prepares and caches the Storer's
+/// `nasa_id = ANY($1)`; after five runs Postgres may keep a generic plan made while the table was
+/// small, a sequential scan, and keeps it until the next ANALYZE (a minute or more away). On a
+/// table filling with a backlog each check then read the whole table: the bench spent 45% of
+/// its CPU there. Planning a lookup anew costs microseconds.
+#[derive(Debug)]
+struct PlanEachQuery;
+
+impl r2d2::CustomizeConnection<PgConnection, diesel::r2d2::Error> for PlanEachQuery {
+    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        // Postgres before 12 has no such setting; its plans are then as before.
+        let _ = diesel::sql_query("SET plan_cache_mode = force_custom_plan").execute(conn);
+        Ok(())
+    }
 }
 
 #[derive(Debug)]
