@@ -145,34 +145,34 @@ pub async fn run(config: Config, args: BackfillArgs, log: Logger) -> u8 {
 async fn backfill(config: &Config, args: &BackfillArgs, log: &Logger) -> Result<u8, BackfillError> {
     let stop = Arc::new(AtomicBool::new(false));
     stop_on_signal(stop.clone(), log.clone(), "stopping after the event being published");
-    let outbox = Outbox::open(&config.data_dir, Owner::Backfill)?;
-    let mut published = Published::open(&config.data_dir, args).map_err(BackfillError::State)?;
+    let outbox = Outbox::open(&config.outbox.data_dir, Owner::Backfill)?;
+    let mut published = Published::open(&config.outbox.data_dir, args).map_err(BackfillError::State)?;
     // An event of this search left pending by an interrupted run: the Publisher sends it first.
     if let Ok(Some(pending)) = outbox.pending() {
         if pending.query.as_deref() == Some(args.query.as_str()) {
             published.record(&pending.nasa_id).map_err(BackfillError::State)?;
         }
     }
-    let retry_backoff = config.retry_backoff();
-    let topics = [config.kafka_topic.as_str(), config.kafka_dlq_topic.as_str()];
-    let ensure_topics = || kafka::ensure_topics_checked(&config.kafka_brokers, &topics, log);
+    let retry_backoff = config.retries.backoff();
+    let topics = [config.kafka.topic.as_str(), config.kafka.dlq_topic.as_str()];
+    let ensure_topics = || kafka::ensure_topics_checked(&config.kafka.brokers, &topics, log);
     if wait_until_usable(log, Dependency::Kafka, retry_backoff, &stop, ensure_topics).await.is_none() {
         return Ok(EXIT_INTERRUPTED);
     }
-    let factory = publisher::producer_factory(config.kafka_brokers.clone(), log.clone());
-    let publish_backoff = config.publish_backoff();
+    let factory = publisher::producer_factory(config.kafka.brokers.clone(), log.clone());
+    let publish_backoff = config.outbox.publish_backoff();
     let publisher = Publisher::new(
         factory,
-        config.kafka_topic.clone(),
+        config.kafka.topic.clone(),
         outbox,
         publish_backoff,
-        config.publish_timeout,
+        config.outbox.publish_timeout,
         log.clone(),
         Lifeline::unsupervised("publisher"),
     )
     .map_err(BackfillError::Producer)?
     .start();
-    let nasa = NasaClient::new(config.nasa_api_url.clone(), config.image_variant, config.nasa_timeout);
+    let nasa = NasaClient::new(config.nasa.api_url.clone(), config.nasa.image_variant, config.nasa.timeout);
 
     // Which searches to page through: one, or year ranges of at most 10,000 results each.
     let query = args.query.as_str();

@@ -5,11 +5,11 @@
 //! check, ✓ or ✗ with what to fix; exit 0 when all pass, 1 otherwise.
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::datadir::DataDirLock;
+use crate::datadir::{DataDirError, DataDirLock};
 use crate::deps::{probe_tcp, Dependency};
 use crate::nasa::NasaClient;
 use crate::{db, kafka};
@@ -37,34 +37,34 @@ impl Check {
 
 /// Runs every check of the enabled roles, in the order the daemon needs them.
 pub async fn run(config: &Config) -> Vec<Check> {
-    let mut checks = vec![Check::new("configuration", Ok(format!("valid; roles {}", config.roles())))];
+    let mut checks = vec![Check::new("configuration", Ok(format!("valid; roles {}", config.roles.label())))];
     let kafka = {
         let config = config.clone();
         tokio::task::spawn_blocking(move || check_kafka(&config)).await.expect("the Kafka check does not panic")
     };
     checks.push(kafka);
-    if let Some(url) = config.database_url.clone().filter(|_| config.consumer_enabled) {
+    if let Some(url) = config.postgres.url.clone().filter(|_| config.roles.consumer) {
         checks.extend(tokio::task::spawn_blocking(move || check_postgres(&url)).await.expect("the Postgres check does not panic"));
     }
-    if config.producer_enabled {
+    if config.roles.producer {
         checks.push(check_nasa(config).await);
-        checks.push(Check::new("DATA_DIR", check_data_dir(&config.data_dir)));
+        checks.push(Check::new("DATA_DIR", check_data_dir(&config.outbox.data_dir).map_err(|e| e.to_string())));
     }
-    checks.push(Check::new("HTTP_ADDR", check_http_addr(config.http_addr)));
+    checks.push(Check::new("HTTP_ADDR", check_http_addr(config.http.addr)));
     checks
 }
 
 /// A broker answers, its metadata lists the cluster, and the topics exist or can be created.
 fn check_kafka(config: &Config) -> Check {
     let outcome = (|| {
-        let addresses = kafka::broker_addresses(&config.kafka_brokers);
+        let addresses = kafka::broker_addresses(&config.kafka.brokers);
         probe_tcp(Dependency::Kafka, &addresses, Duration::from_secs(3)).map_err(|e| e.summary())?;
         let quiet = kafka::LogContext { log: slog::Logger::root(slog::Discard, slog::o!()) };
         let client: BaseConsumer<kafka::LogContext> =
-            kafka::base_config(&config.kafka_brokers).create_with_context(quiet).map_err(|e| format!("{e}; check KAFKA_BROKERS"))?;
+            kafka::base_config(&config.kafka.brokers).create_with_context(quiet).map_err(|e| format!("{e}; check KAFKA_BROKERS"))?;
         let metadata = client.fetch_metadata(None, Duration::from_secs(5)).map_err(|e| kafka::classify(&e, &addresses, &[]).summary())?;
         let mut found = Vec::new();
-        for name in [&config.kafka_topic, &config.kafka_dlq_topic] {
+        for name in [&config.kafka.topic, &config.kafka.dlq_topic] {
             match metadata.topics().iter().find(|t| t.name() == name.as_str()) {
                 Some(t) if t.error().is_some() => {
                     return Err(format!("topic {name}: {:?}; check KAFKA_TOPIC and the broker's ACLs", t.error().unwrap()))
@@ -73,7 +73,7 @@ fn check_kafka(config: &Config) -> Check {
                 None => found.push(format!("{name} (missing; created at start)")),
             }
         }
-        Ok(format!("{} broker(s) at {}; topics {}", metadata.brokers().len(), config.kafka_brokers, found.join(", ")))
+        Ok(format!("{} broker(s) at {}; topics {}", metadata.brokers().len(), config.kafka.brokers, found.join(", ")))
     })();
     Check::new("Kafka", outcome)
 }
@@ -95,30 +95,48 @@ fn check_postgres(url: &crate::config::DatabaseUrl) -> Vec<Check> {
 
 /// One search, as the Fetcher makes it.
 async fn check_nasa(config: &Config) -> Check {
-    let client = NasaClient::new(config.nasa_api_url.clone(), config.image_variant, config.nasa_timeout);
-    let query = config.query.as_deref().unwrap_or(crate::config::RANDOM_TOPICS[0]);
+    let client = NasaClient::new(config.nasa.api_url.clone(), config.nasa.image_variant, config.nasa.timeout);
+    let query = config.nasa.query.as_deref().unwrap_or(crate::config::RANDOM_TOPICS[0]);
     let outcome = match client.search(query, 1).await {
-        Ok(page) => Ok(format!("{} answers: {} hits for {query:?}", config.nasa_api_url, page.metadata.total_hits)),
+        Ok(page) => Ok(format!("{} answers: {} hits for {query:?}", config.nasa.api_url, page.metadata.total_hits)),
         Err(e) => Err(e.as_dependency_error(&client.address()).summary()),
     };
     Check::new("NASA API", outcome)
 }
 
+/// DATA_DIR is no writable directory: a setting to change.
+#[derive(Debug, thiserror::Error)]
+#[error("DATA_DIR={} is not writable ({source}); make it a writable directory or point DATA_DIR elsewhere", dir.display())]
+pub struct DataDirNotWritable {
+    pub dir: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Why DATA_DIR cannot hold this producer's outbox.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirCheckError {
+    #[error(transparent)]
+    NotWritable(#[from] DataDirNotWritable),
+    #[error(transparent)]
+    InUse(#[from] DataDirError),
+}
+
 /// A file can be created, written and removed in DATA_DIR (it is created when missing), and no
 /// other producer holds its outbox's lock.
-pub fn check_data_dir(dir: &Path) -> Result<String, String> {
-    try_writing(dir).map_err(|e| not_writable(dir, &e))?;
+pub fn check_data_dir(dir: &Path) -> Result<String, DataDirCheckError> {
+    try_writing(dir).map_err(|source| DataDirNotWritable { dir: dir.to_owned(), source })?;
     // Taken and dropped at once: only whether another process holds it matters here.
-    DataDirLock::acquire(dir).map_err(|e| e.to_string())?;
+    DataDirLock::acquire(dir)?;
     Ok(format!("{} is writable and not in use by another producer", dir.display()))
 }
 
 /// At the daemon's start: a DATA_DIR that is no writable directory (missing permission, a file in
 /// the way) is a setting to fix. A full or read-only filesystem is not: it is a passing fault the
 /// producer waits out (it keeps its event and retries), so it does not stop the start.
-pub fn check_data_dir_setting(dir: &Path) -> Result<(), String> {
+pub fn check_data_dir_setting(dir: &Path) -> Result<(), DataDirNotWritable> {
     match try_writing(dir) {
-        Err(e) if !is_passing_disk_fault(&e) => Err(not_writable(dir, &e)),
+        Err(source) if !is_passing_disk_fault(&source) => Err(DataDirNotWritable { dir: dir.to_owned(), source }),
         _ => Ok(()),
     }
 }
@@ -131,10 +149,6 @@ fn try_writing(dir: &Path) -> std::io::Result<()> {
 fn is_passing_disk_fault(e: &std::io::Error) -> bool {
     use std::io::ErrorKind as K;
     matches!(e.kind(), K::StorageFull | K::ReadOnlyFilesystem | K::QuotaExceeded)
-}
-
-fn not_writable(dir: &Path, e: &std::io::Error) -> String {
-    format!("DATA_DIR={} is not writable ({e}); make it a writable directory or point DATA_DIR elsewhere", dir.display())
 }
 
 /// The address can be bound now (nothing else listens there).

@@ -14,6 +14,8 @@ use crate::image::ImageVariant;
 use crate::logging::LogFormat;
 use crate::supervision::Policy;
 
+pub mod docs;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "nasa-ingest",
@@ -162,119 +164,324 @@ pub struct BackfillArgs {
     pub year_end: Option<u32>,
 }
 
-/// The raw settings, as given. Every field is a string so that validation can name the variable.
+/// The raw settings, as given. Every field is a string so that validation can name the variable;
+/// each one's variable, help and heading come from its [`Setting`] in [`vars`].
 #[derive(Args, Debug, Clone, Default)]
 pub struct Settings {
-    /// Kafka bootstrap servers, host:port[,host:port]. Also read from KAFKA_BOOTSTRAP_SERVERS or KAFKA_BOOTSTRAP. [default: 127.0.0.1:9092]
-    #[arg(long, env = "KAFKA_BROKERS", global = true, hide_env_values = true, help_heading = "Kafka")]
+    #[arg(long, env = vars::KAFKA_BROKERS.var, help = vars::KAFKA_BROKERS.help(), help_heading = vars::KAFKA_BROKERS.heading, global = true, hide_env_values = true)]
     pub kafka_brokers: Option<String>,
-    /// Topic the events go to; dead letters go to "<topic>.dlq". [default: images]
-    #[arg(long, env = "KAFKA_TOPIC", global = true, hide_env_values = true, help_heading = "Kafka")]
+    #[arg(long, env = vars::KAFKA_TOPIC.var, help = vars::KAFKA_TOPIC.help(), help_heading = vars::KAFKA_TOPIC.heading, global = true, hide_env_values = true)]
     pub kafka_topic: Option<String>,
-    /// Consumer group of the consumer role. [default: images-writer]
-    #[arg(long, env = "KAFKA_GROUP_ID", global = true, hide_env_values = true, help_heading = "Kafka")]
+    #[arg(long, env = vars::KAFKA_GROUP_ID.var, help = vars::KAFKA_GROUP_ID.help(), help_heading = vars::KAFKA_GROUP_ID.heading, global = true, hide_env_values = true)]
     pub kafka_group_id: Option<String>,
-    /// postgres://user[:password]@host[:port]/database (needed by the consumer role and `migrate`).
-    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true, help_heading = "Postgres")]
+    #[arg(long, env = vars::DATABASE_URL.var, help = vars::DATABASE_URL.help(), help_heading = vars::DATABASE_URL.heading, global = true, hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Base URL of the NASA Images API. [default: https://images-api.nasa.gov]
-    #[arg(long, env = "NASA_API_URL", global = true, hide_env_values = true, help_heading = "Producer: NASA API")]
+    #[arg(long, env = vars::NASA_API_URL.var, help = vars::NASA_API_URL.help(), help_heading = vars::NASA_API_URL.heading, global = true, hide_env_values = true)]
     pub nasa_api_url: Option<String>,
-    /// Search term; empty picks one of moon, mars, earth, nebula, galaxy, saturn, jupiter, apollo each time.
-    #[arg(long, env = "QUERY", global = true, hide_env_values = true, help_heading = "Producer: NASA API")]
+    #[arg(long, env = vars::QUERY.var, help = vars::QUERY.help(), help_heading = vars::QUERY.heading, global = true, hide_env_values = true)]
     pub query: Option<String>,
-    /// Seconds between two fetched images. [default: 30]
-    #[arg(long, env = "INTERVAL_SECONDS", global = true, hide_env_values = true, help_heading = "Producer: NASA API")]
+    #[arg(long, env = vars::INTERVAL_SECONDS.var, help = vars::INTERVAL_SECONDS.help(), help_heading = vars::INTERVAL_SECONDS.heading, global = true, hide_env_values = true)]
     pub interval_seconds: Option<String>,
-    /// Run the producer role (Fetcher + Publisher). [default: true]
-    #[arg(long, env = "PRODUCER_ENABLED", global = true, hide_env_values = true, help_heading = "Roles")]
-    pub producer_enabled: Option<String>,
-    /// Run the consumer role (Subscriber + Downloader + Storer). [default: true]
-    #[arg(long, env = "CONSUMER_ENABLED", global = true, hide_env_values = true, help_heading = "Roles")]
-    pub consumer_enabled: Option<String>,
-    /// Wanted image size: orig, large, medium, small or thumb (the next smaller jpg when missing). [default: orig]
-    #[arg(long, env = "IMAGE_VARIANT", global = true, hide_env_values = true, help_heading = "Producer: NASA API")]
+    #[arg(long, env = vars::IMAGE_VARIANT.var, help = vars::IMAGE_VARIANT.help(), help_heading = vars::IMAGE_VARIANT.heading, global = true, hide_env_values = true)]
     pub image_variant: Option<String>,
-    /// Largest image accepted, in bytes. [default: 52428800]
-    #[arg(long, env = "MAX_IMAGE_BYTES", global = true, hide_env_values = true, help_heading = "Consumer: downloads")]
-    pub max_image_bytes: Option<String>,
-    /// Comma-separated hosts images may be downloaded from. [default: images-assets.nasa.gov]
-    #[arg(long, env = "ALLOWED_IMAGE_HOSTS", global = true, hide_env_values = true, help_heading = "Consumer: downloads")]
-    pub allowed_image_hosts: Option<String>,
-    /// Image downloads at once per image host; DOWNLOAD_CONCURRENCY × MAX_IMAGE_BYTES also bounds
-    /// the image bytes held by the events in flight. [default: 8]
-    #[arg(long, env = "DOWNLOAD_CONCURRENCY", global = true, hide_env_values = true, help_heading = "Consumer: downloads")]
-    pub download_concurrency: Option<String>,
-    /// Events the consumer role handles at once (checked, downloading, waiting to be stored); more
-    /// than downloads, so that the Storer's statements carry many rows. [default: 64]
-    #[arg(long, env = "CONSUMER_MAX_IN_FLIGHT", global = true, hide_env_values = true, help_heading = "Consumer: downloads")]
-    pub consumer_max_in_flight: Option<String>,
-    /// Seconds a consumer may hold no partition, or the group's partitions may not move while
-    /// they have lag, before it counts as stalled (logged, not ready, and rejoined). [default: 60]
-    #[arg(long, env = "CONSUMER_STALL_SECS", global = true, hide_env_values = true, help_heading = "Consumer: downloads")]
-    pub consumer_stall_secs: Option<String>,
-    /// Seconds a whole image download may take. [default: 60]
-    #[arg(long, env = "DOWNLOAD_TIMEOUT_SECONDS", global = true, hide_env_values = true, help_heading = "Consumer: downloads")]
-    pub download_timeout_seconds: Option<String>,
-    /// Directory for local state: the producer's outbox of pending events. [default: data]
-    #[arg(long, env = "DATA_DIR", global = true, hide_env_values = true, help_heading = "Producer: outbox and publishing")]
-    pub data_dir: Option<String>,
-    /// How long a send may go unacknowledged before `Kafka unavailable` is logged, in ms (the send goes on). [default: 5000]
-    #[arg(long, env = "PUBLISH_TIMEOUT_MS", global = true, hide_env_values = true, help_heading = "Producer: outbox and publishing")]
-    pub publish_timeout_ms: Option<String>,
-    /// Seconds one NASA API request may take. [default: 20]
-    #[arg(long, env = "NASA_TIMEOUT_SECONDS", global = true, hide_env_values = true, help_heading = "Producer: NASA API")]
+    #[arg(long, env = vars::NASA_TIMEOUT_SECONDS.var, help = vars::NASA_TIMEOUT_SECONDS.help(), help_heading = vars::NASA_TIMEOUT_SECONDS.heading, global = true, hide_env_values = true)]
     pub nasa_timeout_seconds: Option<String>,
-    /// First delay of the publisher's retries while Kafka is unavailable, in ms. [default: 500]
-    #[arg(long, env = "PUBLISH_MIN_BACKOFF_MS", global = true, hide_env_values = true, help_heading = "Producer: outbox and publishing")]
+    #[arg(long, env = vars::PRODUCER_ENABLED.var, help = vars::PRODUCER_ENABLED.help(), help_heading = vars::PRODUCER_ENABLED.heading, global = true, hide_env_values = true)]
+    pub producer_enabled: Option<String>,
+    #[arg(long, env = vars::CONSUMER_ENABLED.var, help = vars::CONSUMER_ENABLED.help(), help_heading = vars::CONSUMER_ENABLED.heading, global = true, hide_env_values = true)]
+    pub consumer_enabled: Option<String>,
+    #[arg(long, env = vars::MAX_IMAGE_BYTES.var, help = vars::MAX_IMAGE_BYTES.help(), help_heading = vars::MAX_IMAGE_BYTES.heading, global = true, hide_env_values = true)]
+    pub max_image_bytes: Option<String>,
+    #[arg(long, env = vars::ALLOWED_IMAGE_HOSTS.var, help = vars::ALLOWED_IMAGE_HOSTS.help(), help_heading = vars::ALLOWED_IMAGE_HOSTS.heading, global = true, hide_env_values = true)]
+    pub allowed_image_hosts: Option<String>,
+    #[arg(long, env = vars::DOWNLOAD_CONCURRENCY.var, help = vars::DOWNLOAD_CONCURRENCY.help(), help_heading = vars::DOWNLOAD_CONCURRENCY.heading, global = true, hide_env_values = true)]
+    pub download_concurrency: Option<String>,
+    #[arg(long, env = vars::CONSUMER_MAX_IN_FLIGHT.var, help = vars::CONSUMER_MAX_IN_FLIGHT.help(), help_heading = vars::CONSUMER_MAX_IN_FLIGHT.heading, global = true, hide_env_values = true)]
+    pub consumer_max_in_flight: Option<String>,
+    #[arg(long, env = vars::CONSUMER_STALL_SECS.var, help = vars::CONSUMER_STALL_SECS.help(), help_heading = vars::CONSUMER_STALL_SECS.heading, global = true, hide_env_values = true)]
+    pub consumer_stall_secs: Option<String>,
+    #[arg(long, env = vars::DOWNLOAD_TIMEOUT_SECONDS.var, help = vars::DOWNLOAD_TIMEOUT_SECONDS.help(), help_heading = vars::DOWNLOAD_TIMEOUT_SECONDS.heading, global = true, hide_env_values = true)]
+    pub download_timeout_seconds: Option<String>,
+    #[arg(long, env = vars::DATA_DIR.var, help = vars::DATA_DIR.help(), help_heading = vars::DATA_DIR.heading, global = true, hide_env_values = true)]
+    pub data_dir: Option<String>,
+    #[arg(long, env = vars::PUBLISH_TIMEOUT_MS.var, help = vars::PUBLISH_TIMEOUT_MS.help(), help_heading = vars::PUBLISH_TIMEOUT_MS.heading, global = true, hide_env_values = true)]
+    pub publish_timeout_ms: Option<String>,
+    #[arg(long, env = vars::PUBLISH_MIN_BACKOFF_MS.var, help = vars::PUBLISH_MIN_BACKOFF_MS.help(), help_heading = vars::PUBLISH_MIN_BACKOFF_MS.heading, global = true, hide_env_values = true)]
     pub publish_min_backoff_ms: Option<String>,
-    /// Longest delay of the publisher's retries, in ms. [default: 30000]
-    #[arg(long, env = "PUBLISH_MAX_BACKOFF_MS", global = true, hide_env_values = true, help_heading = "Producer: outbox and publishing")]
+    #[arg(long, env = vars::PUBLISH_MAX_BACKOFF_MS.var, help = vars::PUBLISH_MAX_BACKOFF_MS.help(), help_heading = vars::PUBLISH_MAX_BACKOFF_MS.heading, global = true, hide_env_values = true)]
     pub publish_max_backoff_ms: Option<String>,
-    /// First delay of the other retries (NASA API, image downloads, Postgres), in ms. [default: 500]
-    #[arg(long, env = "RETRY_MIN_BACKOFF_MS", global = true, hide_env_values = true, help_heading = "Retries and restarts")]
+    #[arg(long, env = vars::RETRY_MIN_BACKOFF_MS.var, help = vars::RETRY_MIN_BACKOFF_MS.help(), help_heading = vars::RETRY_MIN_BACKOFF_MS.heading, global = true, hide_env_values = true)]
     pub retry_min_backoff_ms: Option<String>,
-    /// Longest delay of the other retries, in ms. [default: 30000]
-    #[arg(long, env = "RETRY_MAX_BACKOFF_MS", global = true, hide_env_values = true, help_heading = "Retries and restarts")]
+    #[arg(long, env = vars::RETRY_MAX_BACKOFF_MS.var, help = vars::RETRY_MAX_BACKOFF_MS.help(), help_heading = vars::RETRY_MAX_BACKOFF_MS.heading, global = true, hide_env_values = true)]
     pub retry_max_backoff_ms: Option<String>,
-    /// First delay before an actor that died is restarted, in ms. [default: 500]
-    #[arg(long, env = "SUPERVISOR_MIN_BACKOFF_MS", global = true, hide_env_values = true, help_heading = "Retries and restarts")]
+    #[arg(long, env = vars::SUPERVISOR_MIN_BACKOFF_MS.var, help = vars::SUPERVISOR_MIN_BACKOFF_MS.help(), help_heading = vars::SUPERVISOR_MIN_BACKOFF_MS.heading, global = true, hide_env_values = true)]
     pub supervisor_min_backoff_ms: Option<String>,
-    /// Longest delay before a restart, in ms. [default: 30000]
-    #[arg(long, env = "SUPERVISOR_MAX_BACKOFF_MS", global = true, hide_env_values = true, help_heading = "Retries and restarts")]
+    #[arg(long, env = vars::SUPERVISOR_MAX_BACKOFF_MS.var, help = vars::SUPERVISOR_MAX_BACKOFF_MS.help(), help_heading = vars::SUPERVISOR_MAX_BACKOFF_MS.heading, global = true, hide_env_values = true)]
     pub supervisor_max_backoff_ms: Option<String>,
-    /// Restarts of one actor allowed within the window; one more stops the process (exit code 1). [default: 5]
-    #[arg(long, env = "SUPERVISOR_MAX_RESTARTS", global = true, hide_env_values = true, help_heading = "Retries and restarts")]
+    #[arg(long, env = vars::SUPERVISOR_MAX_RESTARTS.var, help = vars::SUPERVISOR_MAX_RESTARTS.help(), help_heading = vars::SUPERVISOR_MAX_RESTARTS.heading, global = true, hide_env_values = true)]
     pub supervisor_max_restarts: Option<String>,
-    /// The restart window, in seconds; an actor that ran this long restarts from the minimum backoff. [default: 60]
-    #[arg(long, env = "SUPERVISOR_RESTART_WINDOW_SECS", global = true, hide_env_values = true, help_heading = "Retries and restarts")]
+    #[arg(long, env = vars::SUPERVISOR_RESTART_WINDOW_SECS.var, help = vars::SUPERVISOR_RESTART_WINDOW_SECS.help(), help_heading = vars::SUPERVISOR_RESTART_WINDOW_SECS.heading, global = true, hide_env_values = true)]
     pub supervisor_restart_window_secs: Option<String>,
-    /// Seconds start-up may wait for Kafka and Postgres before the process exits 1 naming what is
-    /// not reachable; 0 waits forever. [default: 0]
-    #[arg(long, env = "STARTUP_TIMEOUT_SECS", global = true, hide_env_values = true, help_heading = "Retries and restarts")]
+    #[arg(long, env = vars::STARTUP_TIMEOUT_SECS.var, help = vars::STARTUP_TIMEOUT_SECS.help(), help_heading = vars::STARTUP_TIMEOUT_SECS.heading, global = true, hide_env_values = true)]
     pub startup_timeout_secs: Option<String>,
-    /// Address of the HTTP endpoint (health, admin). [default: 0.0.0.0:8081]
-    #[arg(long, env = "HTTP_ADDR", global = true, hide_env_values = true, help_heading = "HTTP endpoint")]
+    #[arg(long, env = vars::HTTP_ADDR.var, help = vars::HTTP_ADDR.help(), help_heading = vars::HTTP_ADDR.heading, global = true, hide_env_values = true)]
     pub http_addr: Option<String>,
-    /// Bearer token of the admin routes (fault injection); empty: the routes do not exist.
-    #[arg(long, env = "ADMIN_TOKEN", global = true, hide_env_values = true, help_heading = "HTTP endpoint")]
+    #[arg(long, env = vars::ADMIN_TOKEN.var, help = vars::ADMIN_TOKEN.help(), help_heading = vars::ADMIN_TOKEN.heading, global = true, hide_env_values = true)]
     pub admin_token: Option<String>,
-    /// Deployment name reported in logs and to Sentry. [default: local]
-    #[arg(long, env = "ENVIRONMENT", global = true, hide_env_values = true, help_heading = "Logs and Sentry")]
+    #[arg(long, env = vars::ENVIRONMENT.var, help = vars::ENVIRONMENT.help(), help_heading = vars::ENVIRONMENT.heading, global = true, hide_env_values = true)]
     pub environment: Option<String>,
-    /// Sentry DSN; empty disables Sentry.
-    #[arg(long, env = "SENTRY_DSN", global = true, hide_env_values = true, help_heading = "Logs and Sentry")]
+    #[arg(long, env = vars::SENTRY_DSN.var, help = vars::SENTRY_DSN.help(), help_heading = vars::SENTRY_DSN.heading, global = true, hide_env_values = true)]
     pub sentry_dsn: Option<String>,
-    /// Least seconds between two Sentry events with the same fingerprint. [default: 600]
-    #[arg(long, env = "SENTRY_MIN_INTERVAL_SECS", global = true, hide_env_values = true, help_heading = "Logs and Sentry")]
+    #[arg(long, env = vars::SENTRY_MIN_INTERVAL_SECS.var, help = vars::SENTRY_MIN_INTERVAL_SECS.help(), help_heading = vars::SENTRY_MIN_INTERVAL_SECS.heading, global = true, hide_env_values = true)]
     pub sentry_min_interval_secs: Option<String>,
-    /// error, warn, info, debug or trace. [default: info]
-    #[arg(long, env = "LOG_LEVEL", global = true, hide_env_values = true, help_heading = "Logs and Sentry")]
+    #[arg(long, env = vars::LOG_LEVEL.var, help = vars::LOG_LEVEL.help(), help_heading = vars::LOG_LEVEL.heading, global = true, hide_env_values = true)]
     pub log_level: Option<String>,
-    /// json (ECS, one object per line) or text (one short line per event); default: text when
-    /// the log stream is a terminal, else json.
-    #[arg(long, env = "LOG_FORMAT", global = true, hide_env_values = true, help_heading = "Logs and Sentry")]
+    #[arg(long, env = vars::LOG_FORMAT.var, help = vars::LOG_FORMAT.help(), help_heading = vars::LOG_FORMAT.heading, global = true, hide_env_values = true)]
     pub log_format: Option<String>,
+}
+
+/// One setting: its variable, the `--help` heading it is listed under, its default and what it
+/// does. Each setting is written once, here: clap's help, the parser's default, the README's
+/// configuration table and `deploy/.env.example` are all made from it (see [`docs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setting {
+    pub var: &'static str,
+    pub heading: &'static str,
+    pub if_unset: IfUnset,
+    /// What it does, in a line (backticks mark literal values, in `--help` too).
+    pub about: &'static str,
+}
+
+/// What an unset (or empty) setting means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfUnset {
+    /// This value is used, and `--help` shows it as `[default: ...]`.
+    Value(&'static str),
+    /// There is no value; the text says what that means, for the README's default column.
+    Nothing(&'static str),
+}
+
+impl Setting {
+    const fn new(var: &'static str, heading: &'static str, default: &'static str, about: &'static str) -> Setting {
+        Setting { var, heading, if_unset: IfUnset::Value(default), about }
+    }
+
+    const fn optional(var: &'static str, heading: &'static str, unset: &'static str, about: &'static str) -> Setting {
+        Setting { var, heading, if_unset: IfUnset::Nothing(unset), about }
+    }
+
+    /// The value used when the setting is unset or empty.
+    pub const fn default_value(&self) -> Option<&'static str> {
+        match self.if_unset {
+            IfUnset::Value(v) => Some(v),
+            IfUnset::Nothing(_) => None,
+        }
+    }
+
+    /// The line `--help` shows.
+    pub fn help(&self) -> String {
+        match self.if_unset {
+            IfUnset::Value(v) => format!("{} [default: {v}]", self.about),
+            IfUnset::Nothing(_) => self.about.to_owned(),
+        }
+    }
+
+    /// The flag's id (its long name with `_`), as clap derives it from the field.
+    pub fn id(&self) -> String {
+        self.var.to_ascii_lowercase()
+    }
+}
+
+/// Every setting, in the order `--help` lists them (grouped by heading), and the README and
+/// `.env.example` too.
+pub mod vars {
+    use super::Setting;
+
+    const KAFKA: &str = "Kafka";
+    const POSTGRES: &str = "Postgres";
+    const NASA: &str = "Producer: NASA API";
+    const ROLES: &str = "Roles";
+    const DOWNLOADS: &str = "Consumer: downloads";
+    const OUTBOX: &str = "Producer: outbox and publishing";
+    const RETRIES: &str = "Retries and restarts";
+    const HTTP: &str = "HTTP endpoint";
+    const LOGS: &str = "Logs and Sentry";
+
+    pub const KAFKA_BROKERS: Setting = Setting::new(
+        "KAFKA_BROKERS",
+        KAFKA,
+        "127.0.0.1:9092",
+        "bootstrap servers, `host:port[,host:port]`; `KAFKA_BOOTSTRAP_SERVERS` and `KAFKA_BOOTSTRAP` (the earlier version's names) are read when it is unset",
+    );
+    pub const KAFKA_TOPIC: Setting = Setting::new("KAFKA_TOPIC", KAFKA, "images", "topic of the events; dead letters go to `<topic>.dlq`");
+    pub const KAFKA_GROUP_ID: Setting = Setting::new("KAFKA_GROUP_ID", KAFKA, "images-writer", "consumer group of the consumer role");
+    pub const DATABASE_URL: Setting = Setting::optional(
+        "DATABASE_URL",
+        POSTGRES,
+        "(none)",
+        "`postgres://user[:password]@host[:port]/database`; required by the consumer role and `migrate`; never logged",
+    );
+    pub const NASA_API_URL: Setting = Setting::new("NASA_API_URL", NASA, "https://images-api.nasa.gov", "base URL of the NASA Images API");
+    pub const QUERY: Setting = Setting::optional(
+        "QUERY",
+        NASA,
+        "empty",
+        "search term; empty picks one of moon, mars, earth, nebula, galaxy, saturn, jupiter, apollo each time",
+    );
+    pub const INTERVAL_SECONDS: Setting = Setting::new("INTERVAL_SECONDS", NASA, "30", "seconds between fetched images (1 to 86400)");
+    pub const IMAGE_VARIANT: Setting = Setting::new(
+        "IMAGE_VARIANT",
+        NASA,
+        "orig",
+        "`orig`, `large`, `medium`, `small` or `thumb`; when that jpg is missing, the next smaller",
+    );
+    pub const NASA_TIMEOUT_SECONDS: Setting =
+        Setting::new("NASA_TIMEOUT_SECONDS", NASA, "20", "time limit of one NASA API request, in seconds");
+    pub const PRODUCER_ENABLED: Setting =
+        Setting::new("PRODUCER_ENABLED", ROLES, "true", "run the producer role: the Fetcher and Publisher");
+    pub const CONSUMER_ENABLED: Setting = Setting::new(
+        "CONSUMER_ENABLED",
+        ROLES,
+        "true",
+        "run the consumer role: the Subscriber, Downloader and Storer (at least one role must be on)",
+    );
+    pub const MAX_IMAGE_BYTES: Setting = Setting::new(
+        "MAX_IMAGE_BYTES",
+        DOWNLOADS,
+        "52428800",
+        "largest image accepted, in bytes (52428800 is 50 MiB); larger images go to the dead-letter topic",
+    );
+    pub const ALLOWED_IMAGE_HOSTS: Setting =
+        Setting::new("ALLOWED_IMAGE_HOSTS", DOWNLOADS, "images-assets.nasa.gov", "comma-separated hosts images may come from");
+    pub const DOWNLOAD_CONCURRENCY: Setting = Setting::new(
+        "DOWNLOAD_CONCURRENCY",
+        DOWNLOADS,
+        "8",
+        "image downloads at once per image host; `DOWNLOAD_CONCURRENCY × MAX_IMAGE_BYTES` also bounds the image bytes the events in flight hold",
+    );
+    pub const CONSUMER_MAX_IN_FLIGHT: Setting = Setting::new(
+        "CONSUMER_MAX_IN_FLIGHT",
+        DOWNLOADS,
+        "64",
+        "events the consumer role handles at once (checked, downloading, or waiting to be stored): more than downloads, so that the Storer's statements carry many rows (1 to 4096)",
+    );
+    pub const CONSUMER_STALL_SECS: Setting = Setting::new(
+        "CONSUMER_STALL_SECS",
+        DOWNLOADS,
+        "60",
+        "a consumer that holds no partition while partitions have lag, or partitions with lag whose committed offset does not move, for this long (5 to 86400 seconds) counts as stalled: a WARN naming the partitions, `/readyz` 503, and the consumer rejoins its group as a new member (at most once per this period)",
+    );
+    pub const DOWNLOAD_TIMEOUT_SECONDS: Setting =
+        Setting::new("DOWNLOAD_TIMEOUT_SECONDS", DOWNLOADS, "60", "time limit of one whole image download, in seconds (connecting: 5 s)");
+    pub const DATA_DIR: Setting = Setting::new(
+        "DATA_DIR",
+        OUTBOX,
+        "data",
+        "local state: the producer's outbox (`outbox/pending.json`), held by one process at a time; `/data` in the container image",
+    );
+    pub const PUBLISH_TIMEOUT_MS: Setting = Setting::new(
+        "PUBLISH_TIMEOUT_MS",
+        OUTBOX,
+        "5000",
+        "how long a send may go unacknowledged before `Kafka unavailable` is logged, in ms; the same send goes on (librdkafka retries it with the same sequence number, so the broker keeps one copy of the event however often it was retried)",
+    );
+    pub const PUBLISH_MIN_BACKOFF_MS: Setting =
+        Setting::new("PUBLISH_MIN_BACKOFF_MS", OUTBOX, "500", "first delay of the Publisher's retries while Kafka is unavailable, in ms");
+    pub const PUBLISH_MAX_BACKOFF_MS: Setting =
+        Setting::new("PUBLISH_MAX_BACKOFF_MS", OUTBOX, "30000", "longest delay of the Publisher's retries, in ms");
+    pub const RETRY_MIN_BACKOFF_MS: Setting = Setting::new(
+        "RETRY_MIN_BACKOFF_MS",
+        RETRIES,
+        "500",
+        "first delay of the other retries (NASA API, downloads, Postgres, start-up), in ms",
+    );
+    pub const RETRY_MAX_BACKOFF_MS: Setting =
+        Setting::new("RETRY_MAX_BACKOFF_MS", RETRIES, "30000", "longest delay of the other retries, in ms");
+    pub const SUPERVISOR_MIN_BACKOFF_MS: Setting =
+        Setting::new("SUPERVISOR_MIN_BACKOFF_MS", RETRIES, "500", "first delay before an actor that died is restarted, in ms");
+    pub const SUPERVISOR_MAX_BACKOFF_MS: Setting =
+        Setting::new("SUPERVISOR_MAX_BACKOFF_MS", RETRIES, "30000", "longest delay before a restart, in ms");
+    pub const SUPERVISOR_MAX_RESTARTS: Setting = Setting::new(
+        "SUPERVISOR_MAX_RESTARTS",
+        RETRIES,
+        "5",
+        "restarts of one actor allowed within the window; one more shuts the process down in order with exit code 1",
+    );
+    pub const SUPERVISOR_RESTART_WINDOW_SECS: Setting = Setting::new(
+        "SUPERVISOR_RESTART_WINDOW_SECS",
+        RETRIES,
+        "60",
+        "the restart window, in seconds; an actor that ran this long starts again from the minimum backoff",
+    );
+    pub const STARTUP_TIMEOUT_SECS: Setting = Setting::new(
+        "STARTUP_TIMEOUT_SECS",
+        RETRIES,
+        "0",
+        "seconds start-up may wait for Kafka and Postgres (topics, login, migrations) before the process exits 1 with one ERROR line naming each dependency not usable and its last error; `0` waits forever",
+    );
+    pub const HTTP_ADDR: Setting = Setting::new(
+        "HTTP_ADDR",
+        HTTP,
+        "0.0.0.0:8081",
+        "the HTTP endpoint (`/healthz`, `/status`, `/metrics`, admin routes); port 0 picks a free port (logged)",
+    );
+    pub const ADMIN_TOKEN: Setting = Setting::optional(
+        "ADMIN_TOKEN",
+        HTTP,
+        "empty",
+        "bearer token of the admin routes (fault injection, such as `POST /admin/actors/{name}/crash`); empty: the routes do not exist",
+    );
+    pub const ENVIRONMENT: Setting =
+        Setting::new("ENVIRONMENT", LOGS, "local", "deployment name: `service.environment` in logs, `environment` in Sentry");
+    pub const SENTRY_DSN: Setting = Setting::optional("SENTRY_DSN", LOGS, "empty", "Sentry DSN; empty disables Sentry");
+    pub const SENTRY_MIN_INTERVAL_SECS: Setting =
+        Setting::new("SENTRY_MIN_INTERVAL_SECS", LOGS, "600", "least seconds between two Sentry events with the same fingerprint");
+    pub const LOG_LEVEL: Setting = Setting::new("LOG_LEVEL", LOGS, "info", "`error`, `warn`, `info`, `debug` or `trace`");
+    pub const LOG_FORMAT: Setting = Setting::optional(
+        "LOG_FORMAT",
+        LOGS,
+        "text on a terminal, else `json`",
+        "`json` (ECS, one object per line, for Filebeat) or `text` (one short line per event, for a person); unset: text when the log stream is a terminal, else json",
+    );
+
+    /// Every setting, in `--help`'s order.
+    pub const ALL: [Setting; 35] = [
+        KAFKA_BROKERS,
+        KAFKA_TOPIC,
+        KAFKA_GROUP_ID,
+        DATABASE_URL,
+        NASA_API_URL,
+        QUERY,
+        INTERVAL_SECONDS,
+        IMAGE_VARIANT,
+        NASA_TIMEOUT_SECONDS,
+        PRODUCER_ENABLED,
+        CONSUMER_ENABLED,
+        MAX_IMAGE_BYTES,
+        ALLOWED_IMAGE_HOSTS,
+        DOWNLOAD_CONCURRENCY,
+        CONSUMER_MAX_IN_FLIGHT,
+        CONSUMER_STALL_SECS,
+        DOWNLOAD_TIMEOUT_SECONDS,
+        DATA_DIR,
+        PUBLISH_TIMEOUT_MS,
+        PUBLISH_MIN_BACKOFF_MS,
+        PUBLISH_MAX_BACKOFF_MS,
+        RETRY_MIN_BACKOFF_MS,
+        RETRY_MAX_BACKOFF_MS,
+        SUPERVISOR_MIN_BACKOFF_MS,
+        SUPERVISOR_MAX_BACKOFF_MS,
+        SUPERVISOR_MAX_RESTARTS,
+        SUPERVISOR_RESTART_WINDOW_SECS,
+        STARTUP_TIMEOUT_SECS,
+        HTTP_ADDR,
+        ADMIN_TOKEN,
+        ENVIRONMENT,
+        SENTRY_DSN,
+        SENTRY_MIN_INTERVAL_SECS,
+        LOG_LEVEL,
+        LOG_FORMAT,
+    ];
 }
 
 /// The names of every env var the program reads (each setting's own; KAFKA_BROKERS's two old
@@ -287,41 +494,152 @@ pub fn env_var_names() -> std::collections::BTreeSet<String> {
 /// Topics the fetcher picks from when `QUERY` is empty.
 pub const RANDOM_TOPICS: [&str; 8] = ["moon", "mars", "earth", "nebula", "galaxy", "saturn", "jupiter", "apollo"];
 
-/// The validated configuration, read once at start.
+/// The validated configuration, read once at start, grouped by what each part configures.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub kafka_brokers: String,
-    pub kafka_topic: String,
-    pub kafka_dlq_topic: String,
-    pub kafka_group_id: String,
-    pub database_url: Option<DatabaseUrl>,
-    pub nasa_api_url: Url,
+    /// Which roles this process runs.
+    pub roles: Roles,
+    pub kafka: KafkaConfig,
+    pub postgres: PostgresConfig,
+    /// The producer's NASA API searches.
+    pub nasa: NasaConfig,
+    /// The producer's outbox and how it publishes.
+    pub outbox: OutboxConfig,
+    /// The consumer role: downloads and its group membership.
+    pub consumer: ConsumerConfig,
+    /// Retries of the dependencies, and how long start-up waits for them.
+    pub retries: RetryConfig,
+    /// Restarts of actors that died.
+    pub supervisor: SupervisorConfig,
+    pub http: HttpConfig,
+    /// Logs and Sentry.
+    pub observability: ObservabilityConfig,
+}
+
+/// `PRODUCER_ENABLED`, `CONSUMER_ENABLED`: at least one is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Roles {
+    pub producer: bool,
+    pub consumer: bool,
+}
+
+impl Roles {
+    /// For logs and Sentry tags: "producer", "consumer" or "producer+consumer".
+    pub fn label(&self) -> &'static str {
+        match (self.producer, self.consumer) {
+            (true, true) => "producer+consumer",
+            (true, false) => "producer",
+            _ => "consumer",
+        }
+    }
+}
+
+/// `KAFKA_*`.
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub topic: String,
+    /// `<topic>.dlq`.
+    pub dlq_topic: String,
+    pub group_id: String,
+}
+
+/// `DATABASE_URL`.
+#[derive(Clone, Debug)]
+pub struct PostgresConfig {
+    /// None only when neither the consumer role nor `migrate` needs it.
+    pub url: Option<DatabaseUrl>,
+}
+
+/// `NASA_API_URL`, `QUERY`, `INTERVAL_SECONDS`, `IMAGE_VARIANT`, `NASA_TIMEOUT_SECONDS`.
+#[derive(Clone, Debug)]
+pub struct NasaConfig {
+    pub api_url: Url,
+    /// None: a random one of [`RANDOM_TOPICS`] each time.
     pub query: Option<String>,
     pub interval: Duration,
-    pub producer_enabled: bool,
-    pub consumer_enabled: bool,
     pub image_variant: ImageVariant,
-    pub max_image_bytes: u64,
-    pub allowed_image_hosts: Vec<String>,
-    pub download_concurrency: usize,
-    pub consumer_max_in_flight: usize,
-    pub consumer_stall: Duration,
-    pub download_timeout: Duration,
+    pub timeout: Duration,
+}
+
+/// `DATA_DIR`, `PUBLISH_TIMEOUT_MS`, `PUBLISH_*_BACKOFF_MS`.
+#[derive(Clone, Debug)]
+pub struct OutboxConfig {
     pub data_dir: PathBuf,
     pub publish_timeout: Duration,
-    pub nasa_timeout: Duration,
     pub publish_min_backoff: Duration,
     pub publish_max_backoff: Duration,
-    pub retry_min_backoff: Duration,
-    pub retry_max_backoff: Duration,
-    pub supervisor_min_backoff: Duration,
-    pub supervisor_max_backoff: Duration,
-    pub supervisor_max_restarts: u32,
-    pub supervisor_restart_window: Duration,
+}
+
+impl OutboxConfig {
+    /// The Publisher's retries while Kafka is unavailable (`PUBLISH_*_BACKOFF_MS`).
+    pub fn publish_backoff(&self) -> Backoff {
+        Backoff::new(self.publish_min_backoff, self.publish_max_backoff, JITTER)
+    }
+}
+
+/// `MAX_IMAGE_BYTES`, `ALLOWED_IMAGE_HOSTS`, `DOWNLOAD_CONCURRENCY`, `CONSUMER_MAX_IN_FLIGHT`, `CONSUMER_STALL_SECS`,
+/// `DOWNLOAD_TIMEOUT_SECONDS`.
+#[derive(Clone, Debug)]
+pub struct ConsumerConfig {
+    pub max_image_bytes: u64,
+    pub allowed_image_hosts: Vec<String>,
+    /// Image downloads at once per image host.
+    pub concurrency: usize,
+    /// Events handled at once.
+    pub max_in_flight: usize,
+    pub stall: Duration,
+    pub download_timeout: Duration,
+}
+
+/// `RETRY_*_BACKOFF_MS`, `STARTUP_TIMEOUT_SECS`.
+#[derive(Clone, Debug)]
+pub struct RetryConfig {
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
     /// None: start-up waits for the dependencies forever.
     pub startup_timeout: Option<Duration>,
-    pub http_addr: std::net::SocketAddr,
+}
+
+impl RetryConfig {
+    /// Retries of Kafka, Postgres, the NASA API and image downloads (`RETRY_*_BACKOFF_MS`).
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.min_backoff, self.max_backoff, JITTER)
+    }
+}
+
+/// `SUPERVISOR_*`.
+#[derive(Clone, Debug)]
+pub struct SupervisorConfig {
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    pub max_restarts: u32,
+    pub restart_window: Duration,
+}
+
+impl SupervisorConfig {
+    /// How the supervisor restarts an actor.
+    pub fn restart_policy(&self) -> Policy {
+        Policy {
+            backoff: Backoff::new(self.min_backoff, self.max_backoff, JITTER),
+            stable_after: self.restart_window,
+            max_restarts: self.max_restarts,
+            window: self.restart_window,
+        }
+    }
+}
+
+/// `HTTP_ADDR`, `ADMIN_TOKEN`.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    pub addr: std::net::SocketAddr,
+    /// None: the admin routes do not exist.
     pub admin_token: Option<String>,
+}
+
+/// `ENVIRONMENT`, `SENTRY_*`, `LOG_*`.
+#[derive(Clone, Debug)]
+pub struct ObservabilityConfig {
     pub environment: String,
     pub sentry_dsn: Option<String>,
     pub sentry_min_interval: Duration,
@@ -387,36 +705,13 @@ impl ConfigError {
 /// same outage do not hit the dependency in step.
 pub const JITTER: f64 = 0.2;
 
-/// Ready values made of the raw settings, so that callers do not assemble them.
-impl Config {
-    /// Retries of Kafka, Postgres, the NASA API and image downloads (`RETRY_*_BACKOFF_MS`).
-    pub fn retry_backoff(&self) -> Backoff {
-        Backoff::new(self.retry_min_backoff, self.retry_max_backoff, JITTER)
-    }
-
-    /// The Publisher's retries while Kafka is unavailable (`PUBLISH_*_BACKOFF_MS`).
-    pub fn publish_backoff(&self) -> Backoff {
-        Backoff::new(self.publish_min_backoff, self.publish_max_backoff, JITTER)
-    }
-
-    /// How the supervisor restarts an actor (`SUPERVISOR_*`).
-    pub fn restart_policy(&self) -> Policy {
-        Policy {
-            backoff: Backoff::new(self.supervisor_min_backoff, self.supervisor_max_backoff, JITTER),
-            stable_after: self.supervisor_restart_window,
-            max_restarts: self.supervisor_max_restarts,
-            window: self.supervisor_restart_window,
-        }
-    }
-}
-
 impl Config {
     /// Validates the raw settings. `command` decides which settings are required. Every bad
     /// setting is reported, not only the first: a person fixes them all in one go.
     pub fn from_settings(s: &Settings, command: &Command) -> Result<Config, ConfigErrors> {
         let mut e = Errors::default();
-        let mut producer_enabled = e.take(parse_bool("PRODUCER_ENABLED", &s.producer_enabled, true));
-        let mut consumer_enabled = e.take(parse_bool("CONSUMER_ENABLED", &s.consumer_enabled, true));
+        let mut producer_enabled = e.take(parse_bool(&vars::PRODUCER_ENABLED, &s.producer_enabled));
+        let mut consumer_enabled = e.take(parse_bool(&vars::CONSUMER_ENABLED, &s.consumer_enabled));
         if matches!(command, Command::Backfill(_) | Command::Dlq(_)) {
             // A backfill and a replay only publish.
             (producer_enabled, consumer_enabled) = (true, false);
@@ -425,97 +720,88 @@ impl Config {
             e.0.push(ConfigError::NoRole);
         }
         let database_url = e.take(parse_database_url(&s.database_url));
-        if database_url.is_none() && (consumer_enabled || *command == Command::Migrate) && e.0.iter().all(|x| x.var() != "DATABASE_URL") {
-            e.0.push(ConfigError::Missing { var: "DATABASE_URL", accepted: DATABASE_URL_FORM.into() });
+        if database_url.is_none()
+            && (consumer_enabled || *command == Command::Migrate)
+            && e.0.iter().all(|x| x.var() != vars::DATABASE_URL.var)
+        {
+            e.0.push(ConfigError::Missing { var: vars::DATABASE_URL.var, accepted: DATABASE_URL_FORM.into() });
         }
-        let kafka_topic = e.take(parse_name("KAFKA_TOPIC", &s.kafka_topic, "images"));
-        let publish_min_backoff = e.take(parse_millis("PUBLISH_MIN_BACKOFF_MS", &s.publish_min_backoff_ms, 500));
-        let publish_max_backoff = e.take(parse_millis("PUBLISH_MAX_BACKOFF_MS", &s.publish_max_backoff_ms, 30_000));
-        let retry_min_backoff = e.take(parse_millis("RETRY_MIN_BACKOFF_MS", &s.retry_min_backoff_ms, 500));
-        let retry_max_backoff = e.take(parse_millis("RETRY_MAX_BACKOFF_MS", &s.retry_max_backoff_ms, 30_000));
-        let supervisor_min_backoff = e.take(parse_millis("SUPERVISOR_MIN_BACKOFF_MS", &s.supervisor_min_backoff_ms, 500));
-        let supervisor_max_backoff = e.take(parse_millis("SUPERVISOR_MAX_BACKOFF_MS", &s.supervisor_max_backoff_ms, 30_000));
+        let kafka_topic = e.take(parse_name(&vars::KAFKA_TOPIC, &s.kafka_topic));
+        let publish_min_backoff = e.take(parse_millis(&vars::PUBLISH_MIN_BACKOFF_MS, &s.publish_min_backoff_ms));
+        let publish_max_backoff = e.take(parse_millis(&vars::PUBLISH_MAX_BACKOFF_MS, &s.publish_max_backoff_ms));
+        let retry_min_backoff = e.take(parse_millis(&vars::RETRY_MIN_BACKOFF_MS, &s.retry_min_backoff_ms));
+        let retry_max_backoff = e.take(parse_millis(&vars::RETRY_MAX_BACKOFF_MS, &s.retry_max_backoff_ms));
+        let supervisor_min_backoff = e.take(parse_millis(&vars::SUPERVISOR_MIN_BACKOFF_MS, &s.supervisor_min_backoff_ms));
+        let supervisor_max_backoff = e.take(parse_millis(&vars::SUPERVISOR_MAX_BACKOFF_MS, &s.supervisor_max_backoff_ms));
+        // Read in this order, so that the errors come in it too.
+        let brokers = e.take(parse_brokers(&kafka_brokers_setting(s)));
+        let group_id = e.take(parse_name(&vars::KAFKA_GROUP_ID, &s.kafka_group_id));
+        let api_url = e.take_or(parse_http_url(&vars::NASA_API_URL, &s.nasa_api_url), || {
+            Url::parse(default_of(&vars::NASA_API_URL)).expect("a valid URL")
+        });
+        let interval = Duration::from_secs(e.take(parse_number(&vars::INTERVAL_SECONDS, &s.interval_seconds, 1, 86_400)));
+        let image_variant = e.take_or(parse_variant(&s.image_variant), || ImageVariant::Orig);
+        let max_image_bytes = e.take(parse_number(&vars::MAX_IMAGE_BYTES, &s.max_image_bytes, 1, 1 << 40));
+        let allowed_image_hosts = e.take(parse_hosts(&s.allowed_image_hosts));
+        let concurrency = e.take(parse_number(&vars::DOWNLOAD_CONCURRENCY, &s.download_concurrency, 1, 1024)) as usize;
+        let max_in_flight = e.take(parse_number(&vars::CONSUMER_MAX_IN_FLIGHT, &s.consumer_max_in_flight, 1, 4096)) as usize;
+        let stall = Duration::from_secs(e.take(parse_number(&vars::CONSUMER_STALL_SECS, &s.consumer_stall_secs, 5, 86_400)));
+        let download_timeout =
+            Duration::from_secs(e.take(parse_number(&vars::DOWNLOAD_TIMEOUT_SECONDS, &s.download_timeout_seconds, 1, 3600)));
+        let publish_timeout = e.take(parse_millis(&vars::PUBLISH_TIMEOUT_MS, &s.publish_timeout_ms));
+        let nasa_timeout = Duration::from_secs(e.take(parse_number(&vars::NASA_TIMEOUT_SECONDS, &s.nasa_timeout_seconds, 1, 600)));
+        let publish_max_backoff = e.take(at_least(&vars::PUBLISH_MAX_BACKOFF_MS, publish_max_backoff, publish_min_backoff));
+        let retry_max_backoff = e.take(at_least(&vars::RETRY_MAX_BACKOFF_MS, retry_max_backoff, retry_min_backoff));
+        let supervisor_max_backoff = e.take(at_least(&vars::SUPERVISOR_MAX_BACKOFF_MS, supervisor_max_backoff, supervisor_min_backoff));
+        let max_restarts = e.take(parse_number(&vars::SUPERVISOR_MAX_RESTARTS, &s.supervisor_max_restarts, 0, 10_000)) as u32;
+        let restart_window =
+            Duration::from_secs(e.take(parse_number(&vars::SUPERVISOR_RESTART_WINDOW_SECS, &s.supervisor_restart_window_secs, 1, 86_400)));
+        let startup_timeout = Some(e.take(parse_number(&vars::STARTUP_TIMEOUT_SECS, &s.startup_timeout_secs, 0, 86_400)))
+            .filter(|secs| *secs > 0)
+            .map(Duration::from_secs);
+        let http_addr =
+            e.take_or(parse_socket_addr(&vars::HTTP_ADDR, &s.http_addr), || default_of(&vars::HTTP_ADDR).parse().expect("a valid address"));
+        let sentry_dsn = e.take(parse_sentry_dsn(&s.sentry_dsn));
+        let sentry_min_interval =
+            Duration::from_secs(e.take(parse_number(&vars::SENTRY_MIN_INTERVAL_SECS, &s.sentry_min_interval_secs, 0, 86_400)));
+        let log_level = e.take_or(parse_log_level(&s.log_level), || slog::Level::Info);
+        let log_format = e.take(parse_log_format(&s.log_format));
         let config = Config {
-            kafka_brokers: e.take(parse_brokers(&kafka_brokers_setting(s))),
-            kafka_dlq_topic: format!("{kafka_topic}.dlq"),
-            kafka_topic,
-            kafka_group_id: e.take(parse_name("KAFKA_GROUP_ID", &s.kafka_group_id, "images-writer")),
-            database_url,
-            nasa_api_url: e.take_or(parse_http_url("NASA_API_URL", &s.nasa_api_url, DEFAULT_NASA_API_URL), || {
-                Url::parse(DEFAULT_NASA_API_URL).expect("a valid URL")
-            }),
-            query: non_empty(&s.query).map(str::to_owned),
-            interval: Duration::from_secs(e.take(parse_number("INTERVAL_SECONDS", &s.interval_seconds, 30, 1, 86_400))),
-            producer_enabled,
-            consumer_enabled,
-            image_variant: e.take_or(parse_variant(&s.image_variant), || ImageVariant::Orig),
-            max_image_bytes: e.take(parse_number("MAX_IMAGE_BYTES", &s.max_image_bytes, 50 * 1024 * 1024, 1, 1 << 40)),
-            allowed_image_hosts: e.take(parse_hosts(&s.allowed_image_hosts)),
-            download_concurrency: e.take(parse_number("DOWNLOAD_CONCURRENCY", &s.download_concurrency, 8, 1, 1024)) as usize,
-            consumer_max_in_flight: e.take(parse_number("CONSUMER_MAX_IN_FLIGHT", &s.consumer_max_in_flight, 64, 1, 4096)) as usize,
-            consumer_stall: Duration::from_secs(e.take(parse_number("CONSUMER_STALL_SECS", &s.consumer_stall_secs, 60, 5, 86_400))),
-            download_timeout: Duration::from_secs(e.take(parse_number(
-                "DOWNLOAD_TIMEOUT_SECONDS",
-                &s.download_timeout_seconds,
-                60,
-                1,
-                3600,
-            ))),
-            data_dir: PathBuf::from(non_empty(&s.data_dir).unwrap_or("data")),
-            publish_timeout: e.take(parse_millis("PUBLISH_TIMEOUT_MS", &s.publish_timeout_ms, 5_000)),
-            nasa_timeout: Duration::from_secs(e.take(parse_number("NASA_TIMEOUT_SECONDS", &s.nasa_timeout_seconds, 20, 1, 600))),
-            publish_min_backoff,
-            publish_max_backoff: e.take(at_least("PUBLISH_MAX_BACKOFF_MS", publish_max_backoff, publish_min_backoff)),
-            retry_min_backoff,
-            retry_max_backoff: e.take(at_least("RETRY_MAX_BACKOFF_MS", retry_max_backoff, retry_min_backoff)),
-            supervisor_min_backoff,
-            supervisor_max_backoff: e.take(at_least("SUPERVISOR_MAX_BACKOFF_MS", supervisor_max_backoff, supervisor_min_backoff)),
-            supervisor_max_restarts: e.take(parse_number("SUPERVISOR_MAX_RESTARTS", &s.supervisor_max_restarts, 5, 0, 10_000)) as u32,
-            supervisor_restart_window: Duration::from_secs(e.take(parse_number(
-                "SUPERVISOR_RESTART_WINDOW_SECS",
-                &s.supervisor_restart_window_secs,
-                60,
-                1,
-                86_400,
-            ))),
-            startup_timeout: Some(e.take(parse_number("STARTUP_TIMEOUT_SECS", &s.startup_timeout_secs, 0, 0, 86_400)))
-                .filter(|secs| *secs > 0)
-                .map(Duration::from_secs),
-            http_addr: e.take_or(parse_socket_addr("HTTP_ADDR", &s.http_addr, DEFAULT_HTTP_ADDR), || {
-                DEFAULT_HTTP_ADDR.parse().expect("a valid address")
-            }),
-            admin_token: non_empty(&s.admin_token).map(str::to_owned),
-            environment: non_empty(&s.environment).unwrap_or("local").to_owned(),
-            sentry_dsn: e.take(parse_sentry_dsn(&s.sentry_dsn)),
-            sentry_min_interval: Duration::from_secs(e.take(parse_number(
-                "SENTRY_MIN_INTERVAL_SECS",
-                &s.sentry_min_interval_secs,
-                600,
-                0,
-                86_400,
-            ))),
-            log_level: e.take_or(parse_log_level(&s.log_level), || slog::Level::Info),
-            log_format: e.take(parse_log_format(&s.log_format)),
+            roles: Roles { producer: producer_enabled, consumer: consumer_enabled },
+            kafka: KafkaConfig { brokers, dlq_topic: format!("{kafka_topic}.dlq"), topic: kafka_topic, group_id },
+            postgres: PostgresConfig { url: database_url },
+            nasa: NasaConfig { api_url, query: non_empty(&s.query).map(str::to_owned), interval, image_variant, timeout: nasa_timeout },
+            outbox: OutboxConfig {
+                data_dir: PathBuf::from(or_default(&vars::DATA_DIR, &s.data_dir)),
+                publish_timeout,
+                publish_min_backoff,
+                publish_max_backoff,
+            },
+            consumer: ConsumerConfig { max_image_bytes, allowed_image_hosts, concurrency, max_in_flight, stall, download_timeout },
+            retries: RetryConfig { min_backoff: retry_min_backoff, max_backoff: retry_max_backoff, startup_timeout },
+            supervisor: SupervisorConfig {
+                min_backoff: supervisor_min_backoff,
+                max_backoff: supervisor_max_backoff,
+                max_restarts,
+                restart_window,
+            },
+            http: HttpConfig { addr: http_addr, admin_token: non_empty(&s.admin_token).map(str::to_owned) },
+            observability: ObservabilityConfig {
+                environment: or_default(&vars::ENVIRONMENT, &s.environment).to_owned(),
+                sentry_dsn,
+                sentry_min_interval,
+                log_level,
+                log_format,
+            },
         };
         match e.0.is_empty() {
             true => Ok(config),
             false => Err(ConfigErrors(e.0)),
         }
     }
-
-    /// The roles, for logs and Sentry tags: "producer", "consumer" or "producer+consumer".
-    pub fn roles(&self) -> &'static str {
-        match (self.producer_enabled, self.consumer_enabled) {
-            (true, true) => "producer+consumer",
-            (true, false) => "producer",
-            _ => "consumer",
-        }
-    }
 }
 
 const DATABASE_URL_FORM: &str = "postgres://user[:password]@host[:port]/database";
-const DEFAULT_NASA_API_URL: &str = "https://images-api.nasa.gov";
-const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8081";
 
 /// The errors found so far; a bad setting's value is replaced by a stand-in so that validation
 /// goes on to the next setting (the stand-ins are never used: any error fails the whole config).
@@ -551,6 +837,16 @@ fn non_empty(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
+/// The setting's built-in value: what an unset or empty setting is read as.
+fn default_of(setting: &Setting) -> &'static str {
+    setting.default_value().unwrap_or_else(|| panic!("{} has a default value", setting.var))
+}
+
+/// The value given, else the setting's default.
+fn or_default<'a>(setting: &Setting, v: &'a Option<String>) -> &'a str {
+    non_empty(v).unwrap_or_else(|| default_of(setting))
+}
+
 /// KAFKA_BROKERS, else the names the earlier Python version used.
 fn kafka_brokers_setting(s: &Settings) -> Option<String> {
     non_empty(&s.kafka_brokers).map(str::to_owned).or_else(|| {
@@ -562,46 +858,45 @@ fn invalid(var: &'static str, value: &str, accepted: impl Into<String>) -> Confi
     ConfigError::Invalid { var, value: value.to_owned(), accepted: accepted.into() }
 }
 
-fn parse_bool(var: &'static str, v: &Option<String>, default: bool) -> Result<bool, ConfigError> {
-    match non_empty(v).map(str::to_ascii_lowercase).as_deref() {
-        None => Ok(default),
-        Some("true" | "1" | "yes" | "on") => Ok(true),
-        Some("false" | "0" | "no" | "off") => Ok(false),
-        Some(_) => Err(invalid(var, v.as_deref().unwrap_or(""), "true or false (also 1/0, yes/no, on/off)")),
+fn parse_bool(setting: &Setting, v: &Option<String>) -> Result<bool, ConfigError> {
+    match or_default(setting, v).to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(invalid(setting.var, v.as_deref().unwrap_or(""), "true or false (also 1/0, yes/no, on/off)")),
     }
 }
 
-fn parse_number(var: &'static str, v: &Option<String>, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
-    let Some(raw) = non_empty(v) else { return Ok(default) };
+fn parse_number(setting: &Setting, v: &Option<String>, min: u64, max: u64) -> Result<u64, ConfigError> {
+    let raw = or_default(setting, v);
     match raw.parse::<u64>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
-        _ => Err(invalid(var, raw, format!("a whole number from {min} to {max}"))),
+        _ => Err(invalid(setting.var, raw, format!("a whole number from {min} to {max}"))),
     }
 }
 
-fn parse_millis(var: &'static str, v: &Option<String>, default: u64) -> Result<Duration, ConfigError> {
-    parse_number(var, v, default, 1, 3_600_000).map(Duration::from_millis)
+fn parse_millis(setting: &Setting, v: &Option<String>) -> Result<Duration, ConfigError> {
+    parse_number(setting, v, 1, 3_600_000).map(Duration::from_millis)
 }
 
-fn at_least(var: &'static str, max: Duration, min: Duration) -> Result<Duration, ConfigError> {
+fn at_least(setting: &Setting, max: Duration, min: Duration) -> Result<Duration, ConfigError> {
     if max < min {
-        return Err(invalid(var, &max.as_millis().to_string(), format!("at least the minimum backoff, {} ms", min.as_millis())));
+        return Err(invalid(setting.var, &max.as_millis().to_string(), format!("at least the minimum backoff, {} ms", min.as_millis())));
     }
     Ok(max)
 }
 
-fn parse_name(var: &'static str, v: &Option<String>, default: &str) -> Result<String, ConfigError> {
-    let Some(raw) = non_empty(v) else { return Ok(default.to_owned()) };
+fn parse_name(setting: &Setting, v: &Option<String>) -> Result<String, ConfigError> {
+    let raw = or_default(setting, v);
     let ok = raw.len() <= 200 && raw.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
     if ok {
         Ok(raw.to_owned())
     } else {
-        Err(invalid(var, raw, "letters, digits, '.', '_' and '-' (at most 200)"))
+        Err(invalid(setting.var, raw, "letters, digits, '.', '_' and '-' (at most 200)"))
     }
 }
 
 fn parse_brokers(v: &Option<String>) -> Result<String, ConfigError> {
-    let Some(raw) = non_empty(&v.clone()).map(str::to_owned) else { return Ok("127.0.0.1:9092".into()) };
+    let raw = or_default(&vars::KAFKA_BROKERS, v);
     let valid = raw
         .split(',')
         .map(str::trim)
@@ -609,15 +904,15 @@ fn parse_brokers(v: &Option<String>) -> Result<String, ConfigError> {
     if valid {
         Ok(raw.split(',').map(str::trim).collect::<Vec<_>>().join(","))
     } else {
-        Err(invalid("KAFKA_BROKERS", &raw, "host:port[,host:port...]"))
+        Err(invalid(vars::KAFKA_BROKERS.var, raw, "host:port[,host:port...]"))
     }
 }
 
-fn parse_http_url(var: &'static str, v: &Option<String>, default: &str) -> Result<Url, ConfigError> {
-    let raw = non_empty(v).unwrap_or(default);
+fn parse_http_url(setting: &Setting, v: &Option<String>) -> Result<Url, ConfigError> {
+    let raw = or_default(setting, v);
     match Url::parse(raw) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Ok(u),
-        _ => Err(invalid(var, raw, "an http:// or https:// URL such as https://images-api.nasa.gov")),
+        _ => Err(invalid(setting.var, raw, "an http:// or https:// URL such as https://images-api.nasa.gov")),
     }
 }
 
@@ -625,7 +920,7 @@ fn parse_database_url(v: &Option<String>) -> Result<Option<DatabaseUrl>, ConfigE
     let Some(raw) = non_empty(v) else { return Ok(None) };
     match Url::parse(raw) {
         Ok(u) if matches!(u.scheme(), "postgres" | "postgresql") && u.path().len() > 1 => Ok(Some(DatabaseUrl(raw.to_owned()))),
-        _ => Err(ConfigError::InvalidSecret { var: "DATABASE_URL", accepted: DATABASE_URL_FORM.into() }),
+        _ => Err(ConfigError::InvalidSecret { var: vars::DATABASE_URL.var, accepted: DATABASE_URL_FORM.into() }),
     }
 }
 
@@ -634,31 +929,31 @@ fn parse_sentry_dsn(v: &Option<String>) -> Result<Option<String>, ConfigError> {
     match raw.parse::<sentry::types::Dsn>() {
         Ok(_) => Ok(Some(raw.to_owned())),
         Err(_) => Err(ConfigError::InvalidSecret {
-            var: "SENTRY_DSN",
+            var: vars::SENTRY_DSN.var,
             accepted: "empty (Sentry off) or a DSN such as https://KEY@sentry.example.com/PROJECT_ID".into(),
         }),
     }
 }
 
 fn parse_variant(v: &Option<String>) -> Result<ImageVariant, ConfigError> {
-    let Some(raw) = non_empty(v) else { return Ok(ImageVariant::Orig) };
-    raw.parse().map_err(|_| invalid("IMAGE_VARIANT", raw, "orig, large, medium, small or thumb"))
+    let raw = or_default(&vars::IMAGE_VARIANT, v);
+    raw.parse().map_err(|_| invalid(vars::IMAGE_VARIANT.var, raw, "orig, large, medium, small or thumb"))
 }
 
 fn parse_hosts(v: &Option<String>) -> Result<Vec<String>, ConfigError> {
-    let Some(raw) = non_empty(v) else { return Ok(vec!["images-assets.nasa.gov".into()]) };
+    let raw = or_default(&vars::ALLOWED_IMAGE_HOSTS, v);
     let hosts: Vec<String> = raw.split(',').map(|h| h.trim().to_ascii_lowercase()).collect();
     let valid = hosts.iter().all(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c)));
     if valid {
         Ok(hosts)
     } else {
-        Err(invalid("ALLOWED_IMAGE_HOSTS", raw, "comma-separated host names such as images-assets.nasa.gov"))
+        Err(invalid(vars::ALLOWED_IMAGE_HOSTS.var, raw, "comma-separated host names such as images-assets.nasa.gov"))
     }
 }
 
-fn parse_socket_addr(var: &'static str, v: &Option<String>, default: &str) -> Result<std::net::SocketAddr, ConfigError> {
-    let raw = non_empty(v).unwrap_or(default);
-    raw.parse().map_err(|_| invalid(var, raw, "ip:port such as 0.0.0.0:8081 (port 0 picks a free one)"))
+fn parse_socket_addr(setting: &Setting, v: &Option<String>) -> Result<std::net::SocketAddr, ConfigError> {
+    let raw = or_default(setting, v);
+    raw.parse().map_err(|_| invalid(setting.var, raw, "ip:port such as 0.0.0.0:8081 (port 0 picks a free one)"))
 }
 
 fn parse_log_format(v: &Option<String>) -> Result<Option<LogFormat>, ConfigError> {
@@ -666,19 +961,19 @@ fn parse_log_format(v: &Option<String>) -> Result<Option<LogFormat>, ConfigError
     match raw.to_ascii_lowercase().as_str() {
         "json" => Ok(Some(LogFormat::Json)),
         "text" => Ok(Some(LogFormat::Text)),
-        _ => Err(invalid("LOG_FORMAT", raw, "json or text (unset: text on a terminal, else json)")),
+        _ => Err(invalid(vars::LOG_FORMAT.var, raw, "json or text (unset: text on a terminal, else json)")),
     }
 }
 
 fn parse_log_level(v: &Option<String>) -> Result<slog::Level, ConfigError> {
-    let Some(raw) = non_empty(v) else { return Ok(slog::Level::Info) };
+    let raw = or_default(&vars::LOG_LEVEL, v);
     match raw.to_ascii_lowercase().as_str() {
         "error" => Ok(slog::Level::Error),
         "warn" | "warning" => Ok(slog::Level::Warning),
         "info" => Ok(slog::Level::Info),
         "debug" => Ok(slog::Level::Debug),
         "trace" => Ok(slog::Level::Trace),
-        _ => Err(invalid("LOG_LEVEL", raw, "error, warn, info, debug or trace")),
+        _ => Err(invalid(vars::LOG_LEVEL.var, raw, "error, warn, info, debug or trace")),
     }
 }
 
@@ -693,21 +988,21 @@ mod tests {
     #[test]
     fn defaults_are_the_documented_ones() {
         let c = Config::from_settings(&base(), &Command::Run).unwrap();
-        assert_eq!(c.kafka_topic, "images");
-        assert_eq!(c.kafka_dlq_topic, "images.dlq");
-        assert_eq!(c.kafka_group_id, "images-writer");
-        assert_eq!(c.interval, Duration::from_secs(30));
-        assert_eq!(c.max_image_bytes, 50 * 1024 * 1024);
-        assert_eq!(c.allowed_image_hosts, vec!["images-assets.nasa.gov"]);
-        assert_eq!(c.download_concurrency, 8);
-        assert_eq!(c.nasa_api_url.as_str(), "https://images-api.nasa.gov/");
-        assert!(c.producer_enabled && c.consumer_enabled);
+        assert_eq!(c.kafka.topic, "images");
+        assert_eq!(c.kafka.dlq_topic, "images.dlq");
+        assert_eq!(c.kafka.group_id, "images-writer");
+        assert_eq!(c.nasa.interval, Duration::from_secs(30));
+        assert_eq!(c.consumer.max_image_bytes, 50 * 1024 * 1024);
+        assert_eq!(c.consumer.allowed_image_hosts, vec!["images-assets.nasa.gov"]);
+        assert_eq!(c.consumer.concurrency, 8);
+        assert_eq!(c.nasa.api_url.as_str(), "https://images-api.nasa.gov/");
+        assert!(c.roles.producer && c.roles.consumer);
     }
 
     #[test]
     fn database_url_never_shows_its_password() {
         let c = Config::from_settings(&base(), &Command::Run).unwrap();
-        let shown = format!("{:?} {}", c.database_url, c.database_url.as_ref().unwrap().redacted());
+        let shown = format!("{:?} {}", c.postgres.url, c.postgres.url.as_ref().unwrap().redacted());
         assert!(!shown.contains("secret"), "{shown}");
         assert!(shown.contains("db:5433/images"), "{shown}");
     }
@@ -719,24 +1014,40 @@ mod tests {
         assert_eq!(msg, "INTERVAL_SECONDS=\"soon\" is not valid: expected a whole number from 1 to 86400");
     }
 
-    /// Every "[default: X]" that --help shows is the value used when the setting is unset.
+    /// Each setting's default, given as its value, makes the same configuration as leaving it
+    /// unset: the default `--help`, the README and .env.example show is the one used.
     #[test]
-    fn the_defaults_help_shows_are_the_defaults_used() {
-        use clap::{CommandFactory, Parser};
+    fn the_defaults_shown_are_the_defaults_used() {
+        use clap::Parser;
         let config = |args: &[&str]| {
             let cli = Cli::try_parse_from([&["nasa-ingest", "--database-url", "postgres://u@db/x"], args].concat()).unwrap();
             format!("{:?}", Config::from_settings(&cli.settings, &Command::Run).unwrap())
         };
         let unset = config(&[]);
         let mut checked = 0;
-        for arg in Cli::command().get_arguments() {
-            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
-            let Some(default) = help.split("[default: ").nth(1).and_then(|d| d.strip_suffix(']')) else { continue };
-            let flag = format!("--{}", arg.get_long().unwrap());
+        for setting in vars::ALL {
+            let Some(default) = setting.default_value() else { continue };
+            let flag = format!("--{}", setting.id().replace('_', "-"));
             assert_eq!(config(&[&flag, default]), unset, "{flag} {default}");
             checked += 1;
         }
-        assert!(checked >= 25, "{checked} defaults shown");
+        assert!(checked >= 25, "{checked} defaults checked");
+    }
+
+    /// The command line reads exactly the settings of `vars::ALL`, in its order (so that the
+    /// README and .env.example, made from it, are grouped as `--help` is), each with its help and heading.
+    #[test]
+    fn the_command_line_is_made_of_the_settings_table() {
+        let cmd = cli_command();
+        let args: Vec<&clap::Arg> = cmd.get_arguments().filter(|a| a.get_env().is_some()).collect();
+        let vars_read: Vec<String> = args.iter().map(|a| a.get_env().unwrap().to_string_lossy().into_owned()).collect();
+        assert_eq!(vars_read, vars::ALL.map(|s| s.var.to_owned()));
+        for (arg, setting) in args.iter().zip(vars::ALL) {
+            assert_eq!(arg.get_id().as_str(), setting.id());
+            assert_eq!(arg.get_help().map(ToString::to_string), Some(setting.help()), "{}", setting.var);
+            assert_eq!(arg.get_help_heading(), Some(setting.heading), "{}", setting.var);
+            assert!(arg.get_long_help().is_none(), "{}: the help is the table's, whole", setting.var);
+        }
     }
 
     #[test]

@@ -49,14 +49,14 @@ pub const EXIT_SETTING: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("{0}")]
+    #[error("cannot open the producer's outbox: {0}")]
     Outbox(#[from] crate::outbox::OutboxError),
     #[error("cannot create a Kafka client: {0}; check KAFKA_BROKERS")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("HTTP_ADDR={addr} cannot be bound ({source}); stop what listens there or choose another port")]
     HttpAddr { addr: std::net::SocketAddr, source: std::io::Error },
-    #[error("{0}")]
-    DataDir(String),
+    #[error(transparent)]
+    DataDir(#[from] crate::check::DataDirNotWritable),
     #[error("the dependencies were not usable within STARTUP_TIMEOUT_SECS={secs}: {waiting}; fix them, or raise STARTUP_TIMEOUT_SECS (0 waits forever)")]
     StartupTimeout { secs: u64, waiting: String },
 }
@@ -105,10 +105,10 @@ impl Slots {
             (slot.name(), Box::new(move || slot.current().is_some()))
         }
         let mut out = Vec::new();
-        if config.consumer_enabled {
+        if config.roles.consumer {
             out.extend([running(&self.storer), running(&self.downloader), running(&self.subscriber)]);
         }
-        if config.producer_enabled {
+        if config.roles.producer {
             out.extend([running(&self.publisher), running(&self.fetcher)]);
         }
         out
@@ -135,8 +135,8 @@ impl Slots {
 /// Runs the daemon until a signal or a passed restart limit; returns the process exit code.
 pub async fn run(config: Config, root: Logger) -> u8 {
     let log = for_component(&root, "supervisor");
-    info!(log, "starting"; "labels.roles" => config.roles(), "labels.kafka_brokers" => &config.kafka_brokers,
-        "labels.database" => config.database_url.as_ref().map(|u| u.redacted()));
+    info!(log, "starting"; "labels.roles" => config.roles.label(), "labels.kafka_brokers" => &config.kafka.brokers,
+        "labels.database" => config.postgres.url.as_ref().map(|u| u.redacted()));
     let stop_requested = listen_for_signals(&log);
     let wait_stop = || {
         let mut rx = stop_requested.clone();
@@ -149,25 +149,26 @@ pub async fn run(config: Config, root: Logger) -> u8 {
     let mut supervisor = Supervisor::new(log.clone(), restart_hook(restarts.clone()));
     DEPENDENCIES.expect(&dependencies(&config));
     let pool = config
-        .database_url
+        .postgres
+        .url
         .as_ref()
-        .filter(|_| config.consumer_enabled)
+        .filter(|_| config.roles.consumer)
         .map(|u| db::reporting_pool(u, POOL_SIZE, for_component(&root, "postgres")));
     let app = match app_state(&config, &root, &slots, restarts, pool.clone()) {
         Ok(app) => app,
         Err(e) => return start_failed(&log, e),
     };
-    let endpoint = match http::start(config.http_addr, app.clone()) {
+    let endpoint = match http::start(config.http.addr, app.clone()) {
         Ok(endpoint) => endpoint,
-        Err(source) => return start_failed(&log, StartError::HttpAddr { addr: config.http_addr, source }),
+        Err(source) => return start_failed(&log, StartError::HttpAddr { addr: config.http.addr, source }),
     };
     actix::spawn(watch_dependencies(config.clone(), for_component(&root, "dependencies")));
     actix::spawn(sample_rates());
     let started = tokio::select! {
         r = prepare(&config, &root, &slots, &mut supervisor, pool, &app) => r,
         _ = wait_stop() => { info!(log, "signal received during start-up; exiting"); return 0; }
-        _ = startup_deadline(config.startup_timeout) => {
-            let secs = config.startup_timeout.unwrap_or_default().as_secs();
+        _ = startup_deadline(config.retries.startup_timeout) => {
+            let secs = config.retries.startup_timeout.unwrap_or_default().as_secs();
             let waiting = DEPENDENCIES.not_up().unwrap_or_else(|| "still starting".into());
             return start_failed(&log, StartError::StartupTimeout { secs, waiting });
         }
@@ -175,7 +176,7 @@ pub async fn run(config: Config, root: Logger) -> u8 {
     if let Err(e) = started {
         return start_failed(&log, e);
     }
-    info!(log, "started"; "labels.roles" => config.roles());
+    info!(log, "started"; "labels.roles" => config.roles.label());
     app.started.store(true, std::sync::atomic::Ordering::SeqCst);
     let outcome = supervisor.run(wait_stop()).await;
     stop(&slots, &log).await;
@@ -203,29 +204,29 @@ fn app_state(
     pool: Option<db::PgPool>,
 ) -> Result<Arc<AppState>, StartError> {
     let http_log = for_component(root, "http");
-    let kafka = kafka::base_config(&config.kafka_brokers).create_with_context(kafka::LogContext { log: http_log.clone() })?;
-    let outbox = if config.producer_enabled {
+    let kafka = kafka::base_config(&config.kafka.brokers).create_with_context(kafka::LogContext { log: http_log.clone() })?;
+    let outbox = if config.roles.producer {
         // Writable now, or the first event would fail much later (a full or read-only disk is a
         // passing fault the producer waits out: it starts anyway).
-        crate::check::check_data_dir_setting(&config.data_dir).map_err(StartError::DataDir)?;
-        Some(Outbox::open(&config.data_dir, Owner::Daemon)?)
+        crate::check::check_data_dir_setting(&config.outbox.data_dir)?;
+        Some(Outbox::open(&config.outbox.data_dir, Owner::Daemon)?)
     } else {
         None
     };
     Ok(Arc::new(AppState {
         log: http_log,
-        roles: config.roles(),
+        roles: config.roles.label(),
         actors: slots.running_fns(config),
         crash: slots.crash_fns(),
-        admin_token: config.admin_token.clone(),
+        admin_token: config.http.admin_token.clone(),
         restarts,
         pool,
         outbox,
         kafka,
-        topic: config.kafka_topic.clone(),
-        group_id: config.kafka_group_id.clone(),
+        topic: config.kafka.topic.clone(),
+        group_id: config.kafka.group_id.clone(),
         dead_letters: DlqWatch::default(),
-        consumer: config.consumer_enabled.then(ConsumerStatus::default),
+        consumer: config.roles.consumer.then(ConsumerStatus::default),
         started: AtomicBool::new(false),
         since: std::time::Instant::now(),
     }))
@@ -240,22 +241,22 @@ async fn prepare(
     app: &AppState,
 ) -> Result<(), StartError> {
     let log = &for_component(root, "startup");
-    let retry = config.retry_backoff();
-    let topics = [config.kafka_topic.as_str(), config.kafka_dlq_topic.as_str()];
-    wait_until_usable(log, Dependency::Kafka, retry, &NEVER, || kafka::ensure_topics_checked(&config.kafka_brokers, &topics, log)).await;
-    app.dead_letters.start(config.kafka_brokers.clone(), config.kafka_dlq_topic.clone(), for_component(root, "dlq-watch"));
-    let policy = config.restart_policy();
+    let retry = config.retries.backoff();
+    let topics = [config.kafka.topic.as_str(), config.kafka.dlq_topic.as_str()];
+    wait_until_usable(log, Dependency::Kafka, retry, &NEVER, || kafka::ensure_topics_checked(&config.kafka.brokers, &topics, log)).await;
+    app.dead_letters.start(config.kafka.brokers.clone(), config.kafka.dlq_topic.clone(), for_component(root, "dlq-watch"));
+    let policy = config.supervisor.restart_policy();
     let mut add = |name: &'static str, start: Box<dyn FnMut(Lifeline) -> Result<(), String>>| {
         supervisor.add(ChildSpec { name, restart: RestartType::Permanent, policy, start })
     };
-    if config.consumer_enabled {
+    if config.roles.consumer {
         let pool = pool.expect("the consumer role has a pool");
         let status = app.consumer.clone().expect("the consumer role has a status");
         for (name, start) in consumer_children(config, root, slots, retry, pool, app.restarts.clone(), status).await? {
             add(name, start);
         }
     }
-    if config.producer_enabled {
+    if config.roles.producer {
         let outbox = app.outbox.clone().expect("the producer role has an outbox");
         for (name, start) in producer_children(config, root, slots, retry, outbox) {
             add(name, start);
@@ -277,7 +278,7 @@ async fn consumer_children(
     status: ConsumerStatus,
 ) -> Result<Children, StartError> {
     let log = &for_component(root, "startup");
-    let url = config.database_url.clone().expect("the consumer role has a DATABASE_URL");
+    let url = config.postgres.url.clone().expect("the consumer role has a DATABASE_URL");
     let migrations = || {
         let (pool, url) = (pool.clone(), url.clone());
         // Log in outside the pool first: its answer comes at once and says what is wrong.
@@ -294,24 +295,25 @@ async fn consumer_children(
     let pipeline = Pipeline {
         storer: slots.storer.clone(),
         downloader: slots.downloader.clone(),
-        dlq: kafka::producer(&config.kafka_brokers, config.publish_timeout, sub_log.clone())?,
-        topic: config.kafka_topic.clone(),
-        dlq_topic: config.kafka_dlq_topic.clone(),
+        dlq: kafka::producer(&config.kafka.brokers, config.outbox.publish_timeout, sub_log.clone())?,
+        topic: config.kafka.topic.clone(),
+        dlq_topic: config.kafka.dlq_topic.clone(),
         backoff: retry,
         log: sub_log.clone(),
         last_retry: Default::default(),
         retry_lines: Default::default(),
     };
     let member = MemberSettings {
-        brokers: config.kafka_brokers.clone(),
-        group_id: config.kafka_group_id.clone(),
-        topic: config.kafka_topic.clone(),
+        brokers: config.kafka.brokers.clone(),
+        group_id: config.kafka.group_id.clone(),
+        topic: config.kafka.topic.clone(),
         log: sub_log,
     };
-    let consumer = ConsumerState::new(member, config.consumer_max_in_flight, config.consumer_stall, pipeline, restarts, status)?;
+    let consumer = ConsumerState::new(member, config.consumer.max_in_flight, config.consumer.stall, pipeline, restarts, status)?;
     let (storer_slot, downloader_slot, subscriber_slot) = (slots.storer.clone(), slots.downloader.clone(), slots.subscriber.clone());
-    let (hosts, max_bytes, timeout) = (config.allowed_image_hosts.clone(), config.max_image_bytes, config.download_timeout);
-    let limits = DownloadLimits::new(config.download_concurrency, config.max_image_bytes);
+    let (hosts, max_bytes, timeout) =
+        (config.consumer.allowed_image_hosts.clone(), config.consumer.max_image_bytes, config.consumer.download_timeout);
+    let limits = DownloadLimits::new(config.consumer.concurrency, config.consumer.max_image_bytes);
     Ok(vec![
         (
             "storer",
@@ -339,11 +341,11 @@ async fn consumer_children(
 
 /// Publisher and Fetcher. Each Publisher incarnation has a fresh producer; the outbox is on disk.
 fn producer_children(config: &Config, root: &Logger, slots: &Slots, retry: Backoff, outbox: Outbox) -> Children {
-    let (brokers, topic) = (config.kafka_brokers.clone(), config.kafka_topic.clone());
-    let publish_backoff = config.publish_backoff();
+    let (brokers, topic) = (config.kafka.brokers.clone(), config.kafka.topic.clone());
+    let publish_backoff = config.outbox.publish_backoff();
     let (pub_log, fetch_log) = (for_component(root, "publisher"), for_component(root, "fetcher"));
-    let nasa = NasaClient::new(config.nasa_api_url.clone(), config.image_variant, config.nasa_timeout);
-    let (query, interval, publish_timeout) = (config.query.clone(), config.interval, config.publish_timeout);
+    let nasa = NasaClient::new(config.nasa.api_url.clone(), config.nasa.image_variant, config.nasa.timeout);
+    let (query, interval, publish_timeout) = (config.nasa.query.clone(), config.nasa.interval, config.outbox.publish_timeout);
     let (publisher_slot, fetcher_slot, publisher_for_fetcher) = (slots.publisher.clone(), slots.fetcher.clone(), slots.publisher.clone());
     vec![
         (
@@ -380,10 +382,10 @@ async fn startup_deadline(timeout: Option<Duration>) {
 /// The dependencies of the enabled roles.
 fn dependencies(config: &Config) -> Vec<Dependency> {
     let mut deps = vec![Dependency::Kafka];
-    if config.consumer_enabled {
+    if config.roles.consumer {
         deps.push(Dependency::Postgres);
     }
-    if config.producer_enabled {
+    if config.roles.producer {
         deps.push(Dependency::NasaApi);
     }
     deps
@@ -396,8 +398,8 @@ const DEPENDENCY_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// /status says what is wrong even while no event is in flight. The NASA API is reported by
 /// the Fetcher's own requests. A change of cause is logged once.
 async fn watch_dependencies(config: Config, log: Logger) {
-    let brokers = kafka::broker_addresses(&config.kafka_brokers);
-    let database = config.database_url.clone().filter(|_| config.consumer_enabled);
+    let brokers = kafka::broker_addresses(&config.kafka.brokers);
+    let database = config.postgres.url.clone().filter(|_| config.roles.consumer);
     loop {
         let (brokers, database) = (brokers.clone(), database.clone());
         let results = tokio::task::spawn_blocking(move || {

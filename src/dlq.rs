@@ -434,10 +434,10 @@ pub struct ReplaySettings {
 impl ReplaySettings {
     pub fn new(config: &Config, args: &DlqReplayArgs) -> ReplaySettings {
         ReplaySettings {
-            brokers: config.kafka_brokers.clone(),
-            topic: config.kafka_topic.clone(),
-            dlq_topic: config.kafka_dlq_topic.clone(),
-            group: args.group.clone().unwrap_or_else(|| default_replay_group(&config.kafka_group_id)),
+            brokers: config.kafka.brokers.clone(),
+            topic: config.kafka.topic.clone(),
+            dlq_topic: config.kafka.dlq_topic.clone(),
+            group: args.group.clone().unwrap_or_else(|| default_replay_group(&config.kafka.group_id)),
             filter: args.filter.clone(),
             nasa_id: args.nasa_id.clone(),
             max: args.max,
@@ -830,9 +830,9 @@ pub fn run(config: &Config, args: DlqArgs, log: Logger) -> u8 {
 
 fn run_list(config: &Config, a: &DlqListArgs, log: &Logger) -> Result<u8, DlqError> {
     let settings = ListSettings {
-        brokers: config.kafka_brokers.clone(),
-        topic: config.kafka_topic.clone(),
-        dlq_topic: config.kafka_dlq_topic.clone(),
+        brokers: config.kafka.brokers.clone(),
+        topic: config.kafka.topic.clone(),
+        dlq_topic: config.kafka.dlq_topic.clone(),
         filter: a.filter.clone(),
         limit: a.limit,
     };

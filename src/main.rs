@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     };
     if command == Command::Healthcheck {
         // No logger, no Sentry: one line on failure, for `docker inspect`'s health log.
-        return match healthcheck::check(config.http_addr, std::time::Duration::from_secs(3)) {
+        return match healthcheck::check(config.http.addr, std::time::Duration::from_secs(3)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("nasa-ingest healthcheck: {e}");
@@ -38,21 +38,23 @@ fn main() -> ExitCode {
     // A backfill and the dlq commands keep stdout for their output; their logs go to stderr
     // (above a progress bar, if one is drawn).
     let root = match command {
-        Command::Backfill(_) | Command::Dlq(_) => logging::backfill_logger(config.log_level, &config.environment, config.log_format),
-        _ => logging::stdout_logger(config.log_level, &config.environment, config.log_format),
+        Command::Backfill(_) | Command::Dlq(_) => {
+            logging::backfill_logger(config.observability.log_level, &config.observability.environment, config.observability.log_format)
+        }
+        _ => logging::stdout_logger(config.observability.log_level, &config.observability.environment, config.observability.log_format),
     };
     let log = logging::for_component(&root, "main");
     let _sentry = telemetry::init_sentry(
         telemetry::SentrySettings {
-            dsn: config.sentry_dsn.as_deref(),
-            environment: &config.environment,
-            role: config.roles(),
-            min_interval: config.sentry_min_interval,
+            dsn: config.observability.sentry_dsn.as_deref(),
+            environment: &config.observability.environment,
+            role: config.roles.label(),
+            min_interval: config.observability.sentry_min_interval,
         },
         &log,
     );
     telemetry::log_panics(log.clone());
-    logging::bridge_log_crate(&root, config.log_level);
+    logging::bridge_log_crate(&root, config.observability.log_level);
     match command {
         Command::Migrate => migrate(&config, &log),
         Command::Run => {
@@ -87,7 +89,7 @@ fn check(config: &Config) -> ExitCode {
 }
 
 fn migrate(config: &Config, log: &slog::Logger) -> ExitCode {
-    let url = config.database_url.as_ref().expect("validated: migrate has a DATABASE_URL");
+    let url = config.postgres.url.as_ref().expect("validated: migrate has a DATABASE_URL");
     if let Err(e) = db::check_login(url) {
         error!(log, "migrations failed"; "error.type" => "postgres", "error.message" => e.to_string());
         return ExitCode::FAILURE;

@@ -16,10 +16,10 @@ use crate::event::ImageEvent;
 pub enum OutboxError {
     #[error("cannot write the outbox at {path}: {source}; check that DATA_DIR is writable")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("the pending event at {path} is unreadable ({reason}); it was moved to {moved_to} for a person to inspect")]
-    Corrupt { path: PathBuf, reason: String, moved_to: PathBuf },
-    #[error("the pending event at {path} is unreadable ({reason}); the producer moves it aside when it starts")]
-    Unreadable { path: PathBuf, reason: String },
+    #[error("the pending event at {path} is unreadable ({source}); it was moved to {moved_to} for a person to inspect")]
+    Corrupt { path: PathBuf, source: serde_json::Error, moved_to: PathBuf },
+    #[error("the pending event at {path} is unreadable ({source}); the producer moves it aside when it starts")]
+    Unreadable { path: PathBuf, source: serde_json::Error },
     #[error(transparent)]
     Locked(#[from] DataDirError),
 }
@@ -46,10 +46,10 @@ impl Outbox {
     /// moved aside (never deleted) and reported.
     pub fn pending(&self) -> Result<Option<ImageEvent>, OutboxError> {
         match self.peek() {
-            Err(OutboxError::Unreadable { path, reason }) => {
+            Err(OutboxError::Unreadable { path, source }) => {
                 let moved_to = self.dir.join(format!("corrupt-{}.json", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3f")));
                 fs::rename(&path, &moved_to).map_err(|source| OutboxError::Io { path: path.clone(), source })?;
-                Err(OutboxError::Corrupt { path, reason, moved_to })
+                Err(OutboxError::Corrupt { path, source, moved_to })
             }
             other => other,
         }
@@ -59,7 +59,7 @@ impl Outbox {
     pub fn peek(&self) -> Result<Option<ImageEvent>, OutboxError> {
         let path = self.pending_path();
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| OutboxError::Unreadable { path, reason: e.to_string() }),
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| OutboxError::Unreadable { path, source }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(OutboxError::Io { path, source }),
         }

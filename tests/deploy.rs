@@ -165,32 +165,44 @@ fn dockerfile_copies_what_exists_runs_as_non_root_with_a_healthcheck() {
     assert!(std::fs::read_to_string(root().join(".gitignore")).unwrap().lines().any(|l| l == "deploy/.env"));
 }
 
+/// README.md's configuration table and deploy/.env.example are made from the settings'
+/// definitions (name, default and description): each must be what the generator makes now.
 #[test]
-fn env_example_readme_and_the_daemon_agree_on_every_variable() {
-    let vars = daemon_vars();
+fn env_example_and_the_readme_table_are_what_the_settings_make() {
+    use nasa_ingest::config::docs;
     let example = std::fs::read_to_string(root().join("deploy/.env.example")).unwrap();
+    assert_same(&example, &docs::env_example(), "deploy/.env.example");
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let table = docs::readme_part(&readme).unwrap_or_else(|| {
+        panic!("README.md lacks the generated configuration table between {:?} and {:?}", docs::README_BEGIN, docs::README_END)
+    });
+    assert_same(table, &docs::readme_table(), "README.md's configuration table");
+    // What the generator lists is what the daemon reads.
     let listed: BTreeSet<String> = example
         .lines()
-        .map(|l| l.trim_start_matches('#'))
-        .filter_map(|l| l.split_once('=').map(|(k, _)| k.to_owned()))
+        .filter_map(|l| l.strip_prefix('#').and_then(|l| l.split_once('=')).map(|(k, _)| k.to_owned()))
         .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit()))
-        .filter(|k| k != "POSTGRES_PASSWORD")
         .collect();
-    assert_eq!(listed, vars, ".env.example vs the daemon");
-    // Each variable has its comment line right above it.
-    let lines: Vec<&str> = example.lines().collect();
-    for (i, l) in lines.iter().enumerate() {
-        if l.trim_start_matches('#').split('=').next().is_some_and(|k| vars.contains(k)) {
-            assert!(i > 0 && lines[i - 1].starts_with("# "), "comment above {l}");
-        }
+    assert_eq!(listed, daemon_vars(), ".env.example vs the daemon");
+    // The values shown for the container are the image's own.
+    let dockerfile = std::fs::read_to_string(root().join("deploy/Dockerfile")).unwrap();
+    for (var, value) in docs::CONTAINER_VALUES {
+        assert!(dockerfile.contains(&format!("{var}={value}")), "deploy/Dockerfile sets {var}={value}");
     }
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    let table: BTreeSet<String> = readme
-        .lines()
-        .filter_map(|l| l.strip_prefix("| `"))
-        .filter_map(|l| l.split('`').next())
-        .filter(|n| n.chars().all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit()))
-        .map(str::to_owned)
-        .collect();
-    assert_eq!(table, vars, "README table vs the daemon");
+}
+
+/// Equal, or a panic naming the first line that differs and the command that regenerates the file.
+fn assert_same(found: &str, made: &str, what: &str) {
+    if found == made {
+        return;
+    }
+    let (found_lines, made_lines): (Vec<&str>, Vec<&str>) = (found.lines().collect(), made.lines().collect());
+    let at = found_lines.iter().zip(&made_lines).position(|(a, b)| a != b).unwrap_or(found_lines.len().min(made_lines.len()));
+    panic!(
+        "{what} differs from what the settings in src/config.rs make, at line {}:\n  found: {:?}\n  made:  {:?}\nrun `{}` to regenerate it",
+        at + 1,
+        found_lines.get(at).copied().unwrap_or("(end)"),
+        made_lines.get(at).copied().unwrap_or("(end)"),
+        nasa_ingest::config::docs::REGENERATE
+    );
 }
