@@ -362,7 +362,7 @@ pub mod vars {
     pub const CONSUMER_MAX_IN_FLIGHT: Setting = Setting::new(
         "CONSUMER_MAX_IN_FLIGHT",
         DOWNLOADS,
-        "64",
+        "128",
         "events the consumer role handles at once (checked, downloading, or waiting to be stored): more than downloads, so that the Storer's statements carry many rows (1 to 4096)",
     );
     pub const CONSUMER_STALL_SECS: Setting = Setting::new(
