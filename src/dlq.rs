@@ -60,10 +60,10 @@ pub enum DlqError {
     NoTopic(String),
     #[error("Kafka did not acknowledge the replay of dead letter {place}: {message}; nothing from it on was committed: run the same command again to resume")]
     Publish { place: String, message: String },
-    #[error("cannot commit the replay's progress (group {group}): {message}; what was replayed is found on the topic and not replayed again: run the same command again")]
-    Commit { group: String, message: String },
+    #[error("cannot commit the replay's progress (group {group}): {source}; what was replayed is found on the topic and not replayed again: run the same command again")]
+    Commit { group: String, source: rdkafka::error::KafkaError },
     #[error("cannot create a Kafka client: {0}; check KAFKA_BROKERS")]
-    Client(String),
+    Client(#[source] rdkafka::error::KafkaError),
 }
 
 impl DlqError {
@@ -183,7 +183,7 @@ fn reader(brokers: &str, group: &str, log: &Logger) -> Result<BaseConsumer<LogCo
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .create_with_context(LogContext { log: log.clone() })
-        .map_err(|e| DlqError::Client(e.to_string()))
+        .map_err(DlqError::Client)
 }
 
 fn unreachable(brokers: &str, e: impl std::fmt::Display) -> DlqError {
@@ -556,7 +556,7 @@ impl Progression {
         if tpl.count() == 0 {
             return Ok(());
         }
-        c.commit(&tpl, mode).map_err(|e| DlqError::Commit { group: group.to_owned(), message: e.to_string() })?;
+        c.commit(&tpl, mode).map_err(|e| DlqError::Commit { group: group.to_owned(), source: e })?;
         self.committed = self.next.clone();
         Ok(())
     }
@@ -588,7 +588,7 @@ pub fn replay(s: &ReplaySettings, stop: &AtomicBool, log: &Logger) -> Result<Rep
     let mut progress = s.show_progress.then(|| Progress::new(matching, if s.dry_run { DRY_RUN_WORDS } else { WORDS }));
     let producer = match s.dry_run {
         true => None,
-        false => Some(kafka::producer(&s.brokers, PUBLISH_TIMEOUT, log.clone()).map_err(|e| DlqError::Client(e.to_string()))?),
+        false => Some(kafka::producer(&s.brokers, PUBLISH_TIMEOUT, log.clone()).map_err(DlqError::Client)?),
     };
     let mut settler = Settler {
         log,

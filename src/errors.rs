@@ -62,6 +62,10 @@ impl Permanent {
 }
 
 /// A failure expected to clear up: the same message is retried after a backoff.
+///
+/// Its causes are kept as text, not as sources: a statement that fails answers every event of its
+/// batch with the same failure, so this is `Clone`, which reqwest's and diesel's errors are not.
+/// Its reader is the retry's log line, which needs the text only.
 #[derive(Debug, Clone, Error)]
 pub enum Transient {
     #[error("image server answered {status} for {url}; retrying")]
