@@ -139,5 +139,11 @@ fn in_flight_work_is_bounded_and_commits_wait_for_unfinished_events() {
     assert!(saw_commit_held_back, "later events finished while the first was still downloading");
     let max = nasa.state.max_images_in_flight.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(max, 2, "downloads at once: at most DOWNLOAD_CONCURRENCY, and that many were used");
+    // The slow event's line says where its time went: in the download.
+    let slow = daemon.logs_with("saved to DB").into_iter().find(|l| l["labels.nasa_id"] == ids[0]).expect("the slow image's line");
+    let ms = |stage: &str| slow[format!("labels.{stage}_ms")].as_f64().unwrap_or_else(|| panic!("labels.{stage}_ms in {slow}"));
+    assert!(ms("download") >= 3000.0, "the download was the slow part: {slow}");
+    let stages = ms("before") + ms("check") + ms("download") + ms("store");
+    assert!((stages - ms("latency")).abs() <= 2.0, "the stages add up to the latency: {slow}");
     drop(daemon);
 }
