@@ -3,7 +3,8 @@
 //! It starts its own Apache Kafka broker, Postgres database and nginx (serving generated, incompressible
 //! "JPEG" files), checks that nginx alone is far faster than the daemon, pre-loads N events into
 //! Kafka, runs the daemon's consumer side, and measures until every row is stored and every offset
-//! committed: images/s, MB/s, p50/p99 event latency, idle and peak RSS, and this Postgres's own
+//! committed: images/s, MB/s, p50/p99 event latency with that backlog and, afterwards, with events
+//! sent at a quarter of that rate (not saturated), idle and peak RSS, and this Postgres's own
 //! binary COPY limit for the same rows in the same run.
 //!
 //! cargo run --release --example bench -- --count 2000 --size 200000 [--concurrency 8]

@@ -164,80 +164,58 @@ pub struct BackfillArgs {
     pub year_end: Option<u32>,
 }
 
-/// The raw settings, as given. Every field is a string so that validation can name the variable;
-/// each one's variable, help and heading come from its [`Setting`] in [`vars`].
-#[derive(Args, Debug, Clone, Default)]
-pub struct Settings {
-    #[arg(long, env = vars::KAFKA_BROKERS.var, help = vars::KAFKA_BROKERS.help(), help_heading = vars::KAFKA_BROKERS.heading, global = true, hide_env_values = true)]
-    pub kafka_brokers: Option<String>,
-    #[arg(long, env = vars::KAFKA_TOPIC.var, help = vars::KAFKA_TOPIC.help(), help_heading = vars::KAFKA_TOPIC.heading, global = true, hide_env_values = true)]
-    pub kafka_topic: Option<String>,
-    #[arg(long, env = vars::KAFKA_GROUP_ID.var, help = vars::KAFKA_GROUP_ID.help(), help_heading = vars::KAFKA_GROUP_ID.heading, global = true, hide_env_values = true)]
-    pub kafka_group_id: Option<String>,
-    #[arg(long, env = vars::DATABASE_URL.var, help = vars::DATABASE_URL.help(), help_heading = vars::DATABASE_URL.heading, global = true, hide_env_values = true)]
-    pub database_url: Option<String>,
-    #[arg(long, env = vars::NASA_API_URL.var, help = vars::NASA_API_URL.help(), help_heading = vars::NASA_API_URL.heading, global = true, hide_env_values = true)]
-    pub nasa_api_url: Option<String>,
-    #[arg(long, env = vars::QUERY.var, help = vars::QUERY.help(), help_heading = vars::QUERY.heading, global = true, hide_env_values = true)]
-    pub query: Option<String>,
-    #[arg(long, env = vars::INTERVAL_SECONDS.var, help = vars::INTERVAL_SECONDS.help(), help_heading = vars::INTERVAL_SECONDS.heading, global = true, hide_env_values = true)]
-    pub interval_seconds: Option<String>,
-    #[arg(long, env = vars::IMAGE_VARIANT.var, help = vars::IMAGE_VARIANT.help(), help_heading = vars::IMAGE_VARIANT.heading, global = true, hide_env_values = true)]
-    pub image_variant: Option<String>,
-    #[arg(long, env = vars::NASA_TIMEOUT_SECONDS.var, help = vars::NASA_TIMEOUT_SECONDS.help(), help_heading = vars::NASA_TIMEOUT_SECONDS.heading, global = true, hide_env_values = true)]
-    pub nasa_timeout_seconds: Option<String>,
-    #[arg(long, env = vars::PRODUCER_ENABLED.var, help = vars::PRODUCER_ENABLED.help(), help_heading = vars::PRODUCER_ENABLED.heading, global = true, hide_env_values = true)]
-    pub producer_enabled: Option<String>,
-    #[arg(long, env = vars::CONSUMER_ENABLED.var, help = vars::CONSUMER_ENABLED.help(), help_heading = vars::CONSUMER_ENABLED.heading, global = true, hide_env_values = true)]
-    pub consumer_enabled: Option<String>,
-    #[arg(long, env = vars::MAX_IMAGE_BYTES.var, help = vars::MAX_IMAGE_BYTES.help(), help_heading = vars::MAX_IMAGE_BYTES.heading, global = true, hide_env_values = true)]
-    pub max_image_bytes: Option<String>,
-    #[arg(long, env = vars::ALLOWED_IMAGE_HOSTS.var, help = vars::ALLOWED_IMAGE_HOSTS.help(), help_heading = vars::ALLOWED_IMAGE_HOSTS.heading, global = true, hide_env_values = true)]
-    pub allowed_image_hosts: Option<String>,
-    #[arg(long, env = vars::DOWNLOAD_CONCURRENCY.var, help = vars::DOWNLOAD_CONCURRENCY.help(), help_heading = vars::DOWNLOAD_CONCURRENCY.heading, global = true, hide_env_values = true)]
-    pub download_concurrency: Option<String>,
-    #[arg(long, env = vars::CONSUMER_MAX_IN_FLIGHT.var, help = vars::CONSUMER_MAX_IN_FLIGHT.help(), help_heading = vars::CONSUMER_MAX_IN_FLIGHT.heading, global = true, hide_env_values = true)]
-    pub consumer_max_in_flight: Option<String>,
-    #[arg(long, env = vars::CONSUMER_STALL_SECS.var, help = vars::CONSUMER_STALL_SECS.help(), help_heading = vars::CONSUMER_STALL_SECS.heading, global = true, hide_env_values = true)]
-    pub consumer_stall_secs: Option<String>,
-    #[arg(long, env = vars::DOWNLOAD_TIMEOUT_SECONDS.var, help = vars::DOWNLOAD_TIMEOUT_SECONDS.help(), help_heading = vars::DOWNLOAD_TIMEOUT_SECONDS.heading, global = true, hide_env_values = true)]
-    pub download_timeout_seconds: Option<String>,
-    #[arg(long, env = vars::DATA_DIR.var, help = vars::DATA_DIR.help(), help_heading = vars::DATA_DIR.heading, global = true, hide_env_values = true)]
-    pub data_dir: Option<String>,
-    #[arg(long, env = vars::PUBLISH_TIMEOUT_MS.var, help = vars::PUBLISH_TIMEOUT_MS.help(), help_heading = vars::PUBLISH_TIMEOUT_MS.heading, global = true, hide_env_values = true)]
-    pub publish_timeout_ms: Option<String>,
-    #[arg(long, env = vars::PUBLISH_MIN_BACKOFF_MS.var, help = vars::PUBLISH_MIN_BACKOFF_MS.help(), help_heading = vars::PUBLISH_MIN_BACKOFF_MS.heading, global = true, hide_env_values = true)]
-    pub publish_min_backoff_ms: Option<String>,
-    #[arg(long, env = vars::PUBLISH_MAX_BACKOFF_MS.var, help = vars::PUBLISH_MAX_BACKOFF_MS.help(), help_heading = vars::PUBLISH_MAX_BACKOFF_MS.heading, global = true, hide_env_values = true)]
-    pub publish_max_backoff_ms: Option<String>,
-    #[arg(long, env = vars::RETRY_MIN_BACKOFF_MS.var, help = vars::RETRY_MIN_BACKOFF_MS.help(), help_heading = vars::RETRY_MIN_BACKOFF_MS.heading, global = true, hide_env_values = true)]
-    pub retry_min_backoff_ms: Option<String>,
-    #[arg(long, env = vars::RETRY_MAX_BACKOFF_MS.var, help = vars::RETRY_MAX_BACKOFF_MS.help(), help_heading = vars::RETRY_MAX_BACKOFF_MS.heading, global = true, hide_env_values = true)]
-    pub retry_max_backoff_ms: Option<String>,
-    #[arg(long, env = vars::SUPERVISOR_MIN_BACKOFF_MS.var, help = vars::SUPERVISOR_MIN_BACKOFF_MS.help(), help_heading = vars::SUPERVISOR_MIN_BACKOFF_MS.heading, global = true, hide_env_values = true)]
-    pub supervisor_min_backoff_ms: Option<String>,
-    #[arg(long, env = vars::SUPERVISOR_MAX_BACKOFF_MS.var, help = vars::SUPERVISOR_MAX_BACKOFF_MS.help(), help_heading = vars::SUPERVISOR_MAX_BACKOFF_MS.heading, global = true, hide_env_values = true)]
-    pub supervisor_max_backoff_ms: Option<String>,
-    #[arg(long, env = vars::SUPERVISOR_MAX_RESTARTS.var, help = vars::SUPERVISOR_MAX_RESTARTS.help(), help_heading = vars::SUPERVISOR_MAX_RESTARTS.heading, global = true, hide_env_values = true)]
-    pub supervisor_max_restarts: Option<String>,
-    #[arg(long, env = vars::SUPERVISOR_RESTART_WINDOW_SECS.var, help = vars::SUPERVISOR_RESTART_WINDOW_SECS.help(), help_heading = vars::SUPERVISOR_RESTART_WINDOW_SECS.heading, global = true, hide_env_values = true)]
-    pub supervisor_restart_window_secs: Option<String>,
-    #[arg(long, env = vars::STARTUP_TIMEOUT_SECS.var, help = vars::STARTUP_TIMEOUT_SECS.help(), help_heading = vars::STARTUP_TIMEOUT_SECS.heading, global = true, hide_env_values = true)]
-    pub startup_timeout_secs: Option<String>,
-    #[arg(long, env = vars::HTTP_ADDR.var, help = vars::HTTP_ADDR.help(), help_heading = vars::HTTP_ADDR.heading, global = true, hide_env_values = true)]
-    pub http_addr: Option<String>,
-    #[arg(long, env = vars::ADMIN_TOKEN.var, help = vars::ADMIN_TOKEN.help(), help_heading = vars::ADMIN_TOKEN.heading, global = true, hide_env_values = true)]
-    pub admin_token: Option<String>,
-    #[arg(long, env = vars::ENVIRONMENT.var, help = vars::ENVIRONMENT.help(), help_heading = vars::ENVIRONMENT.heading, global = true, hide_env_values = true)]
-    pub environment: Option<String>,
-    #[arg(long, env = vars::SENTRY_DSN.var, help = vars::SENTRY_DSN.help(), help_heading = vars::SENTRY_DSN.heading, global = true, hide_env_values = true)]
-    pub sentry_dsn: Option<String>,
-    #[arg(long, env = vars::SENTRY_MIN_INTERVAL_SECS.var, help = vars::SENTRY_MIN_INTERVAL_SECS.help(), help_heading = vars::SENTRY_MIN_INTERVAL_SECS.heading, global = true, hide_env_values = true)]
-    pub sentry_min_interval_secs: Option<String>,
-    #[arg(long, env = vars::LOG_LEVEL.var, help = vars::LOG_LEVEL.help(), help_heading = vars::LOG_LEVEL.heading, global = true, hide_env_values = true)]
-    pub log_level: Option<String>,
-    #[arg(long, env = vars::LOG_FORMAT.var, help = vars::LOG_FORMAT.help(), help_heading = vars::LOG_FORMAT.heading, global = true, hide_env_values = true)]
-    pub log_format: Option<String>,
+/// Makes [`Settings`]: one `Option<String>` field per setting, whose variable, help and heading
+/// come from its [`Setting`] in [`vars`]; each setting is named once here, not in four places of
+/// a clap attribute.
+macro_rules! settings {
+    ($($field:ident => $var:ident),* $(,)?) => {
+        /// The raw settings, as given. Every field is a string so that validation can name the variable.
+        #[derive(Args, Debug, Clone, Default)]
+        pub struct Settings {
+            $(
+                #[arg(long, env = vars::$var.var, help = vars::$var.help(), help_heading = vars::$var.heading, global = true, hide_env_values = true)]
+                pub $field: Option<String>,
+            )*
+        }
+    };
+}
+
+settings! {
+    kafka_brokers => KAFKA_BROKERS,
+    kafka_topic => KAFKA_TOPIC,
+    kafka_group_id => KAFKA_GROUP_ID,
+    database_url => DATABASE_URL,
+    nasa_api_url => NASA_API_URL,
+    query => QUERY,
+    interval_seconds => INTERVAL_SECONDS,
+    image_variant => IMAGE_VARIANT,
+    nasa_timeout_seconds => NASA_TIMEOUT_SECONDS,
+    producer_enabled => PRODUCER_ENABLED,
+    consumer_enabled => CONSUMER_ENABLED,
+    max_image_bytes => MAX_IMAGE_BYTES,
+    allowed_image_hosts => ALLOWED_IMAGE_HOSTS,
+    download_concurrency => DOWNLOAD_CONCURRENCY,
+    consumer_max_in_flight => CONSUMER_MAX_IN_FLIGHT,
+    consumer_stall_secs => CONSUMER_STALL_SECS,
+    download_timeout_seconds => DOWNLOAD_TIMEOUT_SECONDS,
+    data_dir => DATA_DIR,
+    publish_timeout_ms => PUBLISH_TIMEOUT_MS,
+    publish_min_backoff_ms => PUBLISH_MIN_BACKOFF_MS,
+    publish_max_backoff_ms => PUBLISH_MAX_BACKOFF_MS,
+    retry_min_backoff_ms => RETRY_MIN_BACKOFF_MS,
+    retry_max_backoff_ms => RETRY_MAX_BACKOFF_MS,
+    supervisor_min_backoff_ms => SUPERVISOR_MIN_BACKOFF_MS,
+    supervisor_max_backoff_ms => SUPERVISOR_MAX_BACKOFF_MS,
+    supervisor_max_restarts => SUPERVISOR_MAX_RESTARTS,
+    supervisor_restart_window_secs => SUPERVISOR_RESTART_WINDOW_SECS,
+    startup_timeout_secs => STARTUP_TIMEOUT_SECS,
+    http_addr => HTTP_ADDR,
+    admin_token => ADMIN_TOKEN,
+    environment => ENVIRONMENT,
+    sentry_dsn => SENTRY_DSN,
+    sentry_min_interval_secs => SENTRY_MIN_INTERVAL_SECS,
+    log_level => LOG_LEVEL,
+    log_format => LOG_FORMAT,
 }
 
 /// One setting: its variable, the `--help` heading it is listed under, its default and what it

@@ -30,10 +30,10 @@ use crate::nasa::NasaClient;
 use crate::outbox::Outbox;
 use crate::supervision::{ChildSpec, Crash, Lifeline, Outcome, Restart, RestartCounts, RestartHook, RestartType, Slot, Supervisor};
 
-/// In-flight events get this long to finish at shutdown (the whole exit stays under 10 s).
 /// Postgres connections: the Storer's statements (two writes and two checks at most at once),
 /// plus the status page and the dependency probes.
 const POOL_SIZE: u32 = 8;
+/// In-flight events get this long to finish at shutdown (the whole exit stays under 10 s).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// The stop flag of start-up's retries: start-up itself is raced against the signals by the

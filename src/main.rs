@@ -37,12 +37,12 @@ fn main() -> ExitCode {
     }
     // A backfill and the dlq commands keep stdout for their output; their logs go to stderr
     // (above a progress bar, if one is drawn).
-    let root = match command {
-        Command::Backfill(_) | Command::Dlq(_) => {
-            logging::backfill_logger(config.observability.log_level, &config.observability.environment, config.observability.log_format)
-        }
-        _ => logging::stdout_logger(config.observability.log_level, &config.observability.environment, config.observability.log_format),
+    let logger = match command {
+        Command::Backfill(_) | Command::Dlq(_) => logging::backfill_logger,
+        _ => logging::stdout_logger,
     };
+    let o = &config.observability;
+    let root = logger(o.log_level, &o.environment, o.log_format);
     let log = logging::for_component(&root, "main");
     let _sentry = telemetry::init_sentry(
         telemetry::SentrySettings {

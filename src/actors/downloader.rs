@@ -153,9 +153,8 @@ async fn download(http: reqwest::Client, rules: Arc<Rules>, limits: DownloadLimi
     }
     crate::metrics::METRICS.bytes_downloaded.inc_by(bytes.len() as u64);
     drop(slot);
-    if let Some(unused) = held.split(kib(reserved).saturating_sub(kib(bytes.len() as u64)) as usize) {
-        drop(unused);
-    }
+    // Give back what was reserved and not used.
+    drop(held.split(kib(reserved).saturating_sub(kib(bytes.len() as u64)) as usize));
     let content_type = sniff_content_type(&bytes).ok_or(Permanent::NotAnImage)?;
     let sha256 = hex::encode(Sha256::digest(&bytes));
     Ok(Downloaded { bytes, content_type, sha256, held: Held(held) })

@@ -506,7 +506,7 @@ async fn handle_once(msg: &OwnedMessage, p: &Pipeline, read_at: Instant) -> Resu
     match stored {
         Stored::Inserted => {
             METRICS.stored.inc();
-            // Where the time went: waiting for a permit and earlier tries, the check, the download, the insert.
+            // Where the time went: earlier tries, the check, the download, the insert (each with its waits).
             info!(log, "saved to DB"; "labels.bytes" => bytes, "labels.latency_ms" => read_at.elapsed().as_millis() as u64,
                 "labels.before_ms" => millis(began - read_at), "labels.check_ms" => millis(checked - began),
                 "labels.download_ms" => millis(downloaded - checked), "labels.store_ms" => millis(downloaded.elapsed()))
