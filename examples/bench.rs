@@ -138,6 +138,13 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
     status.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
+/// Writes out what earlier phases left to the disk (Postgres's checkpoint, the kernel's dirty
+/// pages), so that the next measurement does not pay for them.
+fn settle_disk(db: &TestDb) {
+    diesel::sql_query("CHECKPOINT").execute(&mut db.conn()).unwrap();
+    Command::new("sync").status().unwrap();
+}
+
 /// Rows per second of binary COPY into a fresh `images` table, batches of 50, one connection.
 fn copy_limit(count: usize, size: usize) -> f64 {
     use nasa_ingest::db::{schema::images, NewImage};
@@ -194,8 +201,7 @@ fn paced_latency(daemon: &Daemon, run: &Run, a: &Args, measured: f64) -> Paced {
     // kernel the dirty pages of the generated images and the table; their flushes hold commits
     // for up to a second on this disk (seen: the paced events stalled together, 15-30 s after the
     // backlog, with no checkpoint running). That is the backlog's cost, not the pipeline's latency.
-    diesel::sql_query("CHECKPOINT").execute(&mut db.conn()).unwrap();
-    Command::new("sync").status().unwrap();
+    settle_disk(db);
     let rate = (measured / 4.0).clamp(1.0, 50.0);
     let n = ((rate * 4.0) as usize).clamp(10, PACED_MAX);
     for i in a.count..a.count + n {
@@ -217,6 +223,15 @@ fn paced_latency(daemon: &Daemon, run: &Run, a: &Args, measured: f64) -> Paced {
         .collect();
     latencies.sort_unstable();
     Paced { rate, latencies }
+}
+
+/// Mean of each stage the `saved to DB` lines report, as `before=… check=… download=… store=…`.
+fn stage_means(saved: &[serde_json::Value]) -> String {
+    let mean = |stage: &str| {
+        let key = format!("labels.{stage}_ms");
+        saved.iter().filter_map(|l| l[key.as_str()].as_f64()).sum::<f64>() / saved.len().max(1) as f64
+    };
+    ["before", "check", "download", "store"].map(|s| format!("{s}={:.1}", mean(s))).join(" ")
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -272,6 +287,7 @@ async fn main() {
     rdkafka::producer::Producer::flush(&producer, Duration::from_secs(60)).unwrap();
     let group = get(&env, "KAFKA_GROUP_ID").to_owned();
 
+    settle_disk(&db);
     let started = Instant::now();
     let daemon = Daemon::spawn(&env);
     let mut peak = 0;
@@ -283,8 +299,10 @@ async fn main() {
     let elapsed = started.elapsed().as_secs_f64();
     let finished = chrono::Utc::now();
     peak = peak.max(rss_kib(daemon.pid(), "VmHWM:"));
-    let mut latencies: Vec<u64> = daemon.logs_with("saved to DB").iter().filter_map(|l| l["labels.latency_ms"].as_u64()).collect();
+    let saved = daemon.logs_with("saved to DB");
+    let mut latencies: Vec<u64> = saved.iter().filter_map(|l| l["labels.latency_ms"].as_u64()).collect();
     latencies.sort_unstable();
+    let stages = stage_means(&saved);
     let rows = db.rows_count();
     assert_eq!(rows, a.count, "every image stored once");
     // The steady rate: from the partition assignment (the group join is start-up cost) to the last commit.
@@ -299,7 +317,9 @@ async fn main() {
     }
     drop(daemon);
 
-    let copy = copy_limit(a.count.min(2000), a.size);
+    // Measured like the run: the same rows (up to 10,000, a few seconds) on a disk at rest.
+    settle_disk(&db);
+    let copy = copy_limit(a.count.min(10_000), a.size);
     println!("size_bytes={} count={} concurrency={}", a.size, a.count, a.concurrency);
     println!(
         "images_per_s={rate:.0} mb_per_s={:.1} steady_s={steady:.2} (partitions assigned -> all committed); with start-up: {:.0}/s over {elapsed:.1} s",
@@ -312,6 +332,7 @@ async fn main() {
         percentile(&latencies, 0.99),
         latencies.len()
     );
+    println!("backlog_stage_means_ms {stages} (where a saturated event's time goes)");
     println!(
         "paced_latency_ms p50={} p99={} ({} events at {:.0}/s, a quarter of the rate above: not saturated)",
         percentile(&paced.latencies, 0.5),

@@ -335,12 +335,12 @@ pub mod vars {
         "DOWNLOAD_CONCURRENCY",
         DOWNLOADS,
         "8",
-        "image downloads at once per image host; `DOWNLOAD_CONCURRENCY × MAX_IMAGE_BYTES` also bounds the image bytes the events in flight hold",
+        "image downloads at once per image host; `DOWNLOAD_CONCURRENCY × MAX_IMAGE_BYTES`, plus the Storer's 24 MiB, also bounds the image bytes the events in flight hold",
     );
     pub const CONSUMER_MAX_IN_FLIGHT: Setting = Setting::new(
         "CONSUMER_MAX_IN_FLIGHT",
         DOWNLOADS,
-        "128",
+        "256",
         "events the consumer role handles at once (checked, downloading, or waiting to be stored): more than downloads, so that the Storer's statements carry many rows (1 to 4096)",
     );
     pub const CONSUMER_STALL_SECS: Setting = Setting::new(

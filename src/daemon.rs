@@ -313,12 +313,13 @@ async fn consumer_children(
     let (storer_slot, downloader_slot, subscriber_slot) = (slots.storer.clone(), slots.downloader.clone(), slots.subscriber.clone());
     let (hosts, max_bytes, timeout) =
         (config.consumer.allowed_image_hosts.clone(), config.consumer.max_image_bytes, config.consumer.download_timeout);
-    let limits = DownloadLimits::new(config.consumer.concurrency, config.consumer.max_image_bytes);
+    let batches = BatchLimits::default();
+    let limits = DownloadLimits::new(config.consumer.concurrency, config.consumer.max_image_bytes, batches.bytes_taken_in());
     Ok(vec![
         (
             "storer",
             Box::new(move |l| {
-                storer_slot.set(Some(Storer::new(pool.clone(), BatchLimits::default(), l).start()));
+                storer_slot.set(Some(Storer::new(pool.clone(), batches, l).start()));
                 Ok(())
             }),
         ),

@@ -2,8 +2,9 @@
 //! checks that they are an image. Failures say whether a retry can help (see `errors`).
 //!
 //! It owns the HTTP client and two limits ([`DownloadLimits`]): at most `DOWNLOAD_CONCURRENCY`
-//! downloads at once per image host, and at most `DOWNLOAD_CONCURRENCY × MAX_IMAGE_BYTES` of
-//! image bytes held by the events in flight, from the response headers until the row is stored.
+//! downloads at once per image host, and at most `DOWNLOAD_CONCURRENCY × MAX_IMAGE_BYTES` (plus
+//! what the Storer takes in at once, 24 MiB) of image bytes held by the events in flight, from
+//! the response headers until the row is stored.
 //! So the consumer may have many more events in flight than downloads (the Storer's batches need
 //! them) while its memory stays bounded as it was with one download per event.
 
@@ -37,10 +38,15 @@ pub struct DownloadLimits {
 }
 
 impl DownloadLimits {
-    /// `per_host` downloads at once per host; `per_host × max_image_bytes` bytes held at once.
-    pub fn new(per_host: usize, max_image_bytes: u64) -> DownloadLimits {
+    /// `per_host` downloads at once per host; `per_host × max_image_bytes + storer_bytes` bytes
+    /// held at once. `storer_bytes` is what the Storer takes in at once (its statements running and
+    /// the batch waiting): without it, images of a few hundred KB filled the budget before the
+    /// Storer's second statement did, and downloads waited for inserts instead of overlapping them.
+    pub fn new(per_host: usize, max_image_bytes: u64, storer_bytes: u64) -> DownloadLimits {
         let per_host = per_host.max(1);
-        DownloadLimits { per_host, hosts: Arc::default(), bytes: Arc::new(Semaphore::new(per_host * kib(max_image_bytes) as usize)) }
+        let budget = per_host as u64 * kib(max_image_bytes) as u64 + kib(storer_bytes) as u64;
+        let budget = budget.min(Semaphore::MAX_PERMITS as u64) as usize;
+        DownloadLimits { per_host, hosts: Arc::default(), bytes: Arc::new(Semaphore::new(budget)) }
     }
 
     async fn host_slot(&self, host: &str) -> OwnedSemaphorePermit {
@@ -177,7 +183,7 @@ mod tests {
 
     #[test]
     fn each_host_has_its_own_download_slots_and_held_bytes_wait_for_the_budget() {
-        let limits = DownloadLimits::new(2, 10 * 1024);
+        let limits = DownloadLimits::new(2, 10 * 1024, 0);
         let first = limits.host_slot("a.example").now_or_never().expect("a free slot");
         let _second = limits.host_slot("A.example").now_or_never().expect("a free slot (hosts ignore case)");
         assert!(limits.host_slot("a.example").now_or_never().is_none(), "a third download from one host waits");

@@ -37,6 +37,13 @@ impl Default for BatchLimits {
     }
 }
 
+impl BatchLimits {
+    /// Image bytes the Storer takes in at once, at most: its statements running and one batch waiting.
+    pub fn bytes_taken_in(&self) -> u64 {
+        ((self.max_in_flight + 1) * self.max_bytes) as u64
+    }
+}
+
 /// Items waiting for a statement, each with the sender to answer, and the statements running.
 struct Batch<T, R> {
     items: Vec<(T, oneshot::Sender<R>)>,

@@ -374,10 +374,10 @@ impl Actor for Subscriber {
 /// offset be committed. A transient failure retries the same message: it is never skipped. A
 /// panic is caught here, so that the event is retried and its partition's commits go on.
 async fn handle_until_done(delivery: Delivery, p: Pipeline) {
-    let Delivery { msg, ticket, tracker, permit: _permit } = delivery;
+    let Delivery { msg, ticket, tracker, permit: _permit, handed_out } = delivery;
     let mut attempt: u32 = 0;
     let (mut panics, mut refusals) = (0u32, 0u32);
-    let started = Instant::now();
+    let started = handed_out;
     loop {
         let outcome = AssertUnwindSafe(handle_once(&msg, &p, started)).catch_unwind().await;
         let result = match outcome {
@@ -506,7 +506,7 @@ async fn handle_once(msg: &OwnedMessage, p: &Pipeline, read_at: Instant) -> Resu
     match stored {
         Stored::Inserted => {
             METRICS.stored.inc();
-            // Where the time went: earlier tries, the check, the download, the insert (each with its waits).
+            // Where the time went: its turn to start and earlier tries, the check, the download, the insert (each with its waits).
             info!(log, "saved to DB"; "labels.bytes" => bytes, "labels.latency_ms" => read_at.elapsed().as_millis() as u64,
                 "labels.before_ms" => millis(began - read_at), "labels.check_ms" => millis(checked - began),
                 "labels.download_ms" => millis(downloaded - checked), "labels.store_ms" => millis(downloaded.elapsed()))
