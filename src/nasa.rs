@@ -18,16 +18,31 @@ pub const ASSETS_HOST: &str = "images-assets.nasa.gov";
 
 #[derive(Debug, Error)]
 pub enum NasaError {
-    #[error("NASA API unreachable: {0}")]
-    Unreachable(String),
-    #[error("NASA API timed out: {0}")]
-    Timeout(String),
+    #[error("NASA API unreachable: {}", with_causes(.0))]
+    Unreachable(#[source] reqwest::Error),
+    #[error("NASA API timed out: {}", with_causes(.0))]
+    Timeout(#[source] reqwest::Error),
     #[error("NASA API rate-limited the request (429)")]
     RateLimited,
     #[error("NASA API answered {status}: {reason}")]
     Status { status: u16, reason: String },
     #[error("NASA API answered with JSON this program does not understand: {0}")]
-    BadJson(String),
+    BadJson(#[from] serde_json::Error),
+    #[error("NASA API answered without what this program needs: {0}")]
+    Incomplete(String),
+}
+
+/// reqwest's own text says only "error sending request"; the causes beneath say why, so the
+/// message (a log line's `error.message`) carries them too.
+fn with_causes(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 impl NasaError {
@@ -40,7 +55,7 @@ impl NasaError {
             NasaError::Timeout(_) => "nasa_timeout",
             NasaError::RateLimited => "nasa_rate_limited",
             NasaError::Status { .. } => "nasa_status",
-            NasaError::BadJson(_) => "nasa_bad_json",
+            NasaError::BadJson(_) | NasaError::Incomplete(_) => "nasa_bad_json",
         }
     }
 
@@ -49,8 +64,9 @@ impl NasaError {
     pub fn as_dependency_error(&self, address: &str) -> DependencyError {
         let dependency = Dependency::NasaApi;
         match self {
-            NasaError::Unreachable(m) => {
-                let cause = if m.to_ascii_lowercase().contains("connection refused") { "connection refused".into() } else { m.clone() };
+            NasaError::Unreachable(e) => {
+                let text = with_causes(e);
+                let cause = if text.to_ascii_lowercase().contains("connection refused") { "connection refused".into() } else { text };
                 DependencyError::Unreachable { dependency, address: address.to_owned(), cause }
             }
             NasaError::Timeout(_) => DependencyError::Unreachable { dependency, address: address.to_owned(), cause: "timed out".into() },
@@ -64,19 +80,11 @@ impl NasaError {
         }
     }
 
-    /// reqwest's own text says only "error sending request"; the causes beneath say why.
     fn from_reqwest(e: reqwest::Error) -> NasaError {
-        let mut text = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
         if e.is_timeout() {
-            NasaError::Timeout(text)
+            NasaError::Timeout(e)
         } else {
-            NasaError::Unreachable(text)
+            NasaError::Unreachable(e)
         }
     }
 }
@@ -170,13 +178,11 @@ pub struct FoundImage {
 }
 
 pub fn parse_search(body: &[u8]) -> Result<SearchCollection, NasaError> {
-    serde_json::from_slice::<SearchResponse>(body).map(|r| r.collection).map_err(|e| NasaError::BadJson(e.to_string()))
+    serde_json::from_slice::<SearchResponse>(body).map(|r| r.collection).map_err(NasaError::from)
 }
 
 pub fn parse_asset(body: &[u8]) -> Result<Vec<String>, NasaError> {
-    serde_json::from_slice::<AssetResponse>(body)
-        .map(|r| r.collection.items.into_iter().map(|l| l.href).collect())
-        .map_err(|e| NasaError::BadJson(e.to_string()))
+    serde_json::from_slice::<AssetResponse>(body).map(|r| r.collection.items.into_iter().map(|l| l.href).collect()).map_err(NasaError::from)
 }
 
 /// How many pages may be asked for, given page 1: the API stops at 10,000 results.
@@ -290,7 +296,7 @@ impl NasaClient {
     /// The image URL of an item: from its own links when they hold the wanted variant, else from
     /// the asset manifest (older items list only a thumbnail), else the best of its links.
     async fn resolve(&self, item: &Item) -> Result<FoundImage, NasaError> {
-        let data = item.data.first().ok_or_else(|| NasaError::BadJson("item without data".into()))?;
+        let data = item.data.first().ok_or_else(|| NasaError::Incomplete("an item without data".into()))?;
         let links: Vec<&str> = item.links.iter().map(|l| l.href.as_str()).collect();
         let exact = links.iter().copied().find(|h| is_jpg_of(h, self.variant));
         let href = match exact {
@@ -305,7 +311,7 @@ impl NasaClient {
         let image_url = href
             .as_deref()
             .and_then(normalize_image_url)
-            .ok_or_else(|| NasaError::BadJson(format!("no jpg image listed for {}", data.nasa_id)))?;
+            .ok_or_else(|| NasaError::Incomplete(format!("no jpg image listed for {}", data.nasa_id)))?;
         Ok(FoundImage {
             nasa_id: data.nasa_id.clone(),
             image_url,
