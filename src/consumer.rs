@@ -257,27 +257,27 @@ pub fn offsets_list(topic: &str, commits: &[(i32, i64)]) -> TopicPartitionList {
 
 /// Messages read while no permit was free: events (small), not images, in the order read.
 #[derive(Default)]
-struct Held {
+struct HeldMessages {
     messages: VecDeque<(OwnedMessage, Ticket)>,
     bytes: usize,
 }
 
-impl Held {
+impl HeldMessages {
     fn size(msg: &OwnedMessage) -> usize {
         msg.payload().map_or(0, <[u8]>::len) + msg.key().map_or(0, <[u8]>::len)
     }
     fn push(&mut self, msg: OwnedMessage, ticket: Ticket) {
-        self.bytes += Held::size(&msg);
+        self.bytes += Self::size(&msg);
         self.messages.push_back((msg, ticket));
     }
     fn pop(&mut self) -> Option<(OwnedMessage, Ticket)> {
         let (msg, ticket) = self.messages.pop_front()?;
-        self.bytes -= Held::size(&msg);
+        self.bytes -= Self::size(&msg);
         Some((msg, ticket))
     }
     fn retain(&mut self, keep: impl Fn(&Ticket) -> bool) {
         self.messages.retain(|(_, ticket)| keep(ticket));
-        self.bytes = self.messages.iter().map(|(msg, _)| Held::size(msg)).sum();
+        self.bytes = self.messages.iter().map(|(msg, _)| Self::size(msg)).sum();
     }
     fn is_empty(&self) -> bool {
         self.messages.is_empty()
@@ -306,7 +306,7 @@ impl Poller {
         let log = self.settings.log.clone();
         let mut fetching = true;
         let mut paused = false;
-        let mut held = Held::default();
+        let mut held = HeldMessages::default();
         let mut last_commit = Instant::now();
         let mut health = Health::default();
         let close_within = loop {
@@ -357,7 +357,7 @@ impl Poller {
         self.leave(close_within);
     }
 
-    fn hand_out_held(&self, held: &mut Held) {
+    fn hand_out_held(&self, held: &mut HeldMessages) {
         while !held.is_empty() {
             let Ok(permit) = self.permits.clone().try_acquire_owned() else { return };
             let (msg, ticket) = held.pop().expect("not empty");
@@ -487,7 +487,7 @@ mod tests {
     #[test]
     fn fetching_pauses_when_the_held_messages_fill_and_resumes_at_half() {
         let mut tracker = OffsetTracker::default();
-        let mut held = Held::default();
+        let mut held = HeldMessages::default();
         for offset in 0..HOLD_MAX as i64 - 1 {
             held.push(message(offset, 100), tracker.begin(0, offset));
         }
@@ -503,7 +503,7 @@ mod tests {
     #[test]
     fn large_messages_fill_it_by_their_bytes() {
         let mut tracker = OffsetTracker::default();
-        let mut held = Held::default();
+        let mut held = HeldMessages::default();
         let big = HOLD_MAX_BYTES / 4;
         for offset in 0..4 {
             assert!(!held.is_full());
