@@ -374,10 +374,10 @@ impl Actor for Subscriber {
 /// offset be committed. A transient failure retries the same message: it is never skipped. A
 /// panic is caught here, so that the event is retried and its partition's commits go on.
 async fn handle_until_done(delivery: Delivery, p: Pipeline) {
-    let Delivery { msg, ticket, tracker, permit: _permit, handed_out } = delivery;
+    // Its time starts when it was handed out: its wait for this task to start counts too.
+    let Delivery { msg, ticket, tracker, permit: _permit, handed_out: started } = delivery;
     let mut attempt: u32 = 0;
     let (mut panics, mut refusals) = (0u32, 0u32);
-    let started = handed_out;
     loop {
         let outcome = AssertUnwindSafe(handle_once(&msg, &p, started)).catch_unwind().await;
         let result = match outcome {
