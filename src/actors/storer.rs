@@ -1,5 +1,6 @@
 //! Storer: writes images to Postgres in batches. Rows arrive one message each, and are written in
-//! one statement per batch (`INSERT … ON CONFLICT (nasa_id) DO NOTHING RETURNING nasa_id`); each
+//! one statement per batch (a binary `COPY`, or `INSERT … ON CONFLICT (nasa_id) DO NOTHING
+//! RETURNING nasa_id` when the batch holds a nasa_id stored already: see [`db::insert_batch`]); each
 //! sender is answered with inserted or duplicate. The "already stored?" checks before downloads
 //! are batched the same way (one `nasa_id = ANY($1)` query).
 //!
