@@ -234,6 +234,13 @@ fn stage_means(saved: &[serde_json::Value]) -> String {
     ["before", "check", "download", "store"].map(|s| format!("{s}={:.1}", mean(s))).join(" ")
 }
 
+/// The Storer's mean rows per statement so far: its histogram's sum over its count, from `/metrics`.
+fn rows_per_statement(http_addr: &str) -> f64 {
+    let (_, metrics) = common::http(http_addr, "GET", "/metrics", &[]);
+    let value = |name: &str| metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok()).unwrap_or(0.0);
+    value("nasa_ingest_store_batch_rows_sum") / value("nasa_ingest_store_batch_rows_count").max(1.0)
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -303,6 +310,7 @@ async fn main() {
     let mut latencies: Vec<u64> = saved.iter().filter_map(|l| l["labels.latency_ms"].as_u64()).collect();
     latencies.sort_unstable();
     let stages = stage_means(&saved);
+    let rows_per_statement = rows_per_statement(&daemon.http_addr());
     let rows = db.rows_count();
     assert_eq!(rows, a.count, "every image stored once");
     // The steady rate: from the partition assignment (the group join is start-up cost) to the last commit.
@@ -333,6 +341,7 @@ async fn main() {
         latencies.len()
     );
     println!("backlog_stage_means_ms {stages} (where a saturated event's time goes)");
+    println!("store_rows_per_statement mean={rows_per_statement:.1} (the Storer's batches, from /metrics)");
     println!(
         "paced_latency_ms p50={} p99={} ({} events at {:.0}/s, a quarter of the rate above: not saturated)",
         percentile(&paced.latencies, 0.5),
