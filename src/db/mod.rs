@@ -217,13 +217,8 @@ fn insert_on_conflict(conn: &mut PgConnection, rows: &[NewImage]) -> Result<Hash
 
 /// Inserts unless the nasa_id is there: `ON CONFLICT (nasa_id) DO NOTHING`.
 pub fn insert(pool: &PgPool, row: &NewImage) -> Result<Stored, EventError> {
-    let n = diesel::insert_into(images::table)
-        .values(row)
-        .on_conflict(images::nasa_id)
-        .do_nothing()
-        .execute(&mut conn(pool)?)
-        .map_err(classify)?;
-    Ok(if n == 1 { Stored::Inserted } else { Stored::Duplicate })
+    let inserted = insert_on_conflict(&mut *conn(pool)?, std::slice::from_ref(row))?;
+    Ok(if inserted.is_empty() { Stored::Duplicate } else { Stored::Inserted })
 }
 
 /// Whether retrying a failed write can help. Lost connections, serialization failures and a
