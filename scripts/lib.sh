@@ -15,10 +15,12 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
 }
 
-# C libraries and tools the build links or runs: libpq (diesel), a C toolchain (librdkafka).
+# C libraries and tools the build links or runs: OpenSSL (the libpq built into the binary), a C
+# toolchain (libpq, librdkafka).
 ensure_build_deps() {
     local missing=()
-    [ -e /usr/include/postgresql/libpq-fe.h ] || missing+=(libpq-dev)
+    [ -e /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
+    command -v pkg-config >/dev/null || missing+=(pkg-config)
     command -v cc >/dev/null || missing+=(build-essential)
     command -v make >/dev/null || missing+=(make)
     command -v pg_isready >/dev/null || missing+=(postgresql-client)

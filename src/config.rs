@@ -297,7 +297,7 @@ pub mod vars {
         "DATABASE_URL",
         POSTGRES,
         "(none)",
-        "`postgres://user[:password]@host[:port]/database`; required by the consumer role and `migrate`; never logged",
+        "`postgres://user[:password]@host[:port]/database`, with libpq's parameters (`?sslmode=require`, ...) but not Kerberos or LDAP, which the built-in libpq leaves out; required by the consumer role and `migrate`; never logged",
     );
     pub const NASA_API_URL: Setting = Setting::new("NASA_API_URL", NASA, "https://images-api.nasa.gov", "base URL of the NASA Images API");
     pub const QUERY: Setting = Setting::optional(
