@@ -4,10 +4,11 @@
 //! sender is answered with inserted or duplicate. The "already stored?" checks before downloads
 //! are batched the same way (one `nasa_id = ANY($1)` query).
 //!
-//! Batches form by themselves, with no timer: a row is written at once when no statement runs;
-//! otherwise it waits, with the rows that come meanwhile, for that statement to end, unless they
-//! make a full batch (`max_rows` rows or `max_bytes`), which starts a statement of its own while
-//! fewer than `max_in_flight` run. An idle pipeline pays no latency for batching; a busy one
+//! Batches form by themselves, with no timer: a row is written at once when no statement runs, or
+//! when those running are small (the pipeline is not busy). Behind a large statement it waits,
+//! with the rows that come meanwhile, for that statement to end, unless they make a full batch
+//! (`max_rows` rows or `max_bytes`), which starts a statement of its own while fewer than
+//! `max_in_flight` run. An idle pipeline pays no latency for batching; a busy one
 //! writes up to `max_rows` rows (or `max_bytes`) per round trip. Diesel blocks, so each statement runs on
 //! tokio's blocking pool and the actor's thread stays free; the r2d2 pool bounds the connections.
 
@@ -26,7 +27,7 @@ pub struct BatchLimits {
     pub max_rows: usize,
     /// Image bytes in one statement, at most (a single larger row still goes alone).
     pub max_bytes: usize,
-    /// Statements of one kind running at once; beyond the first, only for a full batch.
+    /// Statements of one kind running at once; beyond the first, only for a full batch or beside a small one.
     pub max_in_flight: usize,
 }
 
@@ -51,19 +52,23 @@ impl BatchLimits {
 struct Batch<T, R> {
     items: Vec<(T, oneshot::Sender<R>)>,
     in_flight: usize,
+    /// Items in the statements running.
+    running: usize,
 }
 
 impl<T, R> Default for Batch<T, R> {
     fn default() -> Self {
-        Batch { items: Vec::new(), in_flight: 0 }
+        Batch { items: Vec::new(), in_flight: 0, running: 0 }
     }
 }
 
 impl<T, R> Batch<T, R> {
     /// The next statement's items, if a statement may start now: the oldest ones, within the limits.
-    /// With none running, whatever waits goes at once. A further statement starts only for a full
-    /// batch (rows or bytes): each statement costs Postgres a commit and a round trip, so rows
-    /// that would make a small one wait for the running one and go with those that come meanwhile.
+    /// With none running, whatever waits goes at once; so does a further statement while those
+    /// running are small (fewer than an eighth of `max_rows` items: the pipeline is not busy, and a
+    /// lone row should not wait for another's commit). When they are large, a further statement
+    /// starts only for a full batch (rows or bytes): each statement costs Postgres a commit and a
+    /// round trip, so rows that would make a small one wait and go with those that come meanwhile.
     fn next(&mut self, limits: &BatchLimits, bytes: impl Fn(&T) -> usize) -> Option<Vec<(T, oneshot::Sender<R>)>> {
         if self.items.is_empty() || self.in_flight >= limits.max_in_flight {
             return None;
@@ -74,11 +79,19 @@ impl<T, R> Batch<T, R> {
             n += 1;
         }
         let full = n == limits.max_rows || n < self.items.len();
-        if self.in_flight > 0 && !full {
+        let busy = self.running >= limits.max_rows.div_ceil(8);
+        if busy && !full {
             return None;
         }
         self.in_flight += 1;
+        self.running += n;
         Some(self.items.drain(..n).collect())
+    }
+
+    /// A statement of `items` items ended.
+    fn ended(&mut self, items: usize) {
+        self.in_flight -= 1;
+        self.running -= items;
     }
 }
 
@@ -101,13 +114,13 @@ impl Storer {
     /// starts the next.
     fn write_rows(&mut self, ctx: &mut Context<Self>) {
         while let Some(batch) = self.rows.next(&self.limits, |r| r.image_bytes.len()) {
-            let pool = self.pool.clone();
+            let (pool, items) = (self.pool.clone(), batch.len());
             let write = move |rows: Vec<NewImage>| {
                 METRICS.store_batch_rows.observe(rows.len() as f64);
                 write_batch(&pool, rows)
             };
-            ctx.spawn(run(batch, write).into_actor(self).map(|(), act, ctx| {
-                act.rows.in_flight -= 1;
+            ctx.spawn(run(batch, write).into_actor(self).map(move |(), act, ctx| {
+                act.rows.ended(items);
                 act.write_rows(ctx);
             }));
         }
@@ -115,13 +128,13 @@ impl Storer {
 
     fn run_checks(&mut self, ctx: &mut Context<Self>) {
         while let Some(batch) = self.checks.next(&self.limits, |_| 0) {
-            let pool = self.pool.clone();
+            let (pool, items) = (self.pool.clone(), batch.len());
             let check = move |ids: Vec<String>| {
                 let stored = db::stored_among(&pool, &ids)?;
                 Ok(ids.iter().map(|id| Ok(stored.contains(id))).collect())
             };
-            ctx.spawn(run(batch, check).into_actor(self).map(|(), act, ctx| {
-                act.checks.in_flight -= 1;
+            ctx.spawn(run(batch, check).into_actor(self).map(move |(), act, ctx| {
+                act.checks.ended(items);
                 act.run_checks(ctx);
             }));
         }
@@ -236,30 +249,36 @@ mod tests {
     }
 
     #[test]
-    fn a_row_goes_at_once_when_idle_and_a_second_statement_only_for_a_full_batch() {
-        let limits = BatchLimits { max_rows: 3, max_bytes: 100, max_in_flight: 2 };
+    fn a_row_goes_at_once_unless_a_large_statement_runs_and_then_waits_for_a_full_batch() {
+        // Full at 16 rows or 100 bytes; running statements of 2 rows or more are large.
+        let limits = BatchLimits { max_rows: 16, max_bytes: 100, max_in_flight: 2 };
         let mut batch = Batch::default();
-        waiting(&mut batch, &[10]);
-        assert_eq!(sizes(batch.next(&limits, |&b| b)), Some(vec![10]), "no statement runs: the row goes alone, at once");
+        waiting(&mut batch, &[1]);
+        assert_eq!(sizes(batch.next(&limits, |&b| b)), Some(vec![1]), "none runs: the row goes at once");
+        waiting(&mut batch, &[1]);
+        assert_eq!(sizes(batch.next(&limits, |&b| b)), Some(vec![1]), "a one-row statement runs (not busy): a second goes at once");
+        waiting(&mut batch, &[1]);
+        assert_eq!(sizes(batch.next(&limits, |&b| b)), None, "two run: the row waits");
+        batch.ended(1);
+        batch.ended(1);
 
-        waiting(&mut batch, &[10, 10]);
-        assert_eq!(sizes(batch.next(&limits, |&b| b)), None, "two rows wait for the running statement");
-        waiting(&mut batch, &[10]);
-        assert_eq!(sizes(batch.next(&limits, |&b| b)), Some(vec![10, 10, 10]), "three rows are a full batch: a second statement");
+        waiting(&mut batch, &[1, 1]);
+        assert_eq!(sizes(batch.next(&limits, |&b| b)), Some(vec![1, 1, 1]), "none runs: the row that waited goes with the new ones");
+        waiting(&mut batch, &[1, 1, 1]);
+        assert_eq!(sizes(batch.next(&limits, |&b| b)), None, "a three-row statement runs (busy): rows wait for it");
+        waiting(&mut batch, &[1; 13]);
+        assert_eq!(sizes(batch.next(&limits, |&b| b)), Some(vec![1; 16]), "16 rows are a full batch: a second statement");
+        batch.ended(3);
+        batch.ended(16);
 
-        waiting(&mut batch, &[10, 10, 10]);
-        assert_eq!(sizes(batch.next(&limits, |&b| b)), None, "two statements run: even a full batch waits");
-        batch.in_flight -= 1;
-        assert_eq!(sizes(batch.next(&limits, |&b| b)), Some(vec![10, 10, 10]), "one ended: the full batch goes");
-
-        batch.in_flight = 0;
-        waiting(&mut batch, &[60, 60]);
-        assert_eq!(sizes(batch.next(&limits, |&b| b)), Some(vec![60]), "none runs: the first row goes; the bytes cap the statement");
-        assert_eq!(sizes(batch.next(&limits, |&b| b)), None, "the rest of what waits is under the bytes: it waits");
-        waiting(&mut batch, &[50]);
-        assert_eq!(sizes(batch.next(&limits, |&b| b)), Some(vec![60]), "full by bytes (60 + 50 > 100): a second statement");
-        batch.in_flight = 0;
-        assert_eq!(sizes(batch.next(&limits, |&b| b)), Some(vec![50]));
-        assert_eq!(batch.items.len(), 0);
+        waiting(&mut batch, &[40, 40, 40]);
+        assert_eq!(sizes(batch.next(&limits, |&b| b)), Some(vec![40, 40]), "none runs; the bytes cap the statement");
+        assert_eq!(sizes(batch.next(&limits, |&b| b)), None, "busy, and the 40 bytes left are no full batch");
+        waiting(&mut batch, &[70]);
+        assert_eq!(sizes(batch.next(&limits, |&b| b)), Some(vec![40]), "full by bytes (40 + 70 > 100): a second statement");
+        assert_eq!(sizes(batch.next(&limits, |&b| b)), None, "two run");
+        batch.ended(2);
+        assert_eq!(sizes(batch.next(&limits, |&b| b)), Some(vec![70]), "what runs is one row (not busy): the row goes");
+        assert!(batch.items.is_empty());
     }
 }
