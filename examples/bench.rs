@@ -244,12 +244,6 @@ fn rows_per_statement(http_addr: &str) -> f64 {
     value("nasa_ingest_store_batch_rows_sum") / value("nasa_ingest_store_batch_rows_count").max(1.0)
 }
 
-/// When a log line was written.
-fn timestamp(line: &serde_json::Value) -> Option<chrono::DateTime<chrono::Utc>> {
-    let written = chrono::DateTime::parse_from_rfc3339(line["@timestamp"].as_str()?).ok()?;
-    Some(written.with_timezone(&chrono::Utc))
-}
-
 fn seconds(d: chrono::TimeDelta) -> f64 {
     d.num_milliseconds() as f64 / 1000.0
 }
@@ -337,8 +331,8 @@ async fn main() {
     // The steady rate: from the partition assignment (the group join is start-up cost) to the last
     // row stored, as Postgres's COPY limit counts rows stored. The offsets follow within the
     // consumer's commit interval (200 ms), a fixed tail that is shown beside it.
-    let assigned = daemon.logs_with("partitions assigned").first().and_then(timestamp).expect("an assignment");
-    let last_stored = saved.iter().filter_map(timestamp).max().expect("rows stored");
+    let assigned = daemon.logs_with("partitions assigned").first().and_then(logged_at).expect("an assignment");
+    let last_stored = saved.iter().filter_map(logged_at).max().expect("rows stored");
     let steady = seconds(last_stored - assigned);
     let rate = a.count as f64 / steady;
     let to_committed = seconds(finished - assigned);

@@ -1707,8 +1707,7 @@ fn main() {
         .flat_map(|s| s.all_lines())
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
         .filter(|v| v["message"] == "sent")
-        .filter_map(|v| v["@timestamp"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()))
-        .map(|t| t.with_timezone(&chrono::Utc))
+        .filter_map(|v| logged_at(&v))
         .collect();
     sent_at.sort();
     let mut unmeasured: HashSet<Kind> = HashSet::new();

@@ -390,14 +390,14 @@ fn past_the_restart_limit_exits_1_and_docker_restarts_it_storing_within_10_s() {
             .iter()
             .flat_map(|m| c.logs_with(m))
             .filter_map(|l| {
-                let at = chrono::DateTime::parse_from_rfc3339(l["@timestamp"].as_str()?).ok()?;
+                let at = logged_at(&l)?;
                 (at > started).then(|| (at, l["labels.nasa_id"].as_str().unwrap_or_default().to_owned()))
             })
             .min()
     };
     wait_until(Duration::from_secs(30), "an image handled by the restarted process", || first_handled().is_some());
     let (at, nasa_id) = first_handled().unwrap();
-    let took = (at - started).num_milliseconds() as f64 / 1000.0;
+    let took = (at - started.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1000.0;
     assert!(db.rows().iter().any(|r| r.nasa_id == nasa_id), "{nasa_id} is stored");
     eprintln!("restarted process handled its first image ({nasa_id}) {took:.1} s after its start ({restarted_at}); its milestones:");
     for message in [

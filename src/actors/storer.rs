@@ -8,8 +8,8 @@
 //! when those running are small (the pipeline is not busy). Behind a large statement it waits,
 //! with the rows that come meanwhile, for that statement to end, unless they make a full batch
 //! (`max_rows` rows or `max_bytes`), which starts a statement of its own while fewer than
-//! `max_in_flight` run. An idle pipeline pays no latency for batching; a busy one
-//! writes up to `max_rows` rows (or `max_bytes`) per round trip. Diesel blocks, so each statement runs on
+//! `max_in_flight` run. An idle pipeline pays no latency for batching; a busy one writes up to
+//! `max_rows` rows (or `max_bytes`) per round trip. Diesel blocks, so each statement runs on
 //! tokio's blocking pool and the actor's thread stays free; the r2d2 pool bounds the connections.
 
 use actix::prelude::*;

@@ -39,6 +39,12 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
     }
 }
 
+/// When the daemon wrote a log line (its `@timestamp`).
+pub fn logged_at(line: &serde_json::Value) -> Option<chrono::DateTime<chrono::Utc>> {
+    let written = chrono::DateTime::parse_from_rfc3339(line["@timestamp"].as_str()?).ok()?;
+    Some(written.with_timezone(&chrono::Utc))
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
