@@ -136,9 +136,26 @@ async fn nginx_alone(addr: &str, count: usize, concurrency: usize) -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
 
+/// CPU time the process has used so far (user and system, all its threads), in ms.
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis; utime and stime are the 14th and 15th.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let ticks: Vec<f64> = after.split_whitespace().skip(11).take(2).filter_map(|v| v.parse().ok()).collect();
+    ticks.iter().sum::<f64>() * 1000.0 / 100.0 // USER_HZ is 100 on Linux
+}
+
 fn rss_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// Reads the backlog once with a group of its own. The broker is fresh: its JVM compiles the fetch
+/// path while it first serves it (its compiler threads took 3% of the machine during a 20 KB
+/// run), a start-up cost a running broker has paid long before.
+fn warm_up_broker(broker: &Broker, count: usize) {
+    let read = broker.read_all(&broker.topic, count, Duration::from_secs(120));
+    assert!(read.len() >= count, "the backlog reads back: {} of {count}", read.len());
 }
 
 /// Writes out what earlier phases left to the disk (Postgres's checkpoint, the kernel's dirty
@@ -302,6 +319,7 @@ async fn main() {
         produce(&producer, &broker.topic, &base_url, i);
     }
     rdkafka::producer::Producer::flush(&producer, Duration::from_secs(60)).unwrap();
+    warm_up_broker(&broker, a.count);
     let group = get(&env, "KAFKA_GROUP_ID").to_owned();
 
     // Postgres's COPY limit is measured on each side of the run: on this kind of machine it moves
@@ -320,6 +338,7 @@ async fn main() {
     });
     let elapsed = started.elapsed().as_secs_f64();
     let finished = chrono::Utc::now();
+    let cpu_per_event = cpu_ms(daemon.pid()) * 1000.0 / a.count as f64;
     peak = peak.max(rss_kib(daemon.pid(), "VmHWM:"));
     let saved = daemon.logs_with("saved to DB");
     let mut latencies: Vec<u64> = saved.iter().filter_map(|l| l["labels.latency_ms"].as_u64()).collect();
@@ -369,6 +388,7 @@ async fn main() {
         paced.latencies.len(),
         paced.rate
     );
+    println!("daemon_cpu_us_per_event={cpu_per_event:.0} (its CPU time from start to every offset committed, over the events)");
     println!("rss_kib idle={idle_rss} peak={peak}");
     println!(
         "postgres_copy_rows_per_s={copy:.0} ratio={:.2} (the mean of before={copy_before:.0} and after={copy_after:.0} the run; against the faster: {:.2})",
