@@ -8,7 +8,7 @@
 //! crash never leaves a stale lock behind.
 
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{Read, Seek, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// The kinds of process that keep an outbox in `DATA_DIR`, each in a slot of its own.
@@ -76,17 +76,22 @@ impl DataDirLock {
         }
         // Best effort: on a full or read-only DATA_DIR the lock still holds, only the pid is missing
         // from a second process's error. The producer treats such a disk as a passing fault.
-        let _ = file.set_len(0).and_then(|()| file.rewind()).and_then(|()| writeln!(file, "{}", std::process::id()));
+        let _ = std::fs::write(&path, format!("{}\n", std::process::id()));
         Ok(DataDirLock { _file: file })
     }
 }
 
-/// The lock file, for writing where possible; read-only where DATA_DIR is (flock needs no write).
+/// The lock file, created if missing, opened read-only: flock needs no write access, and a file
+/// held open for writing keeps its filesystem from being remounted read-only ("mount point is
+/// busy") for as long as the daemon runs. The pid is written through a handle closed at once.
 fn open_lock_file(path: &Path) -> std::io::Result<File> {
-    match OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path) {
-        Ok(f) => Ok(f),
-        Err(e) => File::open(path).map_err(|_| e),
+    if let Err(e) = OpenOptions::new().append(true).create(true).open(path) {
+        // A read-only DATA_DIR where the file is there already still locks.
+        if !path.exists() {
+            return Err(e);
+        }
     }
+    File::open(path)
 }
 
 #[cfg(test)]
@@ -105,6 +110,18 @@ mod tests {
         assert!(err.to_string().contains("DATA_DIR"), "{err}");
         drop(first);
         DataDirLock::acquire(dir.path()).expect("free again once the holder is gone");
+    }
+
+    #[test]
+    fn the_lock_holds_no_file_open_for_writing() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let lock = DataDirLock::acquire(dir.path()).unwrap();
+        let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", lock._file.as_raw_fd())).unwrap();
+        let flags = fdinfo.lines().find_map(|l| l.strip_prefix("flags:")).map(|f| i32::from_str_radix(f.trim(), 8).unwrap()).unwrap();
+        assert_eq!(flags & libc::O_ACCMODE, libc::O_RDONLY, "the lock's file is read-only, so DATA_DIR can be remounted read-only");
+        let pid = std::fs::read_to_string(dir.path().join("outbox/lock")).unwrap();
+        assert_eq!(pid.trim(), std::process::id().to_string(), "the holder's pid is written still");
     }
 
     #[test]
