@@ -297,15 +297,21 @@ mod tests {
     use slog::{info, warn};
     use std::sync::Arc;
 
+    /// What a logger wrote: each write call as a piece of its own.
     #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
+    struct Buf(Arc<Mutex<Vec<Vec<u8>>>>);
     impl Write for Buf {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
+            self.0.lock().unwrap().push(b.to_vec());
             Ok(b.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
+        }
+    }
+    impl Buf {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().concat()).unwrap()
         }
     }
 
@@ -315,7 +321,7 @@ mod tests {
         let log = for_component(&logger_in(buf.clone(), LogFormat::Text, Level::Info, "test"), "startup");
         warn!(log, "Kafka unreachable at 127.0.0.1:1"; "labels.address" => "127.0.0.1:1", "error.type" => "unreachable",
             "error.message" => "connection refused");
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let text = buf.text();
         let (time, rest) = text.split_once(' ').unwrap();
         assert_eq!(time.len(), 12, "HH:MM:SS.mmm: {text}");
         assert_eq!(rest, "WARN  startup      Kafka unreachable at 127.0.0.1:1  address=127.0.0.1:1  error=\"connection refused\"\n");
@@ -331,7 +337,7 @@ mod tests {
         info!(log, "sent"; "labels.nasa_id" => "as11-40-5874");
         warn!(log, "retry"; "error.type" => "kafka", "error.message" => "down");
         slog::debug!(log, "filtered out");
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let text = buf.text();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
         assert!(lines[0].starts_with(r#"{"@timestamp":""#), "{}", lines[0]);
@@ -350,26 +356,13 @@ mod tests {
         assert_eq!((w["log.level"].as_str(), w["error.type"].as_str()), (Some("warn"), Some("kafka")));
     }
 
-    /// Each write call it was given, as a piece of its own.
-    #[derive(Clone, Default)]
-    struct Pieces(Arc<Mutex<Vec<Vec<u8>>>>);
-    impl Write for Pieces {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().push(b.to_vec());
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn each_json_line_reaches_the_writer_in_one_write() {
-        let pieces = Pieces::default();
-        let log = for_component(&logger(pieces.clone(), Level::Info, "test"), "storer");
+        let buf = Buf::default();
+        let log = for_component(&logger(buf.clone(), Level::Info, "test"), "storer");
         info!(log, "saved to DB"; "labels.nasa_id" => "a", "labels.bytes" => 20000u64, "labels.latency_ms" => 3u64);
         info!(log, "saved to DB"; "labels.nasa_id" => "b");
-        let pieces = pieces.0.lock().unwrap();
+        let pieces = buf.0.lock().unwrap();
         assert_eq!(pieces.len(), 2, "one write per line");
         for piece in pieces.iter() {
             let line = std::str::from_utf8(piece).unwrap();
