@@ -150,14 +150,6 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
     status.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
-/// Reads the backlog once with a group of its own. The broker is fresh: its JVM compiles the fetch
-/// path while it first serves it (its compiler threads took 3% of the machine during a 20 KB
-/// run), a start-up cost a running broker has paid long before.
-fn warm_up_broker(broker: &Broker, count: usize) {
-    let read = broker.read_all(&broker.topic, count, Duration::from_secs(120));
-    assert!(read.len() >= count, "the backlog reads back: {} of {count}", read.len());
-}
-
 /// Writes out what earlier phases left to the disk (Postgres's checkpoint, the kernel's dirty
 /// pages), so that the next measurement does not pay for them.
 fn settle_disk(db: &TestDb) {
@@ -319,7 +311,6 @@ async fn main() {
         produce(&producer, &broker.topic, &base_url, i);
     }
     rdkafka::producer::Producer::flush(&producer, Duration::from_secs(60)).unwrap();
-    warm_up_broker(&broker, a.count);
     let group = get(&env, "KAFKA_GROUP_ID").to_owned();
 
     // Postgres's COPY limit is measured on each side of the run: on this kind of machine it moves
