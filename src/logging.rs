@@ -128,10 +128,13 @@ pub fn logger<W: Write + Send + 'static>(out: W, level: Level, environment: &str
     Logger::root(drain, o!())
 }
 
+/// The bytes a log line's buffer keeps between lines (most lines are well under 1 KiB).
+const LINE_CAPACITY: usize = 4096;
+
 /// Hands each log line to its writer in one piece. slog-json writes a line as many small pieces
 /// (every key, value and comma) and then flushes; straight to stdout, each piece took stdout's
-/// lock and looked for a newline, 7% of the daemon's CPU under a backlog. Collected here, the
-/// line goes out on the flush with one write (one syscall).
+/// lock and looked for a newline: logging was 7.9% of the daemon's CPU under a 20 KB backlog, and
+/// 4.2% with the line collected here and written on the flush at once (one syscall).
 struct WholeLines<W: Write> {
     line: Vec<u8>,
     out: W,
@@ -139,7 +142,7 @@ struct WholeLines<W: Write> {
 
 impl<W: Write> WholeLines<W> {
     fn new(out: W) -> Self {
-        WholeLines { line: Vec::with_capacity(1024), out }
+        WholeLines { line: Vec::with_capacity(LINE_CAPACITY), out }
     }
 }
 
@@ -152,6 +155,8 @@ impl<W: Write> Write for WholeLines<W> {
     fn flush(&mut self) -> std::io::Result<()> {
         let written = self.out.write_all(&self.line);
         self.line.clear();
+        // A rare long line (an error's whole message) does not keep its buffer for the process's life.
+        self.line.shrink_to(LINE_CAPACITY);
         written?;
         self.out.flush()
     }
