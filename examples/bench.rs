@@ -138,11 +138,87 @@ async fn nginx_alone(addr: &str, count: usize, concurrency: usize) -> f64 {
 
 /// CPU time the process has used so far (user and system, all its threads), in ms.
 fn cpu_ms(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command's closing parenthesis; utime and stime are the 14th and 15th.
+    stat_cpu_ms(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
+}
+
+/// CPU time in a /proc `stat` line: the fields after the command's closing parenthesis; utime
+/// and stime are the 14th and 15th.
+fn stat_cpu_ms(stat: &str) -> f64 {
     let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
     let ticks: Vec<f64> = after.split_whitespace().skip(11).take(2).filter_map(|v| v.parse().ok()).collect();
     ticks.iter().sum::<f64>() * 1000.0 / 100.0 // USER_HZ is 100 on Linux
+}
+
+/// The daemon's CPU time by thread name (tokio's blocking pool, rdkafka's threads, the actor
+/// thread), largest first: which thread a run is bound by.
+fn cpu_ms_by_thread(pid: u32) -> Vec<(String, f64)> {
+    let mut by_name = std::collections::BTreeMap::<String, f64>::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default().trim().to_owned();
+        *by_name.entry(name).or_default() += stat_cpu_ms(&std::fs::read_to_string(task.path().join("stat")).unwrap_or_default());
+    }
+    let mut threads: Vec<_> = by_name.into_iter().filter(|(_, ms)| *ms > 0.0).collect();
+    threads.sort_by(|a, b| b.1.total_cmp(&a.1));
+    threads
+}
+
+/// The machine's CPU time so far, in ticks, from /proc/stat's first line: (busy, idle, stolen).
+/// Idle counts iowait too (nobody ran); stolen is the time the hypervisor ran other machines.
+fn machine_cpu_ticks() -> (u64, u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let tick = |i: usize| ticks.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal
+    (tick(0) + tick(1) + tick(2) + tick(5) + tick(6), tick(3) + tick(4), tick(7))
+}
+
+/// A thread's time on a CPU and waiting for one (runnable, not running), in ns, from
+/// /proc/<pid>/schedstat, and how often it was put on one: the thread whose id is `pid`, the
+/// process's main thread.
+fn run_and_wait_ns(pid: u32) -> (u64, u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap_or_default();
+    let mut fields = stat.split_whitespace().filter_map(|v| v.parse().ok());
+    (fields.next().unwrap_or(0), fields.next().unwrap_or(0), fields.next().unwrap_or(0))
+}
+
+/// A sample of the machine's ticks and the daemon's main thread, taken every poll (50 ms).
+type CpuSample = (chrono::DateTime<chrono::Utc>, (u64, u64, u64), (u64, u64, u64));
+
+/// Where the CPU went over the steady seconds, as shares of the time: the machine's idle and
+/// stolen time, and the daemon's main thread running and waiting for a CPU.
+struct SteadyCpu {
+    idle: f64,
+    stolen: f64,
+    actor_running: f64,
+    actor_waiting: f64,
+    actor_runs_per_event: f64,
+}
+
+impl SteadyCpu {
+    /// From the first and last samples between `from` and `to`, when `events_per_s` came through.
+    fn between(
+        samples: &[CpuSample],
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+        events_per_s: f64,
+    ) -> Option<SteadyCpu> {
+        let mut within = samples.iter().filter(|(at, ..)| *at >= from && *at <= to);
+        let first = within.next()?;
+        let last = within.next_back().unwrap_or(first);
+        let (machine, actor) = (
+            (last.1 .0 - first.1 .0, last.1 .1 - first.1 .1, last.1 .2 - first.1 .2),
+            (last.2 .0 - first.2 .0, last.2 .1 - first.2 .1, last.2 .2 - first.2 .2),
+        );
+        let ticks = (machine.0 + machine.1 + machine.2).max(1) as f64;
+        let wall_ns = (last.0 - first.0).num_nanoseconds()?.max(1) as f64;
+        Some(SteadyCpu {
+            idle: machine.1 as f64 / ticks,
+            stolen: machine.2 as f64 / ticks,
+            actor_running: actor.0 as f64 / wall_ns,
+            actor_waiting: actor.1 as f64 / wall_ns,
+            actor_runs_per_event: actor.2 as f64 / (wall_ns / 1e9) / events_per_s,
+        })
+    }
 }
 
 fn rss_kib(pid: u32, field: &str) -> u64 {
@@ -322,7 +398,9 @@ async fn main() {
     let started = Instant::now();
     let daemon = Daemon::spawn(&env);
     let mut peak = 0;
+    let mut machine = Vec::new();
     wait_until(Duration::from_secs(3600), "every offset committed", || {
+        machine.push((chrono::Utc::now(), machine_cpu_ticks(), run_and_wait_ns(daemon.pid())));
         peak = peak.max(rss_kib(daemon.pid(), "VmHWM:"));
         let committed: i64 = broker.committed(&group, &broker.topic, a.partitions).iter().map(|o| o.unwrap_or(0)).sum();
         committed as usize == a.count
@@ -330,6 +408,7 @@ async fn main() {
     let elapsed = started.elapsed().as_secs_f64();
     let finished = chrono::Utc::now();
     let cpu_per_event = cpu_ms(daemon.pid()) * 1000.0 / a.count as f64;
+    let threads = cpu_ms_by_thread(daemon.pid());
     peak = peak.max(rss_kib(daemon.pid(), "VmHWM:"));
     let saved = daemon.logs_with("saved to DB");
     let mut latencies: Vec<u64> = saved.iter().filter_map(|l| l["labels.latency_ms"].as_u64()).collect();
@@ -346,6 +425,7 @@ async fn main() {
     let steady = seconds(last_stored - assigned);
     let rate = a.count as f64 / steady;
     let to_committed = seconds(finished - assigned);
+    let cpu = SteadyCpu::between(&machine, assigned, last_stored, rate);
     let run = Run { broker: &broker, db: &db, producer: &producer, group: &group, base_url: &base_url };
     let paced = paced_latency(&daemon, &run, &a, rate);
     if let Ok(path) = std::env::var("BENCH_DAEMON_LOG") {
@@ -380,6 +460,24 @@ async fn main() {
         paced.rate
     );
     println!("daemon_cpu_us_per_event={cpu_per_event:.0} (its CPU time from start to every offset committed, over the events)");
+    let threads: Vec<String> = threads.iter().map(|(name, ms)| format!("{name}={ms:.0}")).collect();
+    match cpu {
+        Some(c) => {
+            println!(
+                "machine_idle={:.0}% stolen={:.0}% (of all cores over the steady seconds: idle near 0 means the run is bound by CPU; stolen is the hypervisor's, for other machines)",
+                c.idle * 100.0,
+                c.stolen * 100.0
+            );
+            println!(
+                "actor_thread running={:.0}% waiting_for_cpu={:.0}% runs_per_event={:.2} (the daemon's main thread, where its actors, downloads and hashing run, over the steady seconds: running and waiting together near 100% means it binds the rate)",
+                c.actor_running * 100.0,
+                c.actor_waiting * 100.0,
+                c.actor_runs_per_event
+            );
+        }
+        None => println!("machine_idle and actor_thread: the steady seconds were too short to sample"),
+    }
+    println!("daemon_cpu_ms_by_thread {} (a thread near the steady seconds x 1000 is what binds the rate)", threads.join(" "));
     println!("rss_kib idle={idle_rss} peak={peak}");
     println!(
         "postgres_copy_rows_per_s={copy:.0} ratio={:.2} (the mean of before={copy_before:.0} and after={copy_after:.0} the run; against the faster: {:.2})",
