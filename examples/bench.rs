@@ -162,27 +162,45 @@ fn cpu_ms_by_thread(pid: u32) -> Vec<(String, f64)> {
     threads
 }
 
-/// The machine's CPU time so far, in ticks, from /proc/stat's first line: (busy, idle, stolen).
-/// Idle counts iowait too (nobody ran); stolen is the time the hypervisor ran other machines.
-fn machine_cpu_ticks() -> (u64, u64, u64) {
+/// The machine's CPU time so far, in ticks, from /proc/stat's first line. Idle counts iowait too
+/// (nobody ran); stolen is the time the hypervisor ran other machines.
+#[derive(Clone, Copy)]
+struct MachineTicks {
+    busy: u64,
+    idle: u64,
+    stolen: u64,
+}
+
+fn machine_ticks() -> MachineTicks {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let ticks: Vec<u64> = stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
     let tick = |i: usize| ticks.get(i).copied().unwrap_or(0);
     // user nice system idle iowait irq softirq steal
-    (tick(0) + tick(1) + tick(2) + tick(5) + tick(6), tick(3) + tick(4), tick(7))
+    MachineTicks { busy: tick(0) + tick(1) + tick(2) + tick(5) + tick(6), idle: tick(3) + tick(4), stolen: tick(7) }
 }
 
-/// A thread's time on a CPU and waiting for one (runnable, not running), in ns, from
-/// /proc/<pid>/schedstat, and how often it was put on one: the thread whose id is `pid`, the
-/// process's main thread.
-fn run_and_wait_ns(pid: u32) -> (u64, u64, u64) {
+/// A thread's time on a CPU and waiting for one (runnable, not running), and how often it was
+/// put on one, from /proc/<pid>/schedstat: the thread whose id is `pid`, the process's main thread.
+#[derive(Clone, Copy)]
+struct ThreadSched {
+    running_ns: u64,
+    waiting_ns: u64,
+    runs: u64,
+}
+
+fn main_thread_sched(pid: u32) -> ThreadSched {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap_or_default();
     let mut fields = stat.split_whitespace().filter_map(|v| v.parse().ok());
-    (fields.next().unwrap_or(0), fields.next().unwrap_or(0), fields.next().unwrap_or(0))
+    let mut next = || fields.next().unwrap_or(0);
+    ThreadSched { running_ns: next(), waiting_ns: next(), runs: next() }
 }
 
-/// A sample of the machine's ticks and the daemon's main thread, taken every poll (50 ms).
-type CpuSample = (chrono::DateTime<chrono::Utc>, (u64, u64, u64), (u64, u64, u64));
+/// The machine and the daemon's main thread, sampled every poll (50 ms).
+struct CpuSample {
+    at: chrono::DateTime<chrono::Utc>,
+    machine: MachineTicks,
+    actor: ThreadSched,
+}
 
 /// Where the CPU went over the steady seconds, as shares of the time: the machine's idle and
 /// stolen time, and the daemon's main thread running and waiting for a CPU.
@@ -202,21 +220,18 @@ impl SteadyCpu {
         to: chrono::DateTime<chrono::Utc>,
         events_per_s: f64,
     ) -> Option<SteadyCpu> {
-        let mut within = samples.iter().filter(|(at, ..)| *at >= from && *at <= to);
+        let mut within = samples.iter().filter(|s| s.at >= from && s.at <= to);
         let first = within.next()?;
         let last = within.next_back().unwrap_or(first);
-        let (machine, actor) = (
-            (last.1 .0 - first.1 .0, last.1 .1 - first.1 .1, last.1 .2 - first.1 .2),
-            (last.2 .0 - first.2 .0, last.2 .1 - first.2 .1, last.2 .2 - first.2 .2),
-        );
-        let ticks = (machine.0 + machine.1 + machine.2).max(1) as f64;
-        let wall_ns = (last.0 - first.0).num_nanoseconds()?.max(1) as f64;
+        let (idle, stolen) = (last.machine.idle - first.machine.idle, last.machine.stolen - first.machine.stolen);
+        let ticks = (last.machine.busy - first.machine.busy + idle + stolen).max(1) as f64;
+        let wall_ns = (last.at - first.at).num_nanoseconds()?.max(1) as f64;
         Some(SteadyCpu {
-            idle: machine.1 as f64 / ticks,
-            stolen: machine.2 as f64 / ticks,
-            actor_running: actor.0 as f64 / wall_ns,
-            actor_waiting: actor.1 as f64 / wall_ns,
-            actor_runs_per_event: actor.2 as f64 / (wall_ns / 1e9) / events_per_s,
+            idle: idle as f64 / ticks,
+            stolen: stolen as f64 / ticks,
+            actor_running: (last.actor.running_ns - first.actor.running_ns) as f64 / wall_ns,
+            actor_waiting: (last.actor.waiting_ns - first.actor.waiting_ns) as f64 / wall_ns,
+            actor_runs_per_event: (last.actor.runs - first.actor.runs) as f64 / (wall_ns / 1e9) / events_per_s,
         })
     }
 }
@@ -400,7 +415,7 @@ async fn main() {
     let mut peak = 0;
     let mut machine = Vec::new();
     wait_until(Duration::from_secs(3600), "every offset committed", || {
-        machine.push((chrono::Utc::now(), machine_cpu_ticks(), run_and_wait_ns(daemon.pid())));
+        machine.push(CpuSample { at: chrono::Utc::now(), machine: machine_ticks(), actor: main_thread_sched(daemon.pid()) });
         peak = peak.max(rss_kib(daemon.pid(), "VmHWM:"));
         let committed: i64 = broker.committed(&group, &broker.topic, a.partitions).iter().map(|o| o.unwrap_or(0)).sum();
         committed as usize == a.count
