@@ -7,12 +7,16 @@
 //! sent at a quarter of that rate (not saturated), idle and peak RSS, and this Postgres's own
 //! binary COPY limit for the same rows, measured before and after the run.
 //!
+//! `--ceiling` runs, instead of the daemon, the same external work with nothing else (`ceiling.rs`):
+//! what any consumer could reach here, to compare the daemon with.
+//!
 //! BENCH_DAEMON_LOG=path keeps the daemon's log lines; BENCH_IDLE_SMAPS=path its /proc/<pid>/smaps
 //! when idle (what the idle RSS is made of).
 //!
 //! cargo run --release --example bench -- --count 2000 --size 200000 [--concurrency 8]
 
-#[path = "../tests/common/mod.rs"]
+mod ceiling;
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use common::*;
@@ -26,11 +30,16 @@ struct Args {
     size: usize,
     concurrency: usize,
     partitions: i32,
+    ceiling: bool,
 }
 
 fn args() -> Args {
-    let mut a = Args { count: 2000, size: 200_000, concurrency: 8, partitions: 3 };
-    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut a = Args { count: 2000, size: 200_000, concurrency: 8, partitions: 3, ceiling: false };
+    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = argv.iter().position(|v| v == "--ceiling") {
+        a.ceiling = true;
+        argv.remove(i);
+    }
     for pair in argv.chunks(2) {
         let v = pair.get(1).map(String::as_str).unwrap_or("");
         match pair[0].as_str() {
@@ -179,6 +188,15 @@ fn machine_ticks() -> MachineTicks {
     MachineTicks { busy: tick(0) + tick(1) + tick(2) + tick(5) + tick(6), idle: tick(3) + tick(4), stolen: tick(7) }
 }
 
+impl MachineTicks {
+    /// The shares of the time since `earlier` that the machine sat idle and that the hypervisor took.
+    fn idle_and_stolen_since(&self, earlier: &MachineTicks) -> (f64, f64) {
+        let (idle, stolen) = (self.idle - earlier.idle, self.stolen - earlier.stolen);
+        let ticks = (self.busy - earlier.busy + idle + stolen).max(1) as f64;
+        (idle as f64 / ticks, stolen as f64 / ticks)
+    }
+}
+
 /// A thread's time on a CPU and waiting for one (runnable, not running), and how often it was
 /// put on one, from /proc/<pid>/schedstat: the thread whose id is `pid`, the process's main thread.
 #[derive(Clone, Copy)]
@@ -223,12 +241,11 @@ impl SteadyCpu {
         let mut within = samples.iter().filter(|s| s.at >= from && s.at <= to);
         let first = within.next()?;
         let last = within.next_back().unwrap_or(first);
-        let (idle, stolen) = (last.machine.idle - first.machine.idle, last.machine.stolen - first.machine.stolen);
-        let ticks = (last.machine.busy - first.machine.busy + idle + stolen).max(1) as f64;
+        let (idle, stolen) = last.machine.idle_and_stolen_since(&first.machine);
         let wall_ns = (last.at - first.at).num_nanoseconds()?.max(1) as f64;
         Some(SteadyCpu {
-            idle: idle as f64 / ticks,
-            stolen: stolen as f64 / ticks,
+            idle,
+            stolen,
             actor_running: (last.actor.running_ns - first.actor.running_ns) as f64 / wall_ns,
             actor_waiting: (last.actor.waiting_ns - first.actor.waiting_ns) as f64 / wall_ns,
             actor_runs_per_event: (last.actor.runs - first.actor.runs) as f64 / (wall_ns / 1e9) / events_per_s,
@@ -410,6 +427,9 @@ async fn main() {
     settle_disk(&db);
     let copy_before = copy_limit(copy_rows, a.size);
     settle_disk(&db);
+    if a.ceiling {
+        return report_ceiling(&a, &broker, &db, &nginx.addr, copy_before, server_rate);
+    }
     let started = Instant::now();
     let daemon = Daemon::spawn(&env);
     let mut peak = 0;
@@ -500,4 +520,34 @@ async fn main() {
         rate / copy_before.max(copy_after)
     );
     println!("nginx_alone_images_per_s={server_rate:.0} (same concurrency; the server is not the bottleneck when this is well above images_per_s)");
+}
+
+/// Runs the ceiling instead of the daemon on the pre-loaded events, and prints its rate against
+/// the COPY limit measured the same way as the daemon's.
+fn report_ceiling(a: &Args, broker: &Broker, db: &TestDb, image_host: &str, copy_before: f64, server_rate: f64) {
+    nasa_ingest::db::migrate(&nasa_ingest::db::pool(&db.url, 1)).unwrap();
+    let c = ceiling::run(&broker.addr, &broker.topic, &db.url, image_host, a.count, a.concurrency);
+    assert_eq!(db.rows_count(), a.count, "every image stored once");
+    settle_disk(db);
+    let copy_after = copy_limit(a.count.min(10_000), a.size);
+    let copy = (copy_before + copy_after) / 2.0;
+    println!("size_bytes={} count={} concurrency={} ceiling", a.size, a.count, a.concurrency);
+    println!(
+        "ceiling_images_per_s={:.0} mb_per_s={:.1} (first event read -> last row committed; no checks, logs, retries or offset commits)",
+        c.rate,
+        c.rate * a.size as f64 / 1e6
+    );
+    println!(
+        "ceiling_cpu_us_per_event={:.0} rows_per_statement={:.1} machine_idle={:.0}% stolen={:.0}% (over the same seconds)",
+        c.cpu_us_per_event,
+        c.rows_per_statement,
+        c.machine_idle * 100.0,
+        c.machine_stolen * 100.0
+    );
+    println!(
+        "postgres_copy_rows_per_s={copy:.0} ratio={:.2} (the mean of before={copy_before:.0} and after={copy_after:.0} the run; against the faster: {:.2})",
+        c.rate / copy,
+        c.rate / copy_before.max(copy_after)
+    );
+    println!("nginx_alone_images_per_s={server_rate:.0}");
 }
