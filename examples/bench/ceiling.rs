@@ -9,6 +9,7 @@
 //! download (blocking sockets, a hand-written HTTP/1.1 GET), two write.
 
 use diesel::prelude::*;
+use nasa_ingest::actors::storer::BatchLimits;
 use nasa_ingest::db::{schema::images, NewImage};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::Message;
@@ -18,11 +19,6 @@ use std::net::TcpStream;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// The Storer's default limits: rows and image bytes per statement, statements at once.
-const STATEMENT_ROWS: usize = 64;
-const STATEMENT_BYTES: usize = 8 << 20;
-const WRITERS: usize = 2;
 
 /// What a run of the ceiling measured.
 pub struct Ceiling {
@@ -46,9 +42,11 @@ struct Job {
 /// Reads `count` events from `topic` (a group of its own, from the start), stores their images
 /// into the database at `db_url`, and measures from the first event read to the last row committed.
 pub fn run(brokers: &str, topic: &str, db_url: &str, image_host: &str, count: usize, concurrency: usize) -> Ceiling {
+    // The Storer's limits: rows and image bytes per statement, statements at once.
+    let limits = BatchLimits::default();
     let (jobs_tx, jobs_rx) = sync_channel::<Job>(1024);
-    // Rows wait for the writers as in the Storer: a statement's worth for each.
-    let (rows_tx, rows_rx) = sync_channel::<NewImage>(STATEMENT_ROWS * WRITERS);
+    // Beside the statements running, a statement's worth of rows may wait for each.
+    let (rows_tx, rows_rx) = sync_channel::<NewImage>(limits.max_rows * limits.max_in_flight);
     let jobs_rx = Arc::new(Mutex::new(jobs_rx));
     let downloaders: Vec<_> = (0..concurrency)
         .map(|_| {
@@ -58,10 +56,10 @@ pub fn run(brokers: &str, topic: &str, db_url: &str, image_host: &str, count: us
         .collect();
     drop(rows_tx);
     let rows_rx = Arc::new(Mutex::new(rows_rx));
-    let writers: Vec<_> = (0..WRITERS)
+    let writers: Vec<_> = (0..limits.max_in_flight)
         .map(|_| {
             let (url, rows) = (db_url.to_owned(), rows_rx.clone());
-            std::thread::spawn(move || write_all(&url, &rows))
+            std::thread::spawn(move || write_all(&url, &rows, limits))
         })
         .collect();
     let cpu_before = super::cpu_ms(std::process::id());
@@ -160,25 +158,27 @@ fn get(conn: &mut TcpStream, host: &str, path: &str, head: &mut [u8]) -> Vec<u8>
     body
 }
 
-/// Writes what has come, up to 64 rows (or 8 MiB) a statement, until the downloaders are done;
-/// returns how many statements it took.
-fn write_all(url: &str, rows: &Mutex<Receiver<NewImage>>) -> usize {
+/// Writes what has come, within the limits (64 rows or 8 MiB a statement), until the downloaders
+/// are done; returns how many statements it took.
+fn write_all(url: &str, rows: &Mutex<Receiver<NewImage>>, limits: BatchLimits) -> usize {
     let mut conn = PgConnection::establish(url).expect("Postgres");
     let mut statements = 0;
+    // A row taken that would have made the statement too large: the next one's first.
+    let mut carried: Option<NewImage> = None;
     loop {
         let batch = {
             let rows = rows.lock().expect("rows lock");
-            let Ok(first) = rows.recv() else { break };
+            let Some(first) = carried.take().or_else(|| rows.recv().ok()) else { break };
             let mut bytes = first.image_bytes.len();
             let mut batch = vec![first];
-            while batch.len() < STATEMENT_ROWS && bytes < STATEMENT_BYTES {
-                match rows.try_recv() {
-                    Ok(row) => {
-                        bytes += row.image_bytes.len();
-                        batch.push(row);
-                    }
-                    Err(_) => break,
+            while batch.len() < limits.max_rows {
+                let Ok(row) = rows.try_recv() else { break };
+                if bytes + row.image_bytes.len() > limits.max_bytes {
+                    carried = Some(row);
+                    break;
                 }
+                bytes += row.image_bytes.len();
+                batch.push(row);
             }
             batch
         };
