@@ -265,6 +265,33 @@ fn settle_disk(db: &TestDb) {
     Command::new("sync").status().unwrap();
 }
 
+/// Postgres's own COPY limit for the run's rows, measured on each side of the run: on this kind
+/// of machine it moves by up to twofold from one minute to the next (the disk), more than the
+/// pipeline does.
+struct CopyLimits {
+    before: f64,
+    after: f64,
+}
+
+impl CopyLimits {
+    /// Measured like the run: the same rows (up to 10,000, a few seconds) on a disk at rest.
+    fn measure(db: &TestDb, a: &Args) -> f64 {
+        settle_disk(db);
+        copy_limit(a.count.min(10_000), a.size)
+    }
+
+    /// `rate` against the mean of the two, and against the faster.
+    fn print_ratio(&self, rate: f64) {
+        let (before, after) = (self.before, self.after);
+        let mean = (before + after) / 2.0;
+        println!(
+            "postgres_copy_rows_per_s={mean:.0} ratio={:.2} (the mean of before={before:.0} and after={after:.0} the run; against the faster: {:.2})",
+            rate / mean,
+            rate / before.max(after)
+        );
+    }
+}
+
 /// Rows per second of binary COPY into a fresh `images` table, batches of 50, one connection.
 fn copy_limit(count: usize, size: usize) -> f64 {
     use nasa_ingest::db::{schema::images, NewImage};
@@ -421,11 +448,7 @@ async fn main() {
     rdkafka::producer::Producer::flush(&producer, Duration::from_secs(60)).unwrap();
     let group = get(&env, "KAFKA_GROUP_ID").to_owned();
 
-    // Postgres's COPY limit is measured on each side of the run: on this kind of machine it moves
-    // by up to twofold from one minute to the next (the disk), more than the pipeline does.
-    let copy_rows = a.count.min(10_000);
-    settle_disk(&db);
-    let copy_before = copy_limit(copy_rows, a.size);
+    let copy_before = CopyLimits::measure(&db, &a);
     settle_disk(&db);
     if a.ceiling {
         return report_ceiling(&a, &broker, &db, &nginx.addr, copy_before, server_rate);
@@ -468,10 +491,7 @@ async fn main() {
     }
     drop(daemon);
 
-    // Measured like the run: the same rows (up to 10,000, a few seconds) on a disk at rest.
-    settle_disk(&db);
-    let copy_after = copy_limit(copy_rows, a.size);
-    let copy = (copy_before + copy_after) / 2.0;
+    let copy = CopyLimits { before: copy_before, after: CopyLimits::measure(&db, &a) };
     println!("size_bytes={} count={} concurrency={}", a.size, a.count, a.concurrency);
     println!(
         "images_per_s={rate:.0} mb_per_s={:.1} steady_s={steady:.2} (partitions assigned -> last row stored); to every offset committed: {:.0}/s over {to_committed:.2} s; with start-up: {:.0}/s over {elapsed:.1} s",
@@ -514,11 +534,7 @@ async fn main() {
     }
     println!("daemon_cpu_ms_by_thread {} (a thread near the steady seconds x 1000 is what binds the rate)", threads.join(" "));
     println!("rss_kib idle={idle_rss} peak={peak}");
-    println!(
-        "postgres_copy_rows_per_s={copy:.0} ratio={:.2} (the mean of before={copy_before:.0} and after={copy_after:.0} the run; against the faster: {:.2})",
-        rate / copy,
-        rate / copy_before.max(copy_after)
-    );
+    copy.print_ratio(rate);
     println!("nginx_alone_images_per_s={server_rate:.0} (same concurrency; the server is not the bottleneck when this is well above images_per_s)");
 }
 
@@ -528,9 +544,7 @@ fn report_ceiling(a: &Args, broker: &Broker, db: &TestDb, image_host: &str, copy
     nasa_ingest::db::migrate(&nasa_ingest::db::pool(&db.url, 1)).unwrap();
     let c = ceiling::run(&broker.addr, &broker.topic, &db.url, image_host, a.count, a.concurrency);
     assert_eq!(db.rows_count(), a.count, "every image stored once");
-    settle_disk(db);
-    let copy_after = copy_limit(a.count.min(10_000), a.size);
-    let copy = (copy_before + copy_after) / 2.0;
+    let copy = CopyLimits { before: copy_before, after: CopyLimits::measure(db, a) };
     println!("size_bytes={} count={} concurrency={} ceiling", a.size, a.count, a.concurrency);
     println!(
         "ceiling_images_per_s={:.0} mb_per_s={:.1} (first event read -> last row committed; no checks, logs, retries or offset commits)",
@@ -544,10 +558,6 @@ fn report_ceiling(a: &Args, broker: &Broker, db: &TestDb, image_host: &str, copy
         c.machine_idle * 100.0,
         c.machine_stolen * 100.0
     );
-    println!(
-        "postgres_copy_rows_per_s={copy:.0} ratio={:.2} (the mean of before={copy_before:.0} and after={copy_after:.0} the run; against the faster: {:.2})",
-        c.rate / copy,
-        c.rate / copy_before.max(copy_after)
-    );
+    copy.print_ratio(c.rate);
     println!("nginx_alone_images_per_s={server_rate:.0}");
 }
