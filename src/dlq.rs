@@ -24,13 +24,13 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use slog::{info, warn, Logger};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, DlqArgs, DlqCommand, DlqFilter, DlqListArgs, DlqReplayArgs};
 use crate::kafka::{self, base_config, LogContext};
-use crate::oneshot::{stop_on_signal, Progress, Words, EXIT_INTERRUPTED};
+use crate::oneshot::{Progress, Words, EXIT_INTERRUPTED};
+use crate::shutdown::{self, CancellationToken};
 
 /// Header of a replayed event (and of its dead letter if it fails again): how often it was replayed.
 pub const REPLAY_COUNT: &str = "replay_count";
@@ -230,7 +230,7 @@ fn read_range(
     brokers: &str,
     topic: &str,
     ranges: &BTreeMap<i32, (i64, i64)>,
-    stop: &AtomicBool,
+    stop: &CancellationToken,
     mut each: impl FnMut(&BorrowedMessage),
 ) -> Result<bool, DlqError> {
     let mut next: BTreeMap<i32, i64> = ranges.iter().filter(|(_, (s, e))| s < e).map(|(p, (s, _))| (*p, *s)).collect();
@@ -242,7 +242,7 @@ fn read_range(
     let finished = |next: &BTreeMap<i32, i64>| next.iter().all(|(p, n)| *n >= ranges[p].1);
     let mut last_progress = Instant::now();
     while !finished(&next) {
-        if stop.load(Ordering::SeqCst) {
+        if stop.is_cancelled() {
             return Ok(false);
         }
         match c.poll(Duration::from_millis(200)) {
@@ -278,7 +278,7 @@ fn read_letters(
     brokers: &str,
     dlq_topic: &str,
     ranges: &BTreeMap<i32, (i64, i64)>,
-    stop: &AtomicBool,
+    stop: &CancellationToken,
 ) -> Result<Option<Vec<DeadLetter>>, DlqError> {
     let mut letters = Vec::new();
     let complete = read_range(c, brokers, dlq_topic, ranges, stop, |m| letters.push(DeadLetter::from_message(m)))?;
@@ -292,7 +292,7 @@ fn replays_on(
     brokers: &str,
     topic: &str,
     oldest: Option<DateTime<Utc>>,
-    stop: &AtomicBool,
+    stop: &CancellationToken,
     log: &Logger,
 ) -> Result<HashMap<String, u32>, DlqError> {
     let mut found = HashMap::new();
@@ -351,7 +351,8 @@ pub struct Listing {
 
 /// Every matching dead letter on the topic, and whether each was replayed.
 pub fn list(s: &ListSettings, log: &Logger) -> Result<Listing, DlqError> {
-    let never = AtomicBool::new(false);
+    // A listing reads to the end and is not interrupted: its token is never cancelled.
+    let never = CancellationToken::new();
     let c = reader(&s.brokers, "nasa-ingest-dlq-reader", log)?;
     let ranges = watermarks(&c, &s.brokers, &s.dlq_topic, log)?;
     let mut letters = read_letters(&c, &s.brokers, &s.dlq_topic, &ranges, &never)?.unwrap_or_default();
@@ -565,7 +566,7 @@ impl Progression {
 /// Republishes matching dead letters to `s.topic` (see the module's documentation). Blocking:
 /// from async code, call it on a blocking thread. Setting `stop` ends the run after the dead
 /// letter in flight; the next run goes on from there.
-pub fn replay(s: &ReplaySettings, stop: &AtomicBool, log: &Logger) -> Result<ReplaySummary, DlqError> {
+pub fn replay(s: &ReplaySettings, stop: &CancellationToken, log: &Logger) -> Result<ReplaySummary, DlqError> {
     let c = reader(&s.brokers, &s.group, log)?;
     let ranges = replay_ranges(&c, s, log)?;
     let mut summary = ReplaySummary { dry_run: s.dry_run, ..Default::default() };
@@ -694,13 +695,13 @@ impl<'a> Settler<'a, '_> {
 fn go_through<'a>(
     plan: &'a [(DeadLetter, Verdict)],
     s: &ReplaySettings,
-    stop: &AtomicBool,
+    stop: &CancellationToken,
     producer: Option<&FutureProducer<LogContext>>,
     settler: &mut Settler<'a, '_>,
     summary: &mut ReplaySummary,
 ) -> Result<(), DlqError> {
     for (letter, verdict) in plan {
-        if stop.load(Ordering::SeqCst) {
+        if stop.is_cancelled() {
             summary.interrupted = true;
             break;
         }
@@ -841,8 +842,7 @@ fn run_list(config: &Config, a: &DlqListArgs, log: &Logger) -> Result<u8, DlqErr
 }
 
 fn run_replay(config: &Config, a: &DlqReplayArgs, log: &Logger) -> Result<u8, DlqError> {
-    let stop = Arc::new(AtomicBool::new(false));
-    stop_on_signal(stop.clone(), log.clone(), "stopping once the dead letters in flight are acknowledged and committed");
+    let stop = shutdown::on_signal(log.clone(), "stopping once the dead letters in flight are acknowledged and committed");
     let summary = replay(&ReplaySettings::new(config, a), &stop, log)?;
     Ok(if summary.interrupted { EXIT_INTERRUPTED } else { 0 })
 }
