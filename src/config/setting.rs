@@ -1,4 +1,4 @@
-//! What a setting is ([`Setting`]), and [`define_settings!`], which defines a group of them: each
+//! What a setting is ([`Setting`]), and `define_settings!`, which defines a group of them: each
 //! setting is written once, and its raw clap field, its `Setting` and the group's list are all
 //! made from that one definition.
 
