@@ -1,5 +1,5 @@
 //! Prints the README's configuration table and `deploy/.env.example`, made from the settings'
-//! definitions in src/config.rs; with `--write`, puts them in place.
+//! definitions in src/config/ (each group's file); with `--write`, puts them in place.
 //!
 //!     cargo run --example config-docs              # both, on stdout
 //!     cargo run --example config-docs -- readme    # the README table

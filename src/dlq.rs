@@ -1022,7 +1022,7 @@ mod tests {
         assert_eq!(parse_since("2026-11-27T18:00:00Z").unwrap().to_rfc3339(), "2026-11-27T18:00:00+00:00");
         let two_hours = Utc::now() - parse_since("2h").unwrap();
         assert!((two_hours.num_seconds() - 7200).abs() < 5);
-        assert!(parse_since("yesterday").unwrap_err().contains("RFC 3339"));
+        assert!(parse_since("yesterday").unwrap_err().to_string().contains("RFC 3339"));
         assert!(parse_since("5w").is_err());
     }
 

@@ -199,7 +199,7 @@ fn assert_same(found: &str, made: &str, what: &str) {
     let (found_lines, made_lines): (Vec<&str>, Vec<&str>) = (found.lines().collect(), made.lines().collect());
     let at = found_lines.iter().zip(&made_lines).position(|(a, b)| a != b).unwrap_or(found_lines.len().min(made_lines.len()));
     panic!(
-        "{what} differs from what the settings in src/config.rs make, at line {}:\n  found: {:?}\n  made:  {:?}\nrun `{}` to regenerate it",
+        "{what} differs from what the settings in src/config/ make, at line {}:\n  found: {:?}\n  made:  {:?}\nrun `{}` to regenerate it",
         at + 1,
         found_lines.get(at).copied().unwrap_or("(end)"),
         made_lines.get(at).copied().unwrap_or("(end)"),

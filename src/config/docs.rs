@@ -1,8 +1,9 @@
 //! The README's configuration table and `deploy/.env.example`, made from the settings' one
-//! definition ([`vars::ALL`]): `cargo run --example config-docs -- --write` rewrites both, and
+//! definitions ([`all`]): `cargo run --example config-docs -- --write` rewrites both, and
 //! `tests/deploy.rs` fails when either differs from what this makes.
 
-use super::{vars, IfUnset, Setting};
+use super::setting::{IfUnset, Setting};
+use super::settings::all;
 
 /// The command that regenerates both files from the settings' definitions.
 pub const REGENERATE: &str = "cargo run --example config-docs -- --write";
@@ -29,7 +30,7 @@ POSTGRES_PASSWORD=nasa
 /// The settings, each heading's in one run, in `--help`'s order.
 fn by_heading() -> Vec<(&'static str, Vec<&'static Setting>)> {
     let mut groups: Vec<(&'static str, Vec<&'static Setting>)> = Vec::new();
-    for s in &vars::ALL {
+    for s in all() {
         match groups.last_mut() {
             Some((heading, list)) if *heading == s.heading => list.push(s),
             _ => groups.push((s.heading, vec![s])),
@@ -90,10 +91,10 @@ mod tests {
     fn every_heading_is_one_run_and_every_variable_is_listed() {
         let groups = by_heading();
         let headings: std::collections::BTreeSet<_> = groups.iter().map(|(h, _)| h).collect();
-        assert_eq!(headings.len(), groups.len(), "a heading's settings are not together in vars::ALL");
+        assert_eq!(headings.len(), groups.len(), "a heading's settings are not together in settings::all()");
         let table = readme_table();
         let example = env_example();
-        for s in &vars::ALL {
+        for s in all() {
             assert!(table.contains(&format!("| `{}` |", s.var)), "{}", s.var);
             assert!(example.contains(&format!("\n#{}=", s.var)), "{}", s.var);
         }
