@@ -10,7 +10,7 @@ pub const REGENERATE: &str = "cargo run --example config-docs -- --write";
 
 /// The lines between which README.md holds the generated table.
 pub const README_BEGIN: &str =
-    "<!-- config-docs: generated from src/config.rs by `cargo run --example config-docs -- --write`; edit there -->";
+    "<!-- config-docs: generated from src/config/ by `cargo run --example config-docs -- --write`; edit there -->";
 pub const README_END: &str = "<!-- /config-docs -->";
 
 /// Values that the container image sets (deploy/Dockerfile's `ENV`), shown in `.env.example` instead of the built-in default.
@@ -21,7 +21,7 @@ const ENV_EXAMPLE_HEAD: &str = "\
 # Settings of nasa-ingest for deploy/docker-compose.yml: copy to deploy/.env (git-ignored) and edit.
 # Every variable the daemon reads is listed, commented out at its default: uncomment to change it.
 # KAFKA_BROKERS and DATABASE_URL are set by the compose file for the containers.
-# Generated from src/config.rs by `cargo run --example config-docs -- --write`.
+# Generated from src/config/ by `cargo run --example config-docs -- --write`.
 
 # Postgres password of the compose stack (the postgres service, and DATABASE_URL of the daemon).
 POSTGRES_PASSWORD=nasa
