@@ -59,9 +59,11 @@ pub(super) fn parse_backoff(
     (min_setting, min): (&Setting, &Option<String>),
     (max_setting, max): (&Setting, &Option<String>),
 ) -> (Duration, Duration) {
-    let min = e.take(parse_millis(min_setting, min));
-    let max = e.take(parse_millis(max_setting, max));
-    (min, e.take(at_least(max_setting, max, min)))
+    match (parse_millis(min_setting, min), parse_millis(max_setting, max)) {
+        (Ok(min), Ok(max)) => (min, e.take(at_least(max_setting, max, min))),
+        // One line per value that is not a number, and none about a range it never had.
+        (min, max) => (e.take(min), e.take(max)),
+    }
 }
 
 fn at_least(setting: &Setting, max: Duration, min: Duration) -> Result<Duration, ConfigError> {
