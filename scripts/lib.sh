@@ -2,7 +2,6 @@
 # daemon and its tests need, only where it is missing. Sourced, not run.
 
 export PATH="$HOME/.cargo/bin:$PATH"
-TANSU_VERSION=0.6.0
 
 # Bold on a terminal only: a log file or CI gets no escape codes.
 say() { if [ -t 2 ]; then printf '\033[1m==> %s\033[0m\n' "$*" >&2; else printf '==> %s\n' "$*" >&2; fi; }
