@@ -28,7 +28,7 @@ use crate::kafka;
 use crate::logging::for_component;
 use crate::nasa::NasaClient;
 use crate::outbox::Outbox;
-use crate::supervision::{ChildSpec, Crash, Lifeline, Outcome, Restart, RestartCounts, RestartHook, RestartType, Slot, Supervisor};
+use crate::supervision::{ChildSpec, Crash, Outcome, Restart, RestartCounts, RestartHook, RestartType, Slot, StartFn, Supervisor};
 
 /// Postgres connections: the Storer's statements (two writes and two checks at most at once),
 /// plus the status page and the dependency probes.
@@ -246,9 +246,7 @@ async fn prepare(
     wait_until_usable(log, Dependency::Kafka, retry, &NEVER, || kafka::ensure_topics_checked(&config.kafka.brokers, &topics, log)).await;
     app.dead_letters.start(config.kafka.brokers.clone(), config.kafka.dlq_topic.clone(), for_component(root, "dlq-watch"));
     let policy = config.supervisor.restart_policy();
-    let mut add = |name: &'static str, start: Box<dyn FnMut(Lifeline) -> Result<(), String>>| {
-        supervisor.add(ChildSpec { name, restart: RestartType::Permanent, policy, start })
-    };
+    let mut add = |name: &'static str, start: StartFn| supervisor.add(ChildSpec { name, restart: RestartType::Permanent, policy, start });
     if config.roles.consumer {
         let pool = pool.expect("the consumer role has a pool");
         let status = app.consumer.clone().expect("the consumer role has a status");
@@ -265,7 +263,7 @@ async fn prepare(
     Ok(())
 }
 
-type Children = Vec<(&'static str, Box<dyn FnMut(Lifeline) -> Result<(), String>>)>;
+type Children = Vec<(&'static str, StartFn)>;
 
 /// Storer, Downloader and Subscriber. The pool and the consumer outlive their restarts.
 async fn consumer_children(
@@ -354,8 +352,7 @@ fn producer_children(config: &Config, root: &Logger, slots: &Slots, retry: Backo
             Box::new(move |l| {
                 let new_producer = publisher::producer_factory(brokers.clone(), pub_log.clone());
                 let actor =
-                    Publisher::new(new_producer, topic.clone(), outbox.clone(), publish_backoff, publish_timeout, pub_log.clone(), l)
-                        .map_err(|e| e.to_string())?;
+                    Publisher::new(new_producer, topic.clone(), outbox.clone(), publish_backoff, publish_timeout, pub_log.clone(), l)?;
                 publisher_slot.set(Some(actor.start()));
                 Ok(())
             }),
