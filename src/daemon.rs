@@ -53,8 +53,8 @@ pub enum StartError {
     Outbox(#[from] crate::outbox::OutboxError),
     #[error("cannot create a Kafka client: {0}; check KAFKA_BROKERS")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("HTTP_ADDR={addr} cannot be bound ({source}); stop what listens there or choose another port")]
-    HttpAddr { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    HttpAddr(#[from] crate::check::HttpAddrNotBindable),
     #[error(transparent)]
     DataDir(#[from] crate::check::DataDirNotWritable),
     #[error("the dependencies were not usable within STARTUP_TIMEOUT_SECS={secs}: {waiting}; fix them, or raise STARTUP_TIMEOUT_SECS (0 waits forever)")]
@@ -65,7 +65,7 @@ impl StartError {
     /// 2 for a setting to change, 1 for anything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            StartError::HttpAddr { .. } | StartError::DataDir(_) => EXIT_SETTING,
+            StartError::HttpAddr(_) | StartError::DataDir(_) => EXIT_SETTING,
             StartError::Outbox(_) | StartError::Kafka(_) | StartError::StartupTimeout { .. } => 1,
         }
     }
@@ -160,7 +160,7 @@ pub async fn run(config: Config, root: Logger) -> u8 {
     };
     let endpoint = match http::start(config.http.addr, app.clone()) {
         Ok(endpoint) => endpoint,
-        Err(source) => return start_failed(&log, StartError::HttpAddr { addr: config.http.addr, source }),
+        Err(source) => return start_failed(&log, crate::check::HttpAddrNotBindable { addr: config.http.addr, source }.into()),
     };
     actix::spawn(watch_dependencies(config.clone(), for_component(&root, "dependencies")));
     actix::spawn(sample_rates());

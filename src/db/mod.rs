@@ -141,9 +141,14 @@ pub fn migrate(pool: &PgPool) -> Result<Vec<String>, Transient> {
     Ok(applied.iter().map(|m| m.to_string()).collect())
 }
 
+/// The migration state could not be read: the user cannot see the migrations' table, say.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the migration state: {0}; check that the DATABASE_URL user may read and create tables")]
+pub struct MigrationStateUnreadable(#[source] Box<dyn std::error::Error + Send + Sync>);
+
 /// The names of the migrations not applied yet.
-pub fn pending_migrations(conn: &mut PgConnection) -> Result<Vec<String>, String> {
-    let pending = conn.pending_migrations(MIGRATIONS).map_err(|e| e.to_string())?;
+pub fn pending_migrations(conn: &mut PgConnection) -> Result<Vec<String>, MigrationStateUnreadable> {
+    let pending = conn.pending_migrations(MIGRATIONS).map_err(MigrationStateUnreadable)?;
     Ok(pending.iter().map(|m| m.name().to_string()).collect())
 }
 
