@@ -10,19 +10,37 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::datadir::{DataDirError, DataDirLock};
-use crate::deps::{probe_tcp, Dependency};
+use crate::deps::{probe_tcp, Dependency, DependencyError};
 use crate::nasa::NasaClient;
 use crate::{db, kafka};
 
 /// The outcome of one check: what was found, or what is wrong and what to do.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct Check {
     pub name: &'static str,
-    pub outcome: Result<String, String>,
+    pub outcome: Result<String, CheckFailed>,
+}
+
+/// What a failed check found, and what to change. The line names the check (Kafka, Postgres…),
+/// so a dependency's failure is told without its name.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckFailed {
+    #[error("{}", .0.summary())]
+    Dependency(#[from] DependencyError),
+    #[error("{0}; check KAFKA_BROKERS")]
+    KafkaClient(#[source] rdkafka::error::KafkaError),
+    #[error("topic {topic}: {error:?}; check KAFKA_TOPIC and the broker's ACLs")]
+    Topic { topic: String, error: rdkafka::types::RDKafkaRespErr },
+    #[error(transparent)]
+    Migrations(#[from] db::MigrationStateUnreadable),
+    #[error(transparent)]
+    DataDir(#[from] DataDirCheckError),
+    #[error(transparent)]
+    HttpAddr(#[from] HttpAddrNotBindable),
 }
 
 impl Check {
-    fn new(name: &'static str, outcome: Result<String, String>) -> Check {
+    fn new(name: &'static str, outcome: Result<String, CheckFailed>) -> Check {
         Check { name, outcome }
     }
 
@@ -48,9 +66,9 @@ pub async fn run(config: &Config) -> Vec<Check> {
     }
     if config.roles.producer {
         checks.push(check_nasa(config).await);
-        checks.push(Check::new("DATA_DIR", check_data_dir(&config.outbox.data_dir).map_err(|e| e.to_string())));
+        checks.push(Check::new("DATA_DIR", check_data_dir(&config.outbox.data_dir).map_err(CheckFailed::from)));
     }
-    checks.push(Check::new("HTTP_ADDR", check_http_addr(config.http.addr)));
+    checks.push(Check::new("HTTP_ADDR", check_http_addr(config.http.addr).map_err(CheckFailed::from)));
     checks
 }
 
@@ -58,18 +76,18 @@ pub async fn run(config: &Config) -> Vec<Check> {
 fn check_kafka(config: &Config) -> Check {
     let outcome = (|| {
         let addresses = kafka::broker_addresses(&config.kafka.brokers);
-        probe_tcp(Dependency::Kafka, &addresses, Duration::from_secs(3)).map_err(|e| e.summary())?;
+        probe_tcp(Dependency::Kafka, &addresses, Duration::from_secs(3))?;
         let quiet = kafka::LogContext { log: slog::Logger::root(slog::Discard, slog::o!()) };
         let client: BaseConsumer<kafka::LogContext> =
-            kafka::base_config(&config.kafka.brokers).create_with_context(quiet).map_err(|e| format!("{e}; check KAFKA_BROKERS"))?;
-        let metadata = client.fetch_metadata(None, Duration::from_secs(5)).map_err(|e| kafka::classify(&e, &addresses, &[]).summary())?;
+            kafka::base_config(&config.kafka.brokers).create_with_context(quiet).map_err(CheckFailed::KafkaClient)?;
+        let metadata = client.fetch_metadata(None, Duration::from_secs(5)).map_err(|e| kafka::classify(&e, &addresses, &[]))?;
         let mut found = Vec::new();
         for name in [&config.kafka.topic, &config.kafka.dlq_topic] {
             match metadata.topics().iter().find(|t| t.name() == name.as_str()) {
-                Some(t) if t.error().is_some() => {
-                    return Err(format!("topic {name}: {:?}; check KAFKA_TOPIC and the broker's ACLs", t.error().unwrap()))
-                }
-                Some(t) => found.push(format!("{name} ({} partitions)", t.partitions().len())),
+                Some(t) => match t.error() {
+                    Some(error) => return Err(CheckFailed::Topic { topic: name.clone(), error }),
+                    None => found.push(format!("{name} ({} partitions)", t.partitions().len())),
+                },
                 None => found.push(format!("{name} (missing; created at start)")),
             }
         }
@@ -82,13 +100,13 @@ fn check_kafka(config: &Config) -> Check {
 fn check_postgres(url: &crate::config::DatabaseUrl) -> Vec<Check> {
     let mut conn = match db::check_login(url) {
         Ok(conn) => conn,
-        Err(e) => return vec![Check::new("Postgres", Err(e.summary()))],
+        Err(e) => return vec![Check::new("Postgres", Err(e.into()))],
     };
     let login = Check::new("Postgres", Ok(format!("logged in at {}", url.redacted())));
     let migrations = match db::pending_migrations(&mut conn) {
         Ok(pending) if pending.is_empty() => Ok("all applied".to_owned()),
         Ok(pending) => Ok(format!("{} pending ({}): applied at start, or by `nasa-ingest migrate`", pending.len(), pending.join(", "))),
-        Err(e) => Err(format!("cannot read the migration state: {e}; check that the DATABASE_URL user may read and create tables")),
+        Err(e) => Err(e.into()),
     };
     vec![login, Check::new("migrations", migrations)]
 }
@@ -99,7 +117,7 @@ async fn check_nasa(config: &Config) -> Check {
     let query = config.nasa.query.as_deref().unwrap_or(crate::config::RANDOM_TOPICS[0]);
     let outcome = match client.search(query, 1).await {
         Ok(page) => Ok(format!("{} answers: {} hits for {query:?}", config.nasa.api_url, page.metadata.total_hits)),
-        Err(e) => Err(e.as_dependency_error(&client.address()).summary()),
+        Err(e) => Err(e.as_dependency_error(&client.address()).into()),
     };
     Check::new("NASA API", outcome)
 }
@@ -151,10 +169,19 @@ fn is_passing_disk_fault(e: &std::io::Error) -> bool {
     matches!(e.kind(), K::StorageFull | K::ReadOnlyFilesystem | K::QuotaExceeded)
 }
 
+/// HTTP_ADDR is taken (or not an address of this host): a setting to change, or a process to stop.
+#[derive(Debug, thiserror::Error)]
+#[error("HTTP_ADDR={addr} cannot be bound ({source}); stop what listens there or choose another port")]
+pub struct HttpAddrNotBindable {
+    pub addr: std::net::SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// The address can be bound now (nothing else listens there).
-pub fn check_http_addr(addr: std::net::SocketAddr) -> Result<String, String> {
+pub fn check_http_addr(addr: std::net::SocketAddr) -> Result<String, HttpAddrNotBindable> {
     match std::net::TcpListener::bind(addr) {
         Ok(_) => Ok(format!("{addr} is free")),
-        Err(e) => Err(format!("HTTP_ADDR={addr} cannot be bound ({e}); stop what listens there or choose another port")),
+        Err(source) => Err(HttpAddrNotBindable { addr, source }),
     }
 }

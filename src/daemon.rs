@@ -28,7 +28,7 @@ use crate::logging::for_component;
 use crate::nasa::NasaClient;
 use crate::outbox::Outbox;
 use crate::shutdown::{self, CancellationToken};
-use crate::supervision::{ChildSpec, Crash, Lifeline, Outcome, Restart, RestartCounts, RestartHook, RestartType, Slot, Supervisor};
+use crate::supervision::{ChildSpec, Crash, Outcome, Restart, RestartCounts, RestartHook, RestartType, Slot, StartFn, Supervisor};
 
 /// Postgres connections: the Storer's statements (two writes and two checks at most at once),
 /// plus the status page and the dependency probes.
@@ -49,8 +49,8 @@ pub enum StartError {
     Outbox(#[from] crate::outbox::OutboxError),
     #[error("cannot create a Kafka client: {0}; check KAFKA_BROKERS")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("HTTP_ADDR={addr} cannot be bound ({source}); stop what listens there or choose another port")]
-    HttpAddr { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    HttpAddr(#[from] crate::check::HttpAddrNotBindable),
     #[error(transparent)]
     DataDir(#[from] crate::check::DataDirNotWritable),
     #[error("the dependencies were not usable within STARTUP_TIMEOUT_SECS={secs}: {waiting}; fix them, or raise STARTUP_TIMEOUT_SECS (0 waits forever)")]
@@ -64,7 +64,7 @@ impl StartError {
     /// 2 for a setting to change, 1 for anything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            StartError::HttpAddr { .. } | StartError::DataDir(_) => EXIT_SETTING,
+            StartError::HttpAddr(_) | StartError::DataDir(_) => EXIT_SETTING,
             StartError::Outbox(_) | StartError::Kafka(_) | StartError::StartupTimeout { .. } => 1,
             StartError::Stopped => 0,
         }
@@ -154,7 +154,7 @@ pub async fn run(config: Config, root: Logger) -> u8 {
     };
     let endpoint = match http::start(config.http.addr, app.clone()) {
         Ok(endpoint) => endpoint,
-        Err(source) => return start_failed(&log, StartError::HttpAddr { addr: config.http.addr, source }),
+        Err(source) => return start_failed(&log, crate::check::HttpAddrNotBindable { addr: config.http.addr, source }.into()),
     };
     actix::spawn(shutdown.clone().run_until_cancelled_owned(watch_dependencies(config.clone(), for_component(&root, "dependencies"))));
     actix::spawn(shutdown.clone().run_until_cancelled_owned(sample_rates()));
@@ -250,9 +250,7 @@ async fn prepare(
         .ok_or(StartError::Stopped)?;
     app.dead_letters.start(config.kafka.brokers.clone(), config.kafka.dlq_topic.clone(), for_component(root, "dlq-watch"));
     let policy = config.supervisor.restart_policy();
-    let mut add = |name: &'static str, start: Box<dyn FnMut(Lifeline) -> Result<(), String>>| {
-        supervisor.add(ChildSpec { name, restart: RestartType::Permanent, policy, start })
-    };
+    let mut add = |name: &'static str, start: StartFn| supervisor.add(ChildSpec { name, restart: RestartType::Permanent, policy, start });
     if config.roles.consumer {
         let pool = pool.expect("the consumer role has a pool");
         let status = app.consumer.clone().expect("the consumer role has a status");
@@ -270,7 +268,7 @@ async fn prepare(
     Ok(())
 }
 
-type Children = Vec<(&'static str, Box<dyn FnMut(Lifeline) -> Result<(), String>>)>;
+type Children = Vec<(&'static str, StartFn)>;
 
 /// Waits until Postgres takes the login and the migrations are applied.
 async fn migrate_when_usable(
@@ -368,8 +366,7 @@ fn producer_children(config: &Config, root: &Logger, slots: &Slots, retry: Backo
             Box::new(move |l| {
                 let new_producer = publisher::producer_factory(brokers.clone(), pub_log.clone());
                 let actor =
-                    Publisher::new(new_producer, topic.clone(), outbox.clone(), publish_backoff, publish_timeout, pub_log.clone(), l)
-                        .map_err(|e| e.to_string())?;
+                    Publisher::new(new_producer, topic.clone(), outbox.clone(), publish_backoff, publish_timeout, pub_log.clone(), l)?;
                 publisher_slot.set(Some(actor.start()));
                 Ok(())
             }),

@@ -2,6 +2,7 @@
 //! a [`Transient`] failure is retried with backoff on the same message and never committed past;
 //! a [`Permanent`] one sends the message to the dead-letter topic and moves on.
 
+use std::sync::Arc;
 use thiserror::Error;
 
 /// A failure that will not go away by retrying the same message.
@@ -63,29 +64,35 @@ impl Permanent {
 
 /// A failure expected to clear up: the same message is retried after a backoff.
 ///
-/// Its causes are kept as text, not as sources: a statement that fails answers every event of its
-/// batch with the same failure, so this is `Clone`, which reqwest's and diesel's errors are not.
-/// Its reader is the retry's log line, which needs the text only.
+/// It keeps its cause as the error's source, behind an `Arc`: a statement that fails answers
+/// every event of its batch with the same failure, so this is `Clone`, which reqwest's and
+/// diesel's errors are not. The text shows the cause too, as the retry's log line needs it.
 #[derive(Debug, Clone, Error)]
 pub enum Transient {
     #[error("image server answered {status} for {url}; retrying")]
     ServerStatus { status: u16, url: String },
     #[error("image download failed: {0}; retrying")]
-    Download(String),
+    Download(#[source] Arc<reqwest::Error>),
+    /// A Postgres failure worth waiting out. Its causes are of several types (the pool's, a
+    /// statement's, the migrations', a blocking task's): build it with [`Transient::database`].
     #[error("Postgres unavailable: {0}; retrying until it is back")]
-    Database(String),
+    Database(#[source] SharedError),
     /// Postgres answered, and refused this row for a reason it does not classify (a row too
     /// large for an index, say). Retried a few times, in case it was passing (a deadlock, a
     /// timeout); then the event is dead-lettered as `db_rejected`.
     #[error("Postgres refused the row: {0}; retrying a few times before it is dead-lettered")]
-    DatabaseRefused(String),
+    DatabaseRefused(#[source] Arc<diesel::result::Error>),
     #[error("handling the event panicked: {0}; retrying")]
     Panicked(String),
-    #[error("Kafka unavailable: {0}; retrying until it is back")]
-    Kafka(String),
+    /// `context` says what Kafka was asked for (the dead-letter topic, say).
+    #[error("Kafka unavailable: {context}: {source}; retrying until it is back")]
+    Kafka { context: &'static str, source: rdkafka::error::KafkaError },
     #[error("actor {0} is not running; retrying until it is restarted")]
     ActorDown(&'static str),
 }
+
+/// A cause shared by the clones of one failure.
+pub type SharedError = Arc<dyn std::error::Error + Send + Sync>;
 
 impl Transient {
     /// Every `kind()`, so that /metrics shows each cause at 0 before the first retry.
@@ -99,9 +106,14 @@ impl Transient {
             Transient::Database(_) => "postgres",
             Transient::DatabaseRefused(_) => "postgres_refused",
             Transient::Panicked(_) => "panic",
-            Transient::Kafka(_) => "kafka",
+            Transient::Kafka { .. } => "kafka",
             Transient::ActorDown(_) => "actor_down",
         }
+    }
+
+    /// Postgres is unavailable: `cause` is why, kept as the source.
+    pub fn database(cause: impl std::error::Error + Send + Sync + 'static) -> Transient {
+        Transient::Database(Arc::new(cause))
     }
 }
 
@@ -156,13 +168,32 @@ mod tests {
         assert_eq!(permanent.iter().map(Permanent::kind).collect::<Vec<_>>(), Permanent::KINDS);
         let transient = [
             Transient::ServerStatus { status: 503, url: String::new() },
-            Transient::Download(String::new()),
-            Transient::Database(String::new()),
-            Transient::DatabaseRefused(String::new()),
+            Transient::Download(Arc::new(a_reqwest_error())),
+            Transient::database(diesel::result::Error::NotFound),
+            Transient::DatabaseRefused(Arc::new(diesel::result::Error::NotFound)),
             Transient::Panicked(String::new()),
-            Transient::Kafka(String::new()),
+            Transient::Kafka { context: "x", source: rdkafka::error::KafkaError::Canceled },
             Transient::ActorDown("x"),
         ];
         assert_eq!(transient.iter().map(Transient::kind).collect::<Vec<_>>(), Transient::KINDS);
+    }
+
+    fn a_reqwest_error() -> reqwest::Error {
+        reqwest::Client::new().get("not a URL").build().unwrap_err()
+    }
+
+    #[test]
+    fn a_transient_failure_keeps_its_cause_as_the_source_and_shows_it() {
+        use std::error::Error as _;
+        let e = Transient::database(diesel::result::Error::NotFound);
+        assert_eq!(e.to_string(), "Postgres unavailable: Record not found; retrying until it is back");
+        let clone = e.clone();
+        let Transient::Database(cause) = &clone else { unreachable!() };
+        assert!(matches!(cause.downcast_ref(), Some(diesel::result::Error::NotFound)), "{cause:?}");
+        assert_eq!(clone.source().map(ToString::to_string).as_deref(), Some("Record not found"));
+
+        let cause = rdkafka::error::KafkaError::Canceled;
+        let text = format!("Kafka unavailable: dead-letter topic: {cause}; retrying until it is back");
+        assert_eq!(Transient::Kafka { context: "dead-letter topic", source: cause }.to_string(), text, "as before");
     }
 }

@@ -281,7 +281,7 @@ fn path_segment(s: &str) -> String {
 async fn page(state: web::Data<AppState>) -> HttpResponse {
     let (images, total) = match state.pool.clone() {
         Some(pool) => web::block(move || (db::latest_images(&pool, 24), db::count_images(&pool))).await.unwrap_or_else(|e| {
-            let err = crate::errors::Transient::Database(e.to_string());
+            let err = crate::errors::Transient::database(e);
             (Err(err), Ok(0))
         }),
         None => (Ok(vec![]), Ok(0)),

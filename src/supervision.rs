@@ -26,6 +26,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::backoff::Backoff;
 
+mod exit;
+pub use exit::{ActorFailed, BoxError, Exit};
+
 /// A message could not reach an actor: it was down longer than [`SLOT_WAIT`], or it died with the
 /// message in its mailbox. Worth retrying: the supervisor restarts it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,29 +67,6 @@ pub struct Policy {
     /// More restarts than this within `window` stops the process.
     pub max_restarts: u32,
     pub window: Duration,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Exit {
-    Normal,
-    Failed(String),
-    Panicked(String),
-}
-
-impl Exit {
-    fn kind(&self) -> &'static str {
-        match self {
-            Exit::Normal => "stopped",
-            Exit::Failed(_) => "failure",
-            Exit::Panicked(_) => "panic",
-        }
-    }
-    fn reason(&self) -> String {
-        match self {
-            Exit::Normal => "the actor stopped".into(),
-            Exit::Failed(r) | Exit::Panicked(r) => r.clone(),
-        }
-    }
 }
 
 enum Event {
@@ -137,7 +117,7 @@ pub struct Lifeline {
     name: &'static str,
     generation: u64,
     events: Option<mpsc::UnboundedSender<Event>>,
-    failure: Option<String>,
+    failure: Option<BoxError>,
     stopped_cleanly: bool,
 }
 
@@ -148,8 +128,8 @@ impl Lifeline {
     }
 
     /// Declares why the actor is about to stop with an error (call before `ctx.stop()`).
-    pub fn fail(&mut self, reason: impl Into<String>) {
-        self.failure = Some(reason.into());
+    pub fn fail(&mut self, error: impl Into<BoxError>) {
+        self.failure = Some(error.into());
     }
 
     /// To be called from the actor's `stopped()`: a drop without it means a panic.
@@ -162,7 +142,7 @@ impl Drop for Lifeline {
     fn drop(&mut self) {
         let exit = match (take_unreported_panic(), self.failure.take(), self.stopped_cleanly) {
             (Some(panic), _, _) => Exit::Panicked(panic),
-            (None, Some(reason), _) => Exit::Failed(reason),
+            (None, Some(source), _) => Exit::Failed(ActorFailed::Declared { actor: self.name, source }),
             (None, None, true) => Exit::Normal,
             (None, None, false) => Exit::Panicked("the actor's task ended without stopping".into()),
         };
@@ -225,7 +205,7 @@ impl<A: Actor<Context = Context<A>>> Slot<A> {
 }
 
 /// Starts one incarnation of a child; it must hand the lifeline to the actor it starts.
-pub type StartFn = Box<dyn FnMut(Lifeline) -> Result<(), String>>;
+pub type StartFn = Box<dyn FnMut(Lifeline) -> Result<(), BoxError>>;
 
 pub struct ChildSpec {
     pub name: &'static str,
@@ -352,12 +332,12 @@ impl Supervisor {
             stopped_cleanly: false,
         };
         info!(self.log, "actor started"; "labels.actor" => child.spec.name, "labels.generation" => child.generation);
-        if let Err(reason) = (child.spec.start)(lifeline) {
+        if let Err(source) = (child.spec.start)(lifeline) {
             // The lifeline was dropped unused or handed on; report a start failure explicitly.
             let _ = self.events_tx.send(Event::Exited {
                 name: child.spec.name,
                 generation: child.generation,
-                exit: Exit::Failed(format!("start failed: {reason}")),
+                exit: Exit::Failed(ActorFailed::Start { actor: child.spec.name, source }),
             });
         }
     }
@@ -367,7 +347,7 @@ impl Supervisor {
         let log = self.log.clone();
         let child = &mut self.children[i];
         let name = child.spec.name;
-        if exit == Exit::Normal && child.spec.restart == RestartType::Transient {
+        if matches!(exit, Exit::Normal) && child.spec.restart == RestartType::Transient {
             info!(log, "actor stopped normally; not restarted"; "labels.actor" => name);
             return None;
         }
@@ -555,6 +535,35 @@ mod tests {
             let outcome = tokio::time::timeout(Duration::from_millis(500), sup.run(std::future::pending())).await;
             assert!(outcome.is_err(), "still supervising");
             assert_eq!(starts.load(Ordering::SeqCst), 1, "not restarted");
+        });
+    }
+
+    #[test]
+    fn a_start_that_fails_is_reported_with_its_cause_and_retried() {
+        let sys = actix::System::new();
+        sys.block_on(async {
+            let slot = Slot::<Worker>::new("worker");
+            let starts = Arc::new(AtomicU32::new(0));
+            let reasons = Arc::new(Mutex::new(Vec::new()));
+            let heard = reasons.clone();
+            let mut sup = Supervisor::new(log(), Box::new(move |r| heard.lock().unwrap().push((r.kind, r.reason.to_owned()))));
+            let (first, counted) = (slot.clone(), starts.clone());
+            sup.add(ChildSpec {
+                start: Box::new(move |lifeline| {
+                    if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+                        Err(std::io::Error::other("no producer"))?;
+                    }
+                    first.set(Some(Worker { lifeline }.start()));
+                    Ok(())
+                }),
+                ..spec(&slot, starts.clone(), RestartType::Permanent, 5)
+            });
+            let probe = slot.clone();
+            let outcome = sup.run(async move { assert_eq!(probe.send(Ping).await.unwrap(), 7) }).await;
+            assert_eq!(outcome, Outcome::Shutdown);
+            assert!(starts.load(Ordering::SeqCst) >= 2, "started again after the failed start");
+            let reasons = reasons.lock().unwrap();
+            assert!(reasons.contains(&("failure", "start failed: no producer".to_owned())), "{reasons:?}");
         });
     }
 

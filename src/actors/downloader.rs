@@ -140,7 +140,7 @@ async fn download(http: reqwest::Client, rules: Arc<Rules>, limits: DownloadLimi
         return Err(Permanent::HostNotAllowed(url.host_str().unwrap_or("").to_owned()).into());
     }
     let slot = limits.host_slot(url.host_str().unwrap_or("")).await;
-    let mut resp = http.get(url).send().await.map_err(|e| Transient::Download(e.to_string()))?;
+    let mut resp = http.get(url).send().await.map_err(|e| Transient::Download(e.into()))?;
     check_status(resp.status().as_u16(), &raw_url)?;
     if resp.content_length().is_some_and(|n| n > rules.max_bytes) {
         return Err(Permanent::TooLarge { limit: rules.max_bytes }.into());
@@ -150,7 +150,7 @@ async fn download(http: reqwest::Client, rules: Arc<Rules>, limits: DownloadLimi
     let reserved = resp.content_length().unwrap_or(rules.max_bytes);
     let mut held = limits.hold(reserved).await;
     let mut bytes = Vec::with_capacity(resp.content_length().unwrap_or(0).min(rules.max_bytes) as usize);
-    while let Some(chunk) = resp.chunk().await.map_err(|e| Transient::Download(e.to_string()))? {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| Transient::Download(e.into()))? {
         // Stop reading as soon as the cap is passed: a lying or missing Content-Length cannot make us buffer more.
         if (bytes.len() + chunk.len()) as u64 > rules.max_bytes {
             return Err(Permanent::TooLarge { limit: rules.max_bytes }.into());

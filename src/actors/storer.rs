@@ -159,8 +159,14 @@ async fn run<T, V, E>(
 
 /// Runs a blocking database call off the actor thread.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Transient> + Send + 'static) -> Result<T, Transient> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| Transient::Database(format!("database task failed: {e}")))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| Transient::database(TaskFailed(e)))?
 }
+
+/// The blocking task of a statement ended without its answer: it panicked, or the runtime is
+/// stopping. Retried like a lost connection.
+#[derive(Debug, thiserror::Error)]
+#[error("database task failed: {0}")]
+struct TaskFailed(#[source] tokio::task::JoinError);
 
 /// Answers each sender with its own result, or every sender with the batch's failure.
 fn answer_each<V, E: From<Transient>>(senders: Vec<oneshot::Sender<Result<V, E>>>, answers: Result<Vec<Result<V, E>>, Transient>) {

@@ -386,7 +386,7 @@ async fn handle_until_done(delivery: Delivery, p: Pipeline) {
             Ok(Err(EventError::Transient(Transient::DatabaseRefused(reason)))) => {
                 refusals += 1;
                 if refusals >= MAX_REFUSALS {
-                    dead_letter(&msg, &Permanent::DbRejected(reason), &p).await
+                    dead_letter(&msg, &Permanent::DbRejected(reason.to_string()), &p).await
                 } else {
                     Err(Transient::DatabaseRefused(reason))
                 }
@@ -564,7 +564,7 @@ async fn dead_letter(msg: &OwnedMessage, reason: &Permanent, p: &Pipeline) -> Re
     if let Some(key) = msg.key() {
         record = record.key(key);
     }
-    p.dlq.send(record, Duration::ZERO).await.map_err(|(e, _)| Transient::Kafka(format!("dead-letter topic: {e}")))?;
+    p.dlq.send(record, Duration::ZERO).await.map_err(|(source, _)| Transient::Kafka { context: "dead-letter topic", source })?;
     METRICS.dead_lettered.with_label_values(&[reason.kind()]).inc();
     warn!(p.log, "sent to dead-letter topic"; "error.type" => reason.kind(), "error.message" => error,
         "labels.topic" => &p.dlq_topic, "labels.partition" => msg.partition(), "labels.offset" => msg.offset(),

@@ -131,25 +131,30 @@ pub fn classify_connection(message: &str, address: &str) -> DependencyError {
 }
 
 fn conn(pool: &PgPool) -> Result<PgConn, Transient> {
-    pool.get().map_err(|e| Transient::Database(e.to_string()))
+    pool.get().map_err(Transient::database)
 }
 
 /// Applies pending migrations; returns the names of those applied.
 pub fn migrate(pool: &PgPool) -> Result<Vec<String>, Transient> {
     let mut c = conn(pool)?;
-    let applied = c.run_pending_migrations(MIGRATIONS).map_err(|e| Transient::Database(e.to_string()))?;
+    let applied = c.run_pending_migrations(MIGRATIONS).map_err(|e| Transient::Database(e.into()))?;
     Ok(applied.iter().map(|m| m.to_string()).collect())
 }
 
+/// The migration state could not be read: the user cannot see the migrations' table, say.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the migration state: {0}; check that the DATABASE_URL user may read and create tables")]
+pub struct MigrationStateUnreadable(#[source] Box<dyn std::error::Error + Send + Sync>);
+
 /// The names of the migrations not applied yet.
-pub fn pending_migrations(conn: &mut PgConnection) -> Result<Vec<String>, String> {
-    let pending = conn.pending_migrations(MIGRATIONS).map_err(|e| e.to_string())?;
+pub fn pending_migrations(conn: &mut PgConnection) -> Result<Vec<String>, MigrationStateUnreadable> {
+    let pending = conn.pending_migrations(MIGRATIONS).map_err(MigrationStateUnreadable)?;
     Ok(pending.iter().map(|m| m.name().to_string()).collect())
 }
 
 /// Whether the pool can reach Postgres now.
 pub fn ping(pool: &PgPool) -> Result<(), Transient> {
-    diesel::sql_query("SELECT 1").execute(&mut conn(pool)?).map(drop).map_err(|e| Transient::Database(e.to_string()))
+    diesel::sql_query("SELECT 1").execute(&mut conn(pool)?).map(drop).map_err(Transient::database)
 }
 
 #[derive(Insertable, Debug, Clone)]
@@ -182,7 +187,7 @@ pub fn stored_among(pool: &PgPool, ids: &[String]) -> Result<HashSet<String>, Tr
         .select(images::nasa_id)
         .load::<String>(&mut conn(pool)?)
         .map(|v| v.into_iter().collect())
-        .map_err(|e| Transient::Database(e.to_string()))
+        .map_err(Transient::database)
 }
 
 /// Inserts the rows, skipping nasa_ids that are there; returns those inserted.
@@ -227,16 +232,15 @@ pub fn insert(pool: &PgPool, row: &NewImage) -> Result<Stored, EventError> {
 /// caller, then dead-lettered.
 pub fn classify(e: diesel::result::Error) -> EventError {
     use diesel::result::{DatabaseErrorKind as K, Error};
-    match e {
-        Error::DatabaseError(K::ClosedConnection | K::SerializationFailure | K::ReadOnlyTransaction, info) => {
-            Transient::Database(info.message().to_owned()).into()
-        }
+    match &e {
+        Error::DatabaseError(K::ClosedConnection | K::SerializationFailure | K::ReadOnlyTransaction, _) => Transient::database(e).into(),
         Error::DatabaseError(
             kind @ (K::NotNullViolation | K::CheckViolation | K::ForeignKeyViolation | K::RestrictViolation | K::ExclusionViolation),
             info,
         ) => Permanent::DbRejected(format!("{kind:?}: {}", info.message())).into(),
-        Error::DatabaseError(_, info) => Transient::DatabaseRefused(info.message().to_owned()).into(),
-        other => Transient::Database(other.to_string()).into(),
+        // Shown as Postgres's message alone, as diesel shows a database error.
+        Error::DatabaseError(..) => Transient::DatabaseRefused(e.into()).into(),
+        _ => Transient::database(e).into(),
     }
 }
 
@@ -274,11 +278,11 @@ pub fn latest_images(pool: &PgPool, limit: i64) -> Result<Vec<ImageSummary>, Tra
     .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(BROWSER_IMAGE_TYPES.to_vec())
     .bind::<diesel::sql_types::BigInt, _>(limit)
     .load(&mut conn(pool)?)
-    .map_err(|e| Transient::Database(e.to_string()))
+    .map_err(Transient::database)
 }
 
 pub fn count_images(pool: &PgPool) -> Result<i64, Transient> {
-    images::table.count().get_result(&mut conn(pool)?).map_err(|e| Transient::Database(e.to_string()))
+    images::table.count().get_result(&mut conn(pool)?).map_err(Transient::database)
 }
 
 /// (content_type, sha256, bytes) of a stored image.
@@ -288,7 +292,7 @@ pub fn image_bytes(pool: &PgPool, nasa_id: &str) -> Result<Option<(String, Strin
         .select((images::content_type, images::sha256, images::image_bytes))
         .first(&mut conn(pool)?)
         .optional()
-        .map_err(|e| Transient::Database(e.to_string()))
+        .map_err(Transient::database)
 }
 
 #[cfg(test)]
@@ -314,6 +318,25 @@ mod tests {
             classify_connection(refused, "127.0.0.1:1").to_string(),
             "Postgres unreachable at 127.0.0.1:1: connection refused; retrying until it is back"
         );
+    }
+
+    #[test]
+    fn a_failed_write_keeps_diesels_error_as_its_source_and_postgres_message_as_its_text() {
+        use diesel::result::{DatabaseErrorKind as K, Error};
+        let failed = |kind, message: &str| classify(Error::DatabaseError(kind, Box::new(message.to_owned())));
+        let lost = failed(K::ClosedConnection, "server closed the connection");
+        assert_eq!(lost.to_string(), "Postgres unavailable: server closed the connection; retrying until it is back");
+        let EventError::Transient(Transient::Database(cause)) = lost else { panic!("{lost:?}") };
+        assert!(matches!(cause.downcast_ref(), Some(Error::DatabaseError(K::ClosedConnection, _))), "{cause:?}");
+        let refused = failed(K::Unknown, "index row size exceeds maximum");
+        assert_eq!(
+            refused.to_string(),
+            "Postgres refused the row: index row size exceeds maximum; retrying a few times before it is dead-lettered"
+        );
+        assert!(
+            matches!(refused, EventError::Transient(Transient::DatabaseRefused(ref e)) if matches!(**e, Error::DatabaseError(K::Unknown, _)))
+        );
+        assert_eq!(failed(K::NotNullViolation, "null in title").kind(), "db_rejected");
     }
 
     #[test]
