@@ -266,32 +266,18 @@ impl Dependencies {
         dep: Dependency,
         backoff: crate::backoff::Backoff,
         stop: &tokio_util::sync::CancellationToken,
-        mut attempt: F,
+        attempt: F,
     ) -> Option<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, DependencyError>>,
     {
-        let mut n: u32 = 0;
-        loop {
-            let outcome = tokio::select! {
-                r = attempt() => r,
-                _ = stop.cancelled() => return None,
-            };
-            match outcome {
-                Ok(v) => {
-                    self.report(log, dep, Ok(()));
-                    return Some(v);
-                }
-                Err(e) => {
-                    self.report(log, dep, Err(&e));
-                    if !crate::backoff::sleep_unless_stopped(stop, backoff.delay(n)).await {
-                        return None;
-                    }
-                    n = n.saturating_add(1);
-                }
-            }
-        }
+        let usable = crate::backoff::retry_reporting(backoff, stop, attempt, |e, _, _| {
+            self.report(log, dep, Err(e));
+        })
+        .await?;
+        self.report(log, dep, Ok(()));
+        Some(usable)
     }
 }
 
