@@ -23,7 +23,7 @@ use crate::actors::publisher::{self, Publish, Publisher};
 use crate::backoff::retry;
 use crate::config::{BackfillArgs, Config};
 use crate::datadir::Owner;
-use crate::deps::{wait_until_usable, Dependency};
+use crate::deps::{Dependencies, Dependency};
 use crate::event::ImageEvent;
 use crate::kafka;
 use crate::nasa::{image_items, NasaClient, NasaError, Search, MAX_RESULTS};
@@ -154,7 +154,9 @@ async fn backfill(config: &Config, args: &BackfillArgs, log: &Logger) -> Result<
     let retry_backoff = config.retries.backoff();
     let topics = [config.kafka.topic.as_str(), config.kafka.dlq_topic.as_str()];
     let ensure_topics = || kafka::ensure_topics_checked(&config.kafka.brokers, &topics, log);
-    if wait_until_usable(log, Dependency::Kafka, retry_backoff, &stop, ensure_topics).await.is_none() {
+    // No status page shows the backfill's dependencies: the log says what is wrong.
+    let kafka_state = Dependencies::default();
+    if kafka_state.wait_until_usable(log, Dependency::Kafka, retry_backoff, &stop, ensure_topics).await.is_none() {
         return Ok(EXIT_INTERRUPTED);
     }
     let factory = publisher::producer_factory(config.kafka.brokers.clone(), log.clone());

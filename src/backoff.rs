@@ -36,9 +36,27 @@ impl Backoff {
 
 /// Retries `attempt` with backoff until it succeeds (`Some`) or `stop` is cancelled (`None`), logging
 /// each failure as one WARN line whose message is `what`, with the attempt and the next delay.
-pub async fn retry<T, E, F, Fut>(log: &Logger, what: &str, backoff: Backoff, stop: &CancellationToken, mut attempt: F) -> Option<T>
+pub async fn retry<T, E, F, Fut>(log: &Logger, what: &str, backoff: Backoff, stop: &CancellationToken, attempt: F) -> Option<T>
 where
     E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    retry_reporting(backoff, stop, attempt, |e, n, delay| {
+        warn!(log, "{}", what; "error.message" => e.to_string(), "labels.attempt" => n, "labels.delay_ms" => delay.as_millis() as u64);
+    })
+    .await
+}
+
+/// Retries `attempt` with backoff until it succeeds (`Some`) or `stop` is cancelled (`None`);
+/// `failed` hears of each failure with its number (from 1) and the delay before the next attempt.
+pub async fn retry_reporting<T, E, F, Fut>(
+    backoff: Backoff,
+    stop: &CancellationToken,
+    mut attempt: F,
+    mut failed: impl FnMut(&E, u32, Duration),
+) -> Option<T>
+where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
@@ -53,9 +71,8 @@ where
             Ok(v) => return Some(v),
             Err(e) => {
                 let delay = backoff.delay(n);
-                n += 1;
-                warn!(log, "{}", what; "error.message" => e.to_string(), "labels.attempt" => n,
-                    "labels.delay_ms" => delay.as_millis() as u64);
+                n = n.saturating_add(1);
+                failed(&e, n, delay);
                 if !sleep_unless_stopped(stop, delay).await {
                     return None;
                 }

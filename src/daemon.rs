@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::actors::downloader::{DownloadLimits, Downloader};
-use crate::actors::fetcher::{Fetcher, FetcherSettings, StopFetching};
+use crate::actors::fetcher::{Fetcher, FetcherReports, FetcherSettings, LastFetch, StopFetching};
 use crate::actors::publisher::{self, Flush, Publisher};
 use crate::actors::storer::{BatchLimits, Storer};
 use crate::actors::subscriber::{ConsumerState, ConsumerStatus, Drain, Pipeline, Subscriber};
@@ -20,11 +20,14 @@ use crate::config::Config;
 use crate::consumer::MemberSettings;
 use crate::datadir::Owner;
 use crate::db;
-use crate::deps::{probe_tcp, wait_until_usable, Dependency, DEPENDENCIES};
+use crate::deps::{probe_tcp, Dependencies, Dependency};
 use crate::dlq::DlqWatch;
-use crate::http::{self, AppState, CrashFn, RunningFn};
+use crate::fault_injection::InjectedPanics;
+use crate::http::status::{ActorProbe, StatusSources};
+use crate::http::{self, AppState, CrashFn};
 use crate::kafka;
-use crate::logging::for_component;
+use crate::logging::{for_component, RecentProblems};
+use crate::metrics::{Rates, METRICS};
 use crate::nasa::NasaClient;
 use crate::outbox::Outbox;
 use crate::shutdown::{self, CancellationToken};
@@ -98,18 +101,17 @@ impl Slots {
         }
     }
 
-    /// (name, is it running?) of the actors of the enabled roles, in start order.
-    fn running_fns(&self, config: &Config) -> Vec<(&'static str, RunningFn)> {
-        fn running<A: Actor<Context = Context<A>>>(slot: &Slot<A>) -> (&'static str, RunningFn) {
-            let slot = slot.clone();
-            (slot.name(), Box::new(move || slot.current().is_some()))
+    /// The actors of the enabled roles, in start order, for the status.
+    fn probes(&self, config: &Config) -> Vec<Box<dyn ActorProbe>> {
+        fn probe<A: Actor<Context = Context<A>>>(slot: &Slot<A>) -> Box<dyn ActorProbe> {
+            Box::new(slot.clone())
         }
         let mut out = Vec::new();
         if config.roles.consumer {
-            out.extend([running(&self.storer), running(&self.downloader), running(&self.subscriber)]);
+            out.extend([probe(&self.storer), probe(&self.downloader), probe(&self.subscriber)]);
         }
         if config.roles.producer {
-            out.extend([running(&self.publisher), running(&self.fetcher)]);
+            out.extend([probe(&self.publisher), probe(&self.fetcher)]);
         }
         out
     }
@@ -132,23 +134,41 @@ impl Slots {
     }
 }
 
+/// The handles behind the status, made here: each goes to what writes it, and to the endpoint,
+/// which reads it.
+#[derive(Default)]
+struct StatusHandles {
+    /// Written by the supervisor's restart hook and the Subscriber's rejoins.
+    restarts: RestartCounts,
+    /// Written by start-up's waits, the dependency probes, the Postgres pool and the Fetcher.
+    dependencies: Dependencies,
+    /// Written by the root logger (made by `main`).
+    problems: RecentProblems,
+    /// Written by the Fetcher.
+    fetches: LastFetch,
+    /// Written by the sampling loop.
+    rates: Rates,
+}
+
 /// Runs the daemon until a signal or a passed restart limit; returns the process exit code.
-pub async fn run(config: Config, root: Logger) -> u8 {
+/// `problems` is where `root` keeps its WARN and ERROR lines.
+pub async fn run(config: Config, root: Logger, problems: RecentProblems) -> u8 {
     let log = for_component(&root, "supervisor");
     info!(log, "starting"; "labels.roles" => config.roles.label(), "labels.kafka_brokers" => &config.kafka.brokers,
         "labels.database" => config.postgres.url.as_ref().map(|u| u.redacted()));
     let shutdown = shutdown::on_signal(log.clone(), "signal received");
     let slots = Slots::new();
-    let restarts = RestartCounts::default();
-    let mut supervisor = Supervisor::new(log.clone(), restart_hook(restarts.clone()));
-    DEPENDENCIES.expect(&dependencies(&config));
+    let handles = StatusHandles { problems, ..StatusHandles::default() };
+    let mut supervisor = Supervisor::new(log.clone(), restart_hook(handles.restarts.clone()));
+    METRICS.expect_actors(&crate::actors::NAMES);
+    handles.dependencies.expect(&dependencies(&config));
     let pool = config
         .postgres
         .url
         .as_ref()
         .filter(|_| config.roles.consumer)
-        .map(|u| db::reporting_pool(u, POOL_SIZE, for_component(&root, "postgres")));
-    let app = match app_state(&config, &root, &slots, restarts, pool.clone()) {
+        .map(|u| db::reporting_pool(u, POOL_SIZE, handles.dependencies.clone(), for_component(&root, "postgres")));
+    let app = match app_state(&config, &root, &slots, pool.clone(), handles) {
         Ok(app) => app,
         Err(e) => return start_failed(&log, e),
     };
@@ -156,8 +176,12 @@ pub async fn run(config: Config, root: Logger) -> u8 {
         Ok(endpoint) => endpoint,
         Err(source) => return start_failed(&log, crate::check::HttpAddrNotBindable { addr: config.http.addr, source }.into()),
     };
-    actix::spawn(shutdown.clone().run_until_cancelled_owned(watch_dependencies(config.clone(), for_component(&root, "dependencies"))));
-    actix::spawn(shutdown.clone().run_until_cancelled_owned(sample_rates()));
+    actix::spawn(shutdown.clone().run_until_cancelled_owned(watch_dependencies(
+        config.clone(),
+        app.status.dependencies.clone(),
+        for_component(&root, "dependencies"),
+    )));
+    actix::spawn(shutdown.clone().run_until_cancelled_owned(sample_rates(app.status.rates.clone())));
     let started = tokio::select! {
         // The signal first: start-up's own waits end with it too, and that is no failure.
         biased;
@@ -165,7 +189,7 @@ pub async fn run(config: Config, root: Logger) -> u8 {
         r = prepare(&config, &root, &slots, &mut supervisor, pool, &app, &shutdown) => r,
         _ = startup_deadline(config.retries.startup_timeout) => {
             let secs = config.retries.startup_timeout.unwrap_or_default().as_secs();
-            let waiting = DEPENDENCIES.not_up().unwrap_or_else(|| "still starting".into());
+            let waiting = app.status.dependencies.not_up().unwrap_or_else(|| "still starting".into());
             return start_failed(&log, StartError::StartupTimeout { secs, waiting });
         }
     };
@@ -178,7 +202,7 @@ pub async fn run(config: Config, root: Logger) -> u8 {
         Ok(()) => {}
     }
     info!(log, "started"; "labels.roles" => config.roles.label());
-    app.started.store(true, std::sync::atomic::Ordering::SeqCst);
+    app.status.started.store(true, std::sync::atomic::Ordering::SeqCst);
     let outcome = supervisor.run(shutdown.cancelled_owned()).await;
     stop(&slots, &log).await;
     endpoint.stop().await;
@@ -192,7 +216,7 @@ pub async fn run(config: Config, root: Logger) -> u8 {
 fn restart_hook(restarts: RestartCounts) -> RestartHook {
     Box::new(move |r: &Restart<'_>| {
         restarts.record(r.actor, r.reason);
-        crate::metrics::METRICS.restarts.with_label_values(&[r.actor]).inc();
+        METRICS.restarts.with_label_values(&[r.actor]).inc();
     })
 }
 
@@ -201,8 +225,8 @@ fn app_state(
     config: &Config,
     root: &Logger,
     slots: &Slots,
-    restarts: RestartCounts,
     pool: Option<db::PgPool>,
+    handles: StatusHandles,
 ) -> Result<Arc<AppState>, StartError> {
     let http_log = for_component(root, "http");
     let kafka = kafka::base_config(&config.kafka.brokers).create_with_context(kafka::LogContext { log: http_log.clone() })?;
@@ -214,22 +238,32 @@ fn app_state(
     } else {
         None
     };
-    Ok(Arc::new(AppState {
-        log: http_log,
+    let StatusHandles { restarts, dependencies, problems, fetches, rates } = handles;
+    let status = StatusSources {
         roles: config.roles.label(),
-        actors: slots.running_fns(config),
-        crash: slots.crash_fns(),
-        admin_token: config.http.admin_token.clone(),
+        actors: slots.probes(config),
         restarts,
-        pool,
+        dependencies,
+        fetches: config.roles.producer.then_some(fetches),
+        problems,
+        metrics: &METRICS,
+        rates,
         outbox,
-        kafka,
+        consumer: config.roles.consumer.then(ConsumerStatus::default),
+        dead_letters: DlqWatch::default(),
         topic: config.kafka.topic.clone(),
         group_id: config.kafka.group_id.clone(),
-        dead_letters: DlqWatch::default(),
-        consumer: config.roles.consumer.then(ConsumerStatus::default),
         started: AtomicBool::new(false),
         since: std::time::Instant::now(),
+    };
+    Ok(Arc::new(AppState {
+        log: http_log,
+        crash: slots.crash_fns(),
+        admin_token: config.http.admin_token.clone(),
+        injected_panics: InjectedPanics::default(),
+        pool,
+        kafka,
+        status,
     }))
 }
 
@@ -245,23 +279,23 @@ async fn prepare(
     let log = &for_component(root, "startup");
     let retry = config.retries.backoff();
     let topics = [config.kafka.topic.as_str(), config.kafka.dlq_topic.as_str()];
-    wait_until_usable(log, Dependency::Kafka, retry, shutdown, || kafka::ensure_topics_checked(&config.kafka.brokers, &topics, log))
-        .await
-        .ok_or(StartError::Stopped)?;
-    app.dead_letters.start(config.kafka.brokers.clone(), config.kafka.dlq_topic.clone(), for_component(root, "dlq-watch"));
+    let ensure_topics = || kafka::ensure_topics_checked(&config.kafka.brokers, &topics, log);
+    app.status.dependencies.wait_until_usable(log, Dependency::Kafka, retry, shutdown, ensure_topics).await.ok_or(StartError::Stopped)?;
+    app.status.dead_letters.start(config.kafka.brokers.clone(), config.kafka.dlq_topic.clone(), for_component(root, "dlq-watch"));
     let policy = config.supervisor.restart_policy();
     let mut add = |name: &'static str, start: StartFn| supervisor.add(ChildSpec { name, restart: RestartType::Permanent, policy, start });
     if config.roles.consumer {
         let pool = pool.expect("the consumer role has a pool");
-        let status = app.consumer.clone().expect("the consumer role has a status");
-        migrate_when_usable(config, log, retry, &pool, shutdown).await?;
-        for (name, start) in consumer_children(config, root, slots, retry, pool, app.restarts.clone(), status)? {
+        migrate_when_usable(config, log, retry, &pool, &app.status.dependencies, shutdown).await?;
+        for (name, start) in consumer_children(config, root, slots, retry, pool, app)? {
             add(name, start);
         }
     }
     if config.roles.producer {
-        let outbox = app.outbox.clone().expect("the producer role has an outbox");
-        for (name, start) in producer_children(config, root, slots, retry, outbox) {
+        let outbox = app.status.outbox.clone().expect("the producer role has an outbox");
+        let fetches = app.status.fetches.clone().expect("the producer role records its fetches");
+        let reports = FetcherReports { fetches, dependencies: app.status.dependencies.clone() };
+        for (name, start) in producer_children(config, root, slots, retry, outbox, reports) {
             add(name, start);
         }
     }
@@ -276,6 +310,7 @@ async fn migrate_when_usable(
     log: &Logger,
     retry: Backoff,
     pool: &db::PgPool,
+    dependencies: &Dependencies,
     shutdown: &CancellationToken,
 ) -> Result<(), StartError> {
     let url = config.postgres.url.clone().expect("the consumer role has a DATABASE_URL");
@@ -288,7 +323,8 @@ async fn migrate_when_usable(
         };
         async move { tokio::task::spawn_blocking(login_and_migrate).await.expect("migrations do not panic") }
     };
-    let applied = wait_until_usable(log, Dependency::Postgres, retry, shutdown, migrations).await.ok_or(StartError::Stopped)?;
+    let applied =
+        dependencies.wait_until_usable(log, Dependency::Postgres, retry, shutdown, migrations).await.ok_or(StartError::Stopped)?;
     info!(log, "database ready"; "labels.migrations_applied" => applied.len());
     Ok(())
 }
@@ -300,8 +336,7 @@ fn consumer_children(
     slots: &Slots,
     retry: Backoff,
     pool: db::PgPool,
-    restarts: RestartCounts,
-    status: ConsumerStatus,
+    app: &AppState,
 ) -> Result<Children, StartError> {
     let sub_log = for_component(root, "subscriber");
     let pipeline = Pipeline {
@@ -314,6 +349,7 @@ fn consumer_children(
         log: sub_log.clone(),
         last_retry: Default::default(),
         retry_lines: Default::default(),
+        injected_panics: app.injected_panics.clone(),
     };
     let member = MemberSettings {
         brokers: config.kafka.brokers.clone(),
@@ -321,6 +357,7 @@ fn consumer_children(
         topic: config.kafka.topic.clone(),
         log: sub_log,
     };
+    let (restarts, status) = (app.status.restarts.clone(), app.status.consumer.clone().expect("the consumer role has a status"));
     let consumer = ConsumerState::new(member, config.consumer.max_in_flight, config.consumer.stall, pipeline, restarts, status)?;
     let (storer_slot, downloader_slot, subscriber_slot) = (slots.storer.clone(), slots.downloader.clone(), slots.subscriber.clone());
     let (hosts, max_bytes, timeout) =
@@ -353,7 +390,7 @@ fn consumer_children(
 }
 
 /// Publisher and Fetcher. Each Publisher incarnation has a fresh producer; the outbox is on disk.
-fn producer_children(config: &Config, root: &Logger, slots: &Slots, retry: Backoff, outbox: Outbox) -> Children {
+fn producer_children(config: &Config, root: &Logger, slots: &Slots, retry: Backoff, outbox: Outbox, reports: FetcherReports) -> Children {
     let (brokers, topic) = (config.kafka.brokers.clone(), config.kafka.topic.clone());
     let publish_backoff = config.outbox.publish_backoff();
     let (pub_log, fetch_log) = (for_component(root, "publisher"), for_component(root, "fetcher"));
@@ -375,7 +412,7 @@ fn producer_children(config: &Config, root: &Logger, slots: &Slots, retry: Backo
             "fetcher",
             Box::new(move |l| {
                 let settings = FetcherSettings { query: query.clone(), interval, backoff: retry };
-                let actor = Fetcher::new(nasa.clone(), publisher_for_fetcher.clone(), settings, fetch_log.clone(), l);
+                let actor = Fetcher::new(nasa.clone(), publisher_for_fetcher.clone(), settings, reports.clone(), fetch_log.clone(), l);
                 fetcher_slot.set(Some(actor.start()));
                 Ok(())
             }),
@@ -409,7 +446,7 @@ const DEPENDENCY_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// Tries Kafka (a TCP connection to a broker) and Postgres (a login) every few seconds, so that
 /// /status says what is wrong even while no event is in flight. The NASA API is reported by
 /// the Fetcher's own requests. A change of cause is logged once.
-async fn watch_dependencies(config: Config, log: Logger) {
+async fn watch_dependencies(config: Config, dependencies: Dependencies, log: Logger) {
     let brokers = kafka::broker_addresses(&config.kafka.brokers);
     let database = config.postgres.url.clone().filter(|_| config.roles.consumer);
     loop {
@@ -423,10 +460,10 @@ async fn watch_dependencies(config: Config, log: Logger) {
         if let Ok((kafka, postgres)) = results {
             // A TCP connection shows only whether Kafka is reachable; a login, also whether
             // DATABASE_URL is right (not whether the migrations ran).
-            DEPENDENCIES.report_probe(&log, Dependency::Kafka, kafka.as_ref().map(|_| ()), &["unreachable"]);
+            dependencies.report_probe(&log, Dependency::Kafka, kafka.as_ref().map(|_| ()), &["unreachable"]);
             if let Some(postgres) = postgres {
                 let clears = ["unreachable", "misconfigured"];
-                DEPENDENCIES.report_probe(&log, Dependency::Postgres, postgres.as_ref().map(|_| ()), &clears);
+                dependencies.report_probe(&log, Dependency::Postgres, postgres.as_ref().map(|_| ()), &clears);
             }
         }
         tokio::time::sleep(DEPENDENCY_CHECK_INTERVAL).await;
@@ -434,9 +471,9 @@ async fn watch_dependencies(config: Config, log: Logger) {
 }
 
 /// Samples the counters for the per-minute rates of /status.
-async fn sample_rates() {
+async fn sample_rates(rates: Rates) {
     loop {
-        crate::metrics::METRICS.sample_rates();
+        rates.sample(&METRICS);
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }

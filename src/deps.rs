@@ -12,7 +12,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use slog::{error, info, warn, Logger};
 use std::collections::BTreeMap;
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -134,14 +134,13 @@ struct Entry {
 /// this often.
 const SAME_STATE_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The state of every dependency this process uses.
-#[derive(Default)]
+/// The state of every dependency this process uses. A handle: the daemon makes one at start and
+/// hands clones to what tries the dependencies (start-up, the probes, the Fetcher, the Postgres
+/// pool) and to the status, which reads it.
+#[derive(Clone, Debug, Default)]
 pub struct Dependencies {
-    entries: Mutex<BTreeMap<Dependency, Entry>>,
+    entries: Arc<Mutex<BTreeMap<Dependency, Entry>>>,
 }
-
-/// The process's dependencies (one per process, like the metrics).
-pub static DEPENDENCIES: LazyLock<Dependencies> = LazyLock::new(Dependencies::default);
 
 impl Dependencies {
     /// Lists `deps` in `/status` as "unknown" until they are first tried.
@@ -258,38 +257,27 @@ fn log_change(log: &Logger, dep: Dependency, outcome: Result<(), &DependencyErro
     }
 }
 
-/// Retries `attempt` with `backoff` until it succeeds (`Some`) or `stop` is cancelled (`None`),
-/// reporting each outcome: the log says each change of cause once, not each attempt.
-pub async fn wait_until_usable<T, F, Fut>(
-    log: &Logger,
-    dep: Dependency,
-    backoff: crate::backoff::Backoff,
-    stop: &tokio_util::sync::CancellationToken,
-    mut attempt: F,
-) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, DependencyError>>,
-{
-    let mut n: u32 = 0;
-    loop {
-        let outcome = tokio::select! {
-            r = attempt() => r,
-            _ = stop.cancelled() => return None,
-        };
-        match outcome {
-            Ok(v) => {
-                DEPENDENCIES.report(log, dep, Ok(()));
-                return Some(v);
-            }
-            Err(e) => {
-                DEPENDENCIES.report(log, dep, Err(&e));
-                if !crate::backoff::sleep_unless_stopped(stop, backoff.delay(n)).await {
-                    return None;
-                }
-                n = n.saturating_add(1);
-            }
-        }
+impl Dependencies {
+    /// Retries `attempt` with `backoff` until it succeeds (`Some`) or `stop` is cancelled (`None`),
+    /// reporting each outcome: the log says each change of cause once, not each attempt.
+    pub async fn wait_until_usable<T, F, Fut>(
+        &self,
+        log: &Logger,
+        dep: Dependency,
+        backoff: crate::backoff::Backoff,
+        stop: &tokio_util::sync::CancellationToken,
+        attempt: F,
+    ) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, DependencyError>>,
+    {
+        let usable = crate::backoff::retry_reporting(backoff, stop, attempt, |e, _, _| {
+            self.report(log, dep, Err(e));
+        })
+        .await?;
+        self.report(log, dep, Ok(()));
+        Some(usable)
     }
 }
 
@@ -332,7 +320,6 @@ pub fn probe_tcp(dep: Dependency, addresses: &[String], timeout: std::time::Dura
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[derive(Clone, Default)]
     struct Buf(Arc<Mutex<Vec<u8>>>);
@@ -363,7 +350,7 @@ mod tests {
     #[test]
     fn the_same_cause_is_logged_once_and_each_change_once() {
         let buf = Buf::default();
-        let log = crate::logging::logger(buf.clone(), slog::Level::Info, "test");
+        let log = crate::logging::logger(buf.clone(), slog::Level::Info, "test", &Default::default());
         let deps = Dependencies::default();
         deps.expect(&[Dependency::Postgres]);
         assert!(!deps.report(&log, Dependency::Postgres, Ok(())), "the first success is not news");
@@ -400,7 +387,7 @@ mod tests {
     #[test]
     fn alternating_causes_of_one_outage_are_logged_once_a_minute() {
         let buf = Buf::default();
-        let log = crate::logging::logger(buf.clone(), slog::Level::Info, "test");
+        let log = crate::logging::logger(buf.clone(), slog::Level::Info, "test", &Default::default());
         let deps = Dependencies::default();
         for _ in 0..20 {
             deps.report(&log, Dependency::Kafka, Err(&unreachable("connection refused")));
@@ -412,7 +399,7 @@ mod tests {
     #[test]
     fn a_probe_does_not_clear_a_failure_it_cannot_see() {
         let buf = Buf::default();
-        let log = crate::logging::logger(buf.clone(), slog::Level::Info, "test");
+        let log = crate::logging::logger(buf.clone(), slog::Level::Info, "test", &Default::default());
         let deps = Dependencies::default();
         let refused = DependencyError::Misconfigured {
             dependency: Dependency::Kafka,

@@ -9,7 +9,7 @@ use chrono::{SecondsFormat, Utc};
 use slog::{o, Drain, FnValue, Level, Logger, PushFnValue, Record};
 use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 
 pub const ECS_VERSION: &str = "8.11.0";
 pub const SERVICE_NAME: &str = "nasa-ingest";
@@ -40,26 +40,32 @@ impl LogFormat {
     }
 }
 
-/// The daemon's logger, writing to stdout.
-pub fn stdout_logger(level: Level, environment: &str, format: Option<LogFormat>) -> Logger {
+/// The daemon's logger, writing to stdout; its WARN and ERROR lines are kept in `problems`.
+pub fn stdout_logger(level: Level, environment: &str, format: Option<LogFormat>, problems: &RecentProblems) -> Logger {
     use std::io::IsTerminal;
-    logger_in(std::io::stdout(), LogFormat::or_for(format, std::io::stdout().is_terminal()), level, environment)
+    logger_in(std::io::stdout(), LogFormat::or_for(format, std::io::stdout().is_terminal()), level, environment, problems)
 }
 
 /// The backfill's logger: stderr, since stdout has its progress bar; lines go above the bar.
-pub fn backfill_logger(level: Level, environment: &str, format: Option<LogFormat>) -> Logger {
+pub fn backfill_logger(level: Level, environment: &str, format: Option<LogFormat>, problems: &RecentProblems) -> Logger {
     use std::io::IsTerminal;
     let format = LogFormat::or_for(format, std::io::stderr().is_terminal());
-    logger_in(crate::oneshot::AboveTheBar::new(std::io::stderr()), format, level, environment)
+    logger_in(crate::oneshot::AboveTheBar::new(std::io::stderr()), format, level, environment, problems)
 }
 
 /// A logger writing `format` lines to `out`.
-pub fn logger_in<W: Write + Send + 'static>(out: W, format: LogFormat, level: Level, environment: &str) -> Logger {
+pub fn logger_in<W: Write + Send + 'static>(
+    out: W,
+    format: LogFormat,
+    level: Level,
+    environment: &str,
+    problems: &RecentProblems,
+) -> Logger {
     match format {
-        LogFormat::Json => logger(out, level, environment),
+        LogFormat::Json => logger(out, level, environment, problems),
         LogFormat::Text => {
-            let drain = SentryDrain(TextDrain(Mutex::new(out))).filter_level(level).ignore_res();
-            Logger::root(drain, o!())
+            let drain = SentryDrain { inner: TextDrain(Mutex::new(out)), problems: problems.clone() };
+            Logger::root(drain.filter_level(level).ignore_res(), o!())
         }
     }
 }
@@ -107,7 +113,7 @@ fn text_line(time: &str, level: Level, message: &str, fields: &Fields) -> String
 
 /// A logger writing ECS lines to `out`. Writes are synchronous (a mutex, no async queue) so that
 /// nothing logged before a crash or exit is lost; a write error is ignored rather than crashing.
-pub fn logger<W: Write + Send + 'static>(out: W, level: Level, environment: &str) -> Logger {
+pub fn logger<W: Write + Send + 'static>(out: W, level: Level, environment: &str, problems: &RecentProblems) -> Logger {
     // One add_key_value per key: slog-json writes them in the order they were added.
     let json = slog_json::Json::new(WholeLines::new(out))
         .set_newlines(true)
@@ -123,7 +129,7 @@ pub fn logger<W: Write + Send + 'static>(out: W, level: Level, environment: &str
         .add_key_value(o!("service.environment" => environment.to_owned()))
         .add_key_value(o!("event.dataset" => format!("{SERVICE_NAME}.log")))
         .build();
-    let drain = SentryDrain(Mutex::new(json).ignore_res());
+    let drain = SentryDrain { inner: Mutex::new(json).ignore_res(), problems: problems.clone() };
     let drain = drain.filter_level(level).ignore_res();
     Logger::root(drain, o!())
 }
@@ -169,9 +175,12 @@ impl<W: Write> Drop for WholeLines<W> {
 }
 
 /// Sends ERROR and CRITICAL lines to Sentry (when enabled), with their actor, nasa_id and error,
-/// and keeps the last WARN and ERROR lines for `/status` and the page.
+/// and keeps the last WARN and ERROR lines in `problems` for `/status` and the page.
 /// Panics are left to Sentry's panic hook, which has their stack trace.
-struct SentryDrain<D>(D);
+struct SentryDrain<D> {
+    inner: D,
+    problems: RecentProblems,
+}
 
 impl<D: Drain> Drain for SentryDrain<D> {
     type Ok = D::Ok;
@@ -182,8 +191,8 @@ impl<D: Drain> Drain for SentryDrain<D> {
             let mut fields = Fields::default();
             let _ = slog::KV::serialize(&record.kv(), record, &mut fields);
             let _ = slog::KV::serialize(values, record, &mut fields);
-            // Kept for the page whatever LOG_LEVEL filters out below.
-            remember_problem(record, &fields);
+            // Kept for the page: the lines LOG_LEVEL lets through (the level filter wraps this drain).
+            self.problems.remember(record, &fields);
             if record.level().is_at_least(Level::Error) && fields.get("error.type").as_deref() != Some("panic") {
                 let info = crate::telemetry::EventInfo {
                     actor: fields.get("log.logger"),
@@ -194,7 +203,7 @@ impl<D: Drain> Drain for SentryDrain<D> {
                 crate::telemetry::report_error(&record.msg().to_string(), &info);
             }
         }
-        self.0.log(record, values)
+        self.inner.log(record, values)
     }
 }
 
@@ -211,26 +220,31 @@ pub struct Problem {
     pub error: Option<String>,
 }
 
-static PROBLEMS: LazyLock<Mutex<VecDeque<Problem>>> = LazyLock::new(Mutex::default);
+/// The last WARN and ERROR lines of a logger. A handle: `main` makes one before the root logger,
+/// whose drain writes it, and the daemon hands it to the status, which reads it.
+#[derive(Clone, Default)]
+pub struct RecentProblems(Arc<Mutex<VecDeque<Problem>>>);
 
-fn remember_problem(record: &Record, fields: &Fields) {
-    let problem = Problem {
-        time: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
-        level: ecs_level(record.level()),
-        actor: fields.get("log.logger").unwrap_or_default(),
-        message: record.msg().to_string(),
-        error: fields.get("error.message"),
-    };
-    let mut problems = PROBLEMS.lock().unwrap_or_else(|e| e.into_inner());
-    if problems.len() == RECENT_PROBLEMS {
-        problems.pop_front();
+impl RecentProblems {
+    fn remember(&self, record: &Record, fields: &Fields) {
+        let problem = Problem {
+            time: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+            level: ecs_level(record.level()),
+            actor: fields.get("log.logger").unwrap_or_default(),
+            message: record.msg().to_string(),
+            error: fields.get("error.message"),
+        };
+        let mut problems = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if problems.len() == RECENT_PROBLEMS {
+            problems.pop_front();
+        }
+        problems.push_back(problem);
     }
-    problems.push_back(problem);
-}
 
-/// The last WARN and ERROR lines of this process (at most [`RECENT_PROBLEMS`]), newest first.
-pub fn recent_problems() -> Vec<Problem> {
-    PROBLEMS.lock().unwrap_or_else(|e| e.into_inner()).iter().rev().cloned().collect()
+    /// The last WARN and ERROR lines (at most [`RECENT_PROBLEMS`]), newest first.
+    pub fn newest_first(&self) -> Vec<Problem> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).iter().rev().cloned().collect()
+    }
 }
 
 /// The key-values of a record, as text.
@@ -323,7 +337,7 @@ mod tests {
     #[test]
     fn text_lines_are_short_time_level_actor_message_labels() {
         let buf = Buf::default();
-        let log = for_component(&logger_in(buf.clone(), LogFormat::Text, Level::Info, "test"), "startup");
+        let log = for_component(&logger_in(buf.clone(), LogFormat::Text, Level::Info, "test", &RecentProblems::default()), "startup");
         warn!(log, "Kafka unreachable at 127.0.0.1:1"; "labels.address" => "127.0.0.1:1", "error.type" => "unreachable",
             "error.message" => "connection refused");
         let text = buf.text();
@@ -338,7 +352,7 @@ mod tests {
     #[test]
     fn lines_are_ecs_with_the_required_fields_first() {
         let buf = Buf::default();
-        let log = for_component(&logger(buf.clone(), Level::Info, "test"), "fetcher");
+        let log = for_component(&logger(buf.clone(), Level::Info, "test", &RecentProblems::default()), "fetcher");
         info!(log, "sent"; "labels.nasa_id" => "as11-40-5874");
         warn!(log, "retry"; "error.type" => "kafka", "error.message" => "down");
         slog::debug!(log, "filtered out");
@@ -362,9 +376,24 @@ mod tests {
     }
 
     #[test]
+    fn the_handle_given_keeps_the_last_warn_and_error_lines_newest_first() {
+        let problems = RecentProblems::default();
+        let log = for_component(&logger(Buf::default(), Level::Info, "test", &problems), "storer");
+        info!(log, "not a problem");
+        for n in 0..RECENT_PROBLEMS + 2 {
+            warn!(log, "retry {}", n; "error.message" => "Postgres down");
+        }
+        slog::error!(log, "gave up");
+        let kept = problems.newest_first();
+        assert_eq!(kept.len(), RECENT_PROBLEMS);
+        assert_eq!((kept[0].level, kept[0].message.as_str(), kept[0].actor.as_str()), ("error", "gave up", "storer"));
+        assert_eq!((kept[1].message.as_str(), kept[1].error.as_deref()), ("retry 21", Some("Postgres down")));
+    }
+
+    #[test]
     fn each_json_line_reaches_the_writer_in_one_write() {
         let buf = Buf::default();
-        let log = for_component(&logger(buf.clone(), Level::Info, "test"), "storer");
+        let log = for_component(&logger(buf.clone(), Level::Info, "test", &RecentProblems::default()), "storer");
         info!(log, "saved to DB"; "labels.nasa_id" => "a", "labels.bytes" => 20000u64, "labels.latency_ms" => 3u64);
         info!(log, "saved to DB"; "labels.nasa_id" => "b");
         let pieces = buf.0.lock().unwrap();

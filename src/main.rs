@@ -42,7 +42,9 @@ fn main() -> ExitCode {
         _ => logging::stdout_logger,
     };
     let o = &config.observability;
-    let root = logger(o.log_level, &o.environment, o.log_format);
+    // The root logger keeps its last WARN and ERROR lines here, for the daemon's status page.
+    let problems = logging::RecentProblems::default();
+    let root = logger(o.log_level, &o.environment, o.log_format, &problems);
     let log = logging::for_component(&root, "main");
     let _sentry = telemetry::init_sentry(
         telemetry::SentrySettings {
@@ -59,7 +61,7 @@ fn main() -> ExitCode {
         Command::Migrate => migrate(&config, &log),
         Command::Run => {
             let system = actix::System::new();
-            let code = system.block_on(daemon::run(config, root));
+            let code = system.block_on(daemon::run(config, root, problems));
             // Everything that matters is flushed and committed by now. Exit without running the
             // Kafka clients' destructors: with the broker down they can wait far past the 10 s a
             // SIGTERM allows.
@@ -94,7 +96,9 @@ fn migrate(config: &Config, log: &slog::Logger) -> ExitCode {
         error!(log, "migrations failed"; "error.type" => "postgres", "error.message" => e.to_string());
         return ExitCode::FAILURE;
     }
-    match db::migrate(&db::reporting_pool(url, 1, log.clone())) {
+    // No status page reads the dependency's state here: the log says what is wrong.
+    let postgres = nasa_ingest::deps::Dependencies::default();
+    match db::migrate(&db::reporting_pool(url, 1, postgres, log.clone())) {
         Ok(applied) => {
             info!(log, "migrations applied"; "labels.applied" => applied.join(","), "labels.database" => url.redacted());
             ExitCode::SUCCESS

@@ -3,7 +3,7 @@
 
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use std::collections::VecDeque;
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 pub struct Metrics {
@@ -32,9 +32,6 @@ const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 /// fetched, published, consumed and stored at one moment.
 type Sample = (Instant, [u64; 4]);
-
-/// Counter samples of the last minute, for per-minute rates.
-static SAMPLES: LazyLock<Mutex<VecDeque<Sample>>> = LazyLock::new(Mutex::default);
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(format!("nasa_ingest_{name}"), help).expect("valid metric");
@@ -107,9 +104,6 @@ impl Metrics {
     /// Every label value known in advance is exposed at 0 from the start: a rate or an alert on
     /// `increase(...)` then sees the first incident, and a dashboard lists every series.
     fn start_known_labels_at_zero(&self) {
-        for actor in crate::actors::NAMES {
-            self.restarts.with_label_values(&[actor]);
-        }
         for reason in crate::errors::Permanent::KINDS {
             self.dead_lettered.with_label_values(&[reason]);
         }
@@ -118,31 +112,15 @@ impl Metrics {
         }
     }
 
+    /// Starts the restart counter of each actor at 0 (the actors' names are the daemon's to give).
+    pub fn expect_actors(&self, names: &[&str]) {
+        for actor in names {
+            self.restarts.with_label_values(&[actor]);
+        }
+    }
+
     fn counts(&self) -> [u64; 4] {
         [self.fetched.get(), self.published.get(), self.consumed.get(), self.stored.get()]
-    }
-
-    /// Takes a sample of the counters; rates are computed over the samples of the last minute.
-    pub fn sample_rates(&self) {
-        let mut samples = SAMPLES.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        samples.push_back((now, self.counts()));
-        while samples.front().is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW) {
-            samples.pop_front();
-        }
-    }
-
-    /// Events per minute over the last minute (or since the first sample): fetched, published,
-    /// consumed, stored. Zero until two samples exist.
-    pub fn rates_per_minute(&self) -> serde_json::Value {
-        let samples = SAMPLES.lock().unwrap_or_else(|e| e.into_inner());
-        let (Some((t0, first)), Some((t1, last))) = (samples.front(), samples.back()) else { return rates([0.0; 4]) };
-        let minutes = t1.duration_since(*t0).as_secs_f64() / 60.0;
-        if minutes <= 0.0 {
-            return rates([0.0; 4]);
-        }
-        let per_minute = |i: usize| ((last[i] - first[i]) as f64 / minutes * 10.0).round() / 10.0;
-        rates([per_minute(0), per_minute(1), per_minute(2), per_minute(3)])
     }
 
     /// Dead letters over every reason.
@@ -177,8 +155,43 @@ impl Metrics {
     }
 }
 
-fn rates(values: [f64; 4]) -> serde_json::Value {
-    serde_json::json!({"fetched": values[0], "published": values[1], "consumed": values[2], "stored": values[3]})
+/// Samples of the counters over the last minute, for the per-minute rates of /status and the
+/// page. A handle: the daemon's sampling loop writes it, the status reads it.
+#[derive(Clone, Default)]
+pub struct Rates(Arc<Mutex<VecDeque<Sample>>>);
+
+/// Events per minute over the last minute, to one decimal.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct RatesPerMinute {
+    pub fetched: f64,
+    pub published: f64,
+    pub consumed: f64,
+    pub stored: f64,
+}
+
+impl Rates {
+    /// Takes a sample of `metrics`' counters; rates are computed over the samples of the last minute.
+    pub fn sample(&self, metrics: &Metrics) {
+        let mut samples = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        samples.push_back((now, metrics.counts()));
+        while samples.front().is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW) {
+            samples.pop_front();
+        }
+    }
+
+    /// Events per minute over the last minute (or since the first sample). Zero until two
+    /// samples exist.
+    pub fn per_minute(&self) -> RatesPerMinute {
+        let samples = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (Some((t0, first)), Some((t1, last))) = (samples.front(), samples.back()) else { return RatesPerMinute::default() };
+        let minutes = t1.duration_since(*t0).as_secs_f64() / 60.0;
+        if minutes <= 0.0 {
+            return RatesPerMinute::default();
+        }
+        let per_minute = |i: usize| ((last[i] - first[i]) as f64 / minutes * 10.0).round() / 10.0;
+        RatesPerMinute { fetched: per_minute(0), published: per_minute(1), consumed: per_minute(2), stored: per_minute(3) }
+    }
 }
 
 #[cfg(test)]
@@ -187,6 +200,7 @@ mod tests {
 
     #[test]
     fn known_labels_start_at_zero_with_process_and_build_info() {
+        METRICS.expect_actors(&["storer"]);
         let text = METRICS.render();
         for series in [
             "nasa_ingest_actor_restarts_total{actor=\"storer\"}",

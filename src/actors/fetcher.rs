@@ -4,12 +4,13 @@
 use actix::prelude::*;
 use rand::seq::IndexedRandom;
 use slog::{info, warn, Logger};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::publisher::{Publish, Publisher, WaitIdle};
 use crate::backoff::Backoff;
 use crate::config::RANDOM_TOPICS;
-use crate::deps::{Dependency, DEPENDENCIES};
+use crate::deps::{Dependencies, Dependency};
 use crate::event::ImageEvent;
 use crate::metrics::METRICS;
 use crate::nasa::{NasaClient, NasaError};
@@ -27,6 +28,7 @@ pub struct Fetcher {
     failures: u32,
     /// An event the Publisher did not take (it was down): offered again before anything new.
     unsent: Option<ImageEvent>,
+    reports: FetcherReports,
     log: Logger,
     lifeline: Lifeline,
 }
@@ -69,8 +71,26 @@ impl Fetches {
     }
 }
 
-/// The Fetcher's latest cycle (one Fetcher per process; its restarts keep the history).
-pub static FETCHES: std::sync::LazyLock<std::sync::Mutex<Fetches>> = std::sync::LazyLock::new(Default::default);
+/// The Fetcher's latest cycle. A handle made by the daemon: it outlives the Fetcher's restarts.
+#[derive(Clone, Default)]
+pub struct LastFetch(Arc<Mutex<Fetches>>);
+
+impl LastFetch {
+    fn finished(&self, outcome: String, next_in: Duration) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).finished(outcome, next_in);
+    }
+
+    pub fn get(&self) -> Fetches {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Where the Fetcher reports for /status: its cycles, and the state of the NASA API.
+#[derive(Clone)]
+pub struct FetcherReports {
+    pub fetches: LastFetch,
+    pub dependencies: Dependencies,
+}
 
 pub struct FetcherSettings {
     pub query: Option<String>,
@@ -79,9 +99,16 @@ pub struct FetcherSettings {
 }
 
 impl Fetcher {
-    pub fn new(nasa: NasaClient, publisher: Slot<Publisher>, settings: FetcherSettings, log: Logger, lifeline: Lifeline) -> Self {
+    pub fn new(
+        nasa: NasaClient,
+        publisher: Slot<Publisher>,
+        settings: FetcherSettings,
+        reports: FetcherReports,
+        log: Logger,
+        lifeline: Lifeline,
+    ) -> Self {
         let FetcherSettings { query, interval, backoff } = settings;
-        Fetcher { nasa, publisher, query, interval, backoff, failures: 0, unsent: None, log, lifeline }
+        Fetcher { nasa, publisher, query, interval, backoff, failures: 0, unsent: None, reports, log, lifeline }
     }
 
     fn schedule(&mut self, ctx: &mut Context<Self>, delay: Duration) {
@@ -95,7 +122,7 @@ impl Fetcher {
         ctx.spawn(work.into_actor(self).map(move |outcome, act, ctx| {
             let summary = outcome.summary();
             let delay = act.next_delay(outcome, started);
-            FETCHES.lock().unwrap_or_else(|e| e.into_inner()).finished(summary, delay);
+            act.reports.fetches.finished(summary, delay);
             act.schedule(ctx, delay);
         }));
     }
@@ -114,7 +141,7 @@ impl Fetcher {
         };
         if let Some(state) = nasa_state {
             // Each failure is logged below with its attempt; the state is for /status.
-            DEPENDENCIES.record(Dependency::NasaApi, state.as_ref().map(|_| ()));
+            self.reports.dependencies.record(Dependency::NasaApi, state.as_ref().map(|_| ()));
         }
         match outcome {
             Cycle::Published => {

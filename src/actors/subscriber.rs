@@ -18,7 +18,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 use slog::{error, info, warn, Logger};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
@@ -32,6 +31,7 @@ use crate::db::{clean_text, NewImage, Stored};
 use crate::dlq;
 use crate::errors::{EventError, Permanent, Transient};
 use crate::event::{self, IncomingEvent};
+use crate::fault_injection::InjectedPanics;
 use crate::kafka::{base_config, LogContext};
 use crate::metrics::METRICS;
 use crate::stall::{self, Own, Snapshot, Stall, StallWatch};
@@ -49,18 +49,6 @@ const MAX_PANICS: u32 = 3;
 /// the dead-letter topic (`db_rejected`): the data itself is the problem.
 const MAX_REFUSALS: u32 = 3;
 
-/// Panics injected into the handling of the next events (admin endpoint, for fault tests).
-static INJECTED_PANICS: AtomicU32 = AtomicU32::new(0);
-
-/// Makes the handling of the next `n` events panic once each (fault injection).
-pub fn inject_panics(n: u32) {
-    INJECTED_PANICS.store(n, Ordering::SeqCst);
-}
-
-fn take_injected_panic() -> bool {
-    INJECTED_PANICS.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
-}
-
 /// Everything the handling of one event needs; cheap to clone.
 #[derive(Clone)]
 pub struct Pipeline {
@@ -75,6 +63,8 @@ pub struct Pipeline {
     pub last_retry: Arc<Mutex<Option<Instant>>>,
     /// Which retries get a log line (see [`RetryLines`]).
     pub retry_lines: Arc<Mutex<RetryLines>>,
+    /// Panics armed through the admin endpoint.
+    pub injected_panics: InjectedPanics,
 }
 
 /// A retry's WARN line is written at most once a second per kind of error; the next line says how
@@ -482,7 +472,7 @@ fn caught_panic(msg: &OwnedMessage, panic: Box<dyn std::any::Any + Send>, panics
 /// One try: skip what is stored, else download and store.
 async fn handle_once(msg: &OwnedMessage, p: &Pipeline, read_at: Instant) -> Result<Stored, EventError> {
     let event = event::decode(msg.payload())?;
-    if take_injected_panic() {
+    if p.injected_panics.take() {
         panic!("injected panic while handling {} (admin endpoint)", event.nasa_id);
     }
     let labels = |log: &Logger| {

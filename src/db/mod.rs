@@ -11,7 +11,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::config::DatabaseUrl;
-use crate::deps::{Dependency, DependencyError, DEPENDENCIES};
+use crate::deps::{Dependencies, Dependency, DependencyError};
 use crate::errors::{EventError, Permanent, Transient};
 use schema::images;
 use slog::Logger;
@@ -26,12 +26,12 @@ pub fn pool(database_url: &str, max_size: u32) -> PgPool {
     builder(max_size).build_unchecked(ConnectionManager::new(with_connect_timeout(database_url)))
 }
 
-/// The daemon's pool: its failed connection attempts go to the dependency state, which logs a
+/// The daemon's pool: its failed connection attempts go to `dependencies`, which logs a
 /// change of cause once (r2d2's default handler logs every attempt: two lines a second while a
 /// role is missing).
-pub fn reporting_pool(database_url: &DatabaseUrl, max_size: u32, log: Logger) -> PgPool {
+pub fn reporting_pool(database_url: &DatabaseUrl, max_size: u32, dependencies: Dependencies, log: Logger) -> PgPool {
     builder(max_size)
-        .error_handler(Box::new(ReportToDependencies { address: database_url.address(), log }))
+        .error_handler(Box::new(ReportToDependencies { address: database_url.address(), dependencies, log }))
         .build_unchecked(ConnectionManager::new(with_connect_timeout(database_url.expose())))
 }
 
@@ -62,12 +62,13 @@ impl r2d2::CustomizeConnection<PgConnection, diesel::r2d2::Error> for PlanEachQu
 #[derive(Debug)]
 struct ReportToDependencies {
     address: String,
+    dependencies: Dependencies,
     log: Logger,
 }
 
 impl r2d2::HandleError<diesel::r2d2::Error> for ReportToDependencies {
     fn handle_error(&self, e: diesel::r2d2::Error) {
-        DEPENDENCIES.report(&self.log, Dependency::Postgres, Err(&classify_connection(&e.to_string(), &self.address)));
+        self.dependencies.report(&self.log, Dependency::Postgres, Err(&classify_connection(&e.to_string(), &self.address)));
     }
 }
 
