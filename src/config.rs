@@ -87,6 +87,9 @@ pub struct DlqListArgs {
     pub json: bool,
 }
 
+/// `dlq replay --max-replays` when not given.
+pub const DEFAULT_MAX_REPLAYS: u32 = 3;
+
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
 pub struct DlqReplayArgs {
     #[command(flatten)]
@@ -99,7 +102,7 @@ pub struct DlqReplayArgs {
     pub max: Option<u64>,
     /// A dead letter of an event replayed this often already is skipped (and counted): an event
     /// that keeps failing for the same cause cannot circle forever.
-    #[arg(long, default_value_t = crate::dlq::DEFAULT_MAX_REPLAYS)]
+    #[arg(long, default_value_t = DEFAULT_MAX_REPLAYS)]
     pub max_replays: u32,
     /// Publish and commit nothing; print what would be replayed, and why each was dead-lettered.
     #[arg(long)]

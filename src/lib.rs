@@ -17,6 +17,7 @@ pub mod deps;
 pub mod dlq;
 pub mod errors;
 pub mod event;
+pub mod generated;
 pub mod healthcheck;
 pub mod http;
 pub mod image;

@@ -110,8 +110,8 @@ impl Metrics {
         for actor in crate::actors::NAMES {
             self.restarts.with_label_values(&[actor]);
         }
-        for reason in crate::errors::Permanent::KINDS {
-            self.dead_lettered.with_label_values(&[reason]);
+        for reason in crate::dlq::reason::Reason::ALL {
+            self.dead_lettered.with_label_values(&[reason.as_str()]);
         }
         for cause in crate::errors::Transient::KINDS.into_iter().chain(crate::nasa::NasaError::KINDS) {
             self.retries.with_label_values(&[cause]);

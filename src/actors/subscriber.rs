@@ -13,8 +13,8 @@
 use actix::prelude::*;
 use futures::FutureExt;
 use rdkafka::consumer::BaseConsumer;
-use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::FutureProducer;
 use serde::Serialize;
 use slog::{error, info, warn, Logger};
 use std::panic::AssertUnwindSafe;
@@ -29,8 +29,9 @@ use super::storer::{IsStored, Store, Storer};
 use crate::backoff::Backoff;
 use crate::consumer::{Delivery, Member, MemberSettings};
 use crate::db::{clean_text, NewImage, Stored};
-use crate::dlq;
-use crate::errors::{EventError, Permanent, Transient};
+use crate::dlq::reason::Permanent;
+use crate::dlq::record::{dead_letter_of, is_replay, replay_count_of};
+use crate::errors::{EventError, Transient};
 use crate::event::{self, IncomingEvent};
 use crate::kafka::{base_config, LogContext};
 use crate::metrics::METRICS;
@@ -407,7 +408,7 @@ async fn handle_until_done(delivery: Delivery, p: Pipeline) {
                 if attempt > 0 {
                     telemetry::incident_recovered(CONSUMER_INCIDENT, "events are handled again", &EventInfo::default());
                 }
-                if dlq::header_text(&msg, dlq::REPLAYED_FROM).is_some() {
+                if is_replay(&msg) {
                     METRICS.replays.with_label_values(&[finished.outcome()]).inc();
                 }
                 break;
@@ -542,33 +543,15 @@ fn new_row(event: &IncomingEvent, image: Downloaded, msg: &OwnedMessage) -> (New
     (row, image.held)
 }
 
-/// Sends the original message, with why it failed, to the dead-letter topic. A replayed event
-/// keeps its `replay_count` and `replayed_from`, so that `dlq replay` can tell how often it came
-/// back already (its loop guard).
+/// Sends the original message, with why it failed, to the dead-letter topic (see
+/// [`dead_letter_of`]).
 async fn dead_letter(msg: &OwnedMessage, reason: &Permanent, p: &Pipeline) -> Result<Finished, Transient> {
-    let (partition, offset) = (msg.partition().to_string(), msg.offset().to_string());
-    let error = reason.to_string();
-    let mut headers = OwnedHeaders::new()
-        .insert(Header { key: "reason", value: Some(reason.kind()) })
-        .insert(Header { key: "error", value: Some(&error) })
-        .insert(Header { key: "source_topic", value: Some(msg.topic()) })
-        .insert(Header { key: "source_partition", value: Some(&partition) })
-        .insert(Header { key: "source_offset", value: Some(&offset) });
-    for key in [dlq::REPLAY_COUNT, dlq::REPLAYED_FROM] {
-        if let Some(value) = dlq::header_text(msg, key) {
-            headers = headers.insert(Header { key, value: Some(&value) });
-        }
-    }
-    let payload = msg.payload().unwrap_or_default();
-    let mut record = FutureRecord::<[u8], [u8]>::to(&p.dlq_topic).payload(payload).headers(headers);
-    if let Some(key) = msg.key() {
-        record = record.key(key);
-    }
+    let record = dead_letter_of(msg, reason, &p.dlq_topic);
     p.dlq.send(record, Duration::ZERO).await.map_err(|(e, _)| Transient::Kafka(format!("dead-letter topic: {e}")))?;
     METRICS.dead_lettered.with_label_values(&[reason.kind()]).inc();
-    warn!(p.log, "sent to dead-letter topic"; "error.type" => reason.kind(), "error.message" => error,
+    warn!(p.log, "sent to dead-letter topic"; "error.type" => reason.kind(), "error.message" => reason.to_string(),
         "labels.topic" => &p.dlq_topic, "labels.partition" => msg.partition(), "labels.offset" => msg.offset(),
-        "labels.replay_count" => dlq::replay_count_of(msg));
+        "labels.replay_count" => replay_count_of(msg));
     Ok(Finished::DeadLettered)
 }
 
