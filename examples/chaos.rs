@@ -1375,10 +1375,10 @@ fn main() {
         ..nasa_ingest::dlq::ReplaySettings::quiet(&broker.addr, &broker.topic, &broker.dlq, &nasa_ingest::dlq::default_replay_group(&group))
     };
     let quiet = slog::Logger::root(slog::Discard, slog::o!());
-    let replayed = nasa_ingest::dlq::replay(&replay_settings, &AtomicBool::new(false), &quiet);
+    let replayed = nasa_ingest::dlq::replay(&replay_settings, &nasa_ingest::shutdown::CancellationToken::new(), &quiet);
     w.say(format!("replayed the image_http_4xx dead letters: {replayed:?}"));
     let idle_after_replay = idle(&mut w, "after the replay", Duration::from_secs(120));
-    let replayed_again = nasa_ingest::dlq::replay(&replay_settings, &AtomicBool::new(false), &quiet);
+    let replayed_again = nasa_ingest::dlq::replay(&replay_settings, &nasa_ingest::shutdown::CancellationToken::new(), &quiet);
     w.say(format!("the same replay again: {replayed_again:?}"));
     observing.store(true, Ordering::SeqCst);
     let _ = observer_thread.join();

@@ -1,6 +1,6 @@
 //! Prints the README's configuration table and `deploy/.env.example`, made from the settings'
-//! definitions in src/config.rs, and the table of dead-letter reasons in docs/dead-letters.md,
-//! made from src/dlq/reason.rs; with `--write`, puts them in place.
+//! definitions in src/config/ (each group's file), and the table of dead-letter reasons in
+//! docs/dead-letters.md, made from src/dlq/reason.rs; with `--write`, puts them in place.
 //!
 //!     cargo run --example config-docs              # all three, on stdout
 //!     cargo run --example config-docs -- readme    # the README table

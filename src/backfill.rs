@@ -18,8 +18,6 @@ use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use crate::actors::publisher::{self, Publish, Publisher};
 use crate::backoff::retry;
@@ -29,8 +27,9 @@ use crate::deps::{wait_until_usable, Dependency};
 use crate::event::ImageEvent;
 use crate::kafka;
 use crate::nasa::{image_items, NasaClient, NasaError, Search, MAX_RESULTS};
-use crate::oneshot::{stop_on_signal, Progress, Words, EXIT_INTERRUPTED};
+use crate::oneshot::{Progress, Words, EXIT_INTERRUPTED};
 use crate::outbox::{Outbox, OutboxError};
+use crate::shutdown;
 use crate::supervision::Lifeline;
 
 /// The API's largest page.
@@ -143,8 +142,7 @@ pub async fn run(config: Config, args: BackfillArgs, log: Logger) -> u8 {
 }
 
 async fn backfill(config: &Config, args: &BackfillArgs, log: &Logger) -> Result<u8, BackfillError> {
-    let stop = Arc::new(AtomicBool::new(false));
-    stop_on_signal(stop.clone(), log.clone(), "stopping after the event being published");
+    let stop = shutdown::on_signal(log.clone(), "stopping after the event being published");
     let outbox = Outbox::open(&config.outbox.data_dir, Owner::Backfill)?;
     let mut published = Published::open(&config.outbox.data_dir, args).map_err(BackfillError::State)?;
     // An event of this search left pending by an interrupted run: the Publisher sends it first.
@@ -201,7 +199,7 @@ async fn backfill(config: &Config, args: &BackfillArgs, log: &Logger) -> Result<
             let search = Search { query, years: *years, page, page_size: Some(PAGE_SIZE) };
             let Some(results) = retry(log, NASA_RETRY, retry_backoff, &stop, || nasa.search_with(&search)).await else { break 'ranges };
             for item in image_items(&results) {
-                if stop.load(Ordering::SeqCst) || args.limit.is_some_and(|l| new_ones >= l) {
+                if stop.is_cancelled() || args.limit.is_some_and(|l| new_ones >= l) {
                     break 'ranges;
                 }
                 let id = &item.data[0].nasa_id;
@@ -239,7 +237,7 @@ async fn backfill(config: &Config, args: &BackfillArgs, log: &Logger) -> Result<
             }
         }
     }
-    let interrupted = stop.load(Ordering::SeqCst);
+    let interrupted = stop.is_cancelled();
     progress.finish(if interrupted { "interrupted: run the same command again to resume" } else { "done" });
     info!(log, "backfill finished"; "labels.published" => new_ones, "labels.interrupted" => interrupted);
     Ok(if interrupted { EXIT_INTERRUPTED } else { 0 })

@@ -3,8 +3,8 @@
 use rand::Rng;
 use slog::{warn, Logger};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// `min(max, min·2^attempt) · (1 + rand·jitter)`, the formula of Akka's backoff supervisor.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -34,9 +34,9 @@ impl Backoff {
     }
 }
 
-/// Retries `attempt` with backoff until it succeeds (`Some`) or `stop` is set (`None`), logging
+/// Retries `attempt` with backoff until it succeeds (`Some`) or `stop` is cancelled (`None`), logging
 /// each failure as one WARN line whose message is `what`, with the attempt and the next delay.
-pub async fn retry<T, E, F, Fut>(log: &Logger, what: &str, backoff: Backoff, stop: &AtomicBool, mut attempt: F) -> Option<T>
+pub async fn retry<T, E, F, Fut>(log: &Logger, what: &str, backoff: Backoff, stop: &CancellationToken, mut attempt: F) -> Option<T>
 where
     E: std::fmt::Display,
     F: FnMut() -> Fut,
@@ -47,7 +47,7 @@ where
         // An attempt is a read that can be made again: a stop need not wait for its answer.
         let outcome = tokio::select! {
             r = attempt() => r,
-            _ = stopped(stop) => return None,
+            _ = stop.cancelled() => return None,
         };
         match outcome {
             Ok(v) => return Some(v),
@@ -64,21 +64,11 @@ where
     }
 }
 
-/// How often a wait looks at its stop flag: Ctrl-C is answered within this.
-const STOP_POLL: Duration = Duration::from_millis(50);
-
-/// Resolves once `stop` is set.
-pub async fn stopped(stop: &AtomicBool) {
-    while !stop.load(Ordering::SeqCst) {
-        tokio::time::sleep(STOP_POLL).await;
-    }
-}
-
-/// Sleeps `delay` unless `stop` is set first (then at once); false when stopped.
-pub async fn sleep_unless_stopped(stop: &AtomicBool, delay: Duration) -> bool {
+/// Sleeps `delay` unless `stop` is cancelled first (then at once); false when stopped.
+pub async fn sleep_unless_stopped(stop: &CancellationToken, delay: Duration) -> bool {
     tokio::select! {
-        _ = tokio::time::sleep(delay) => !stop.load(Ordering::SeqCst),
-        _ = stopped(stop) => false,
+        _ = tokio::time::sleep(delay) => !stop.is_cancelled(),
+        _ = stop.cancelled() => false,
     }
 }
 

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 
 use crate::actors::downloader::{DownloadLimits, Downloader};
 use crate::actors::fetcher::{Fetcher, FetcherSettings, StopFetching};
@@ -28,6 +27,7 @@ use crate::kafka;
 use crate::logging::for_component;
 use crate::nasa::NasaClient;
 use crate::outbox::Outbox;
+use crate::shutdown::{self, CancellationToken};
 use crate::supervision::{ChildSpec, Crash, Lifeline, Outcome, Restart, RestartCounts, RestartHook, RestartType, Slot, Supervisor};
 
 /// Postgres connections: the Storer's statements (two writes and two checks at most at once),
@@ -35,10 +35,6 @@ use crate::supervision::{ChildSpec, Crash, Lifeline, Outcome, Restart, RestartCo
 const POOL_SIZE: u32 = 8;
 /// In-flight events get this long to finish at shutdown (the whole exit stays under 10 s).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(6);
-
-/// The stop flag of start-up's retries: start-up itself is raced against the signals by the
-/// caller, so those retries need not watch them.
-static NEVER: AtomicBool = AtomicBool::new(false);
 
 /// Exit code when an actor passed its restart limit: a container orchestrator restarts the process.
 pub const EXIT_RESTART_LIMIT: u8 = 1;
@@ -59,6 +55,9 @@ pub enum StartError {
     DataDir(#[from] crate::check::DataDirNotWritable),
     #[error("the dependencies were not usable within STARTUP_TIMEOUT_SECS={secs}: {waiting}; fix them, or raise STARTUP_TIMEOUT_SECS (0 waits forever)")]
     StartupTimeout { secs: u64, waiting: String },
+    /// SIGTERM or SIGINT came while start-up waited for a dependency: not a failure.
+    #[error("stopped by a signal during start-up")]
+    Stopped,
 }
 
 impl StartError {
@@ -67,6 +66,7 @@ impl StartError {
         match self {
             StartError::HttpAddr { .. } | StartError::DataDir(_) => EXIT_SETTING,
             StartError::Outbox(_) | StartError::Kafka(_) | StartError::StartupTimeout { .. } => 1,
+            StartError::Stopped => 0,
         }
     }
 }
@@ -137,13 +137,7 @@ pub async fn run(config: Config, root: Logger) -> u8 {
     let log = for_component(&root, "supervisor");
     info!(log, "starting"; "labels.roles" => config.roles.label(), "labels.kafka_brokers" => &config.kafka.brokers,
         "labels.database" => config.postgres.url.as_ref().map(|u| u.redacted()));
-    let stop_requested = listen_for_signals(&log);
-    let wait_stop = || {
-        let mut rx = stop_requested.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
+    let shutdown = shutdown::on_signal(log.clone(), "signal received");
     let slots = Slots::new();
     let restarts = RestartCounts::default();
     let mut supervisor = Supervisor::new(log.clone(), restart_hook(restarts.clone()));
@@ -162,23 +156,30 @@ pub async fn run(config: Config, root: Logger) -> u8 {
         Ok(endpoint) => endpoint,
         Err(source) => return start_failed(&log, StartError::HttpAddr { addr: config.http.addr, source }),
     };
-    actix::spawn(watch_dependencies(config.clone(), for_component(&root, "dependencies")));
-    actix::spawn(sample_rates());
+    actix::spawn(shutdown.clone().run_until_cancelled_owned(watch_dependencies(config.clone(), for_component(&root, "dependencies"))));
+    actix::spawn(shutdown.clone().run_until_cancelled_owned(sample_rates()));
     let started = tokio::select! {
-        r = prepare(&config, &root, &slots, &mut supervisor, pool, &app) => r,
-        _ = wait_stop() => { info!(log, "signal received during start-up; exiting"); return 0; }
+        // The signal first: start-up's own waits end with it too, and that is no failure.
+        biased;
+        _ = shutdown.cancelled() => { info!(log, "signal received during start-up; exiting"); return 0; }
+        r = prepare(&config, &root, &slots, &mut supervisor, pool, &app, &shutdown) => r,
         _ = startup_deadline(config.retries.startup_timeout) => {
             let secs = config.retries.startup_timeout.unwrap_or_default().as_secs();
             let waiting = DEPENDENCIES.not_up().unwrap_or_else(|| "still starting".into());
             return start_failed(&log, StartError::StartupTimeout { secs, waiting });
         }
     };
-    if let Err(e) = started {
-        return start_failed(&log, e);
+    match started {
+        Err(StartError::Stopped) => {
+            info!(log, "signal received during start-up; exiting");
+            return 0;
+        }
+        Err(e) => return start_failed(&log, e),
+        Ok(()) => {}
     }
     info!(log, "started"; "labels.roles" => config.roles.label());
     app.started.store(true, std::sync::atomic::Ordering::SeqCst);
-    let outcome = supervisor.run(wait_stop()).await;
+    let outcome = supervisor.run(shutdown.cancelled_owned()).await;
     stop(&slots, &log).await;
     endpoint.stop().await;
     match outcome {
@@ -239,11 +240,14 @@ async fn prepare(
     supervisor: &mut Supervisor,
     pool: Option<db::PgPool>,
     app: &AppState,
+    shutdown: &CancellationToken,
 ) -> Result<(), StartError> {
     let log = &for_component(root, "startup");
     let retry = config.retries.backoff();
     let topics = [config.kafka.topic.as_str(), config.kafka.dlq_topic.as_str()];
-    wait_until_usable(log, Dependency::Kafka, retry, &NEVER, || kafka::ensure_topics_checked(&config.kafka.brokers, &topics, log)).await;
+    wait_until_usable(log, Dependency::Kafka, retry, shutdown, || kafka::ensure_topics_checked(&config.kafka.brokers, &topics, log))
+        .await
+        .ok_or(StartError::Stopped)?;
     app.dead_letters.start(config.kafka.brokers.clone(), config.kafka.dlq_topic.clone(), for_component(root, "dlq-watch"));
     let policy = config.supervisor.restart_policy();
     let mut add = |name: &'static str, start: Box<dyn FnMut(Lifeline) -> Result<(), String>>| {
@@ -252,7 +256,8 @@ async fn prepare(
     if config.roles.consumer {
         let pool = pool.expect("the consumer role has a pool");
         let status = app.consumer.clone().expect("the consumer role has a status");
-        for (name, start) in consumer_children(config, root, slots, retry, pool, app.restarts.clone(), status).await? {
+        migrate_when_usable(config, log, retry, &pool, shutdown).await?;
+        for (name, start) in consumer_children(config, root, slots, retry, pool, app.restarts.clone(), status)? {
             add(name, start);
         }
     }
@@ -267,17 +272,14 @@ async fn prepare(
 
 type Children = Vec<(&'static str, Box<dyn FnMut(Lifeline) -> Result<(), String>>)>;
 
-/// Storer, Downloader and Subscriber. The pool and the consumer outlive their restarts.
-async fn consumer_children(
+/// Waits until Postgres takes the login and the migrations are applied.
+async fn migrate_when_usable(
     config: &Config,
-    root: &Logger,
-    slots: &Slots,
+    log: &Logger,
     retry: Backoff,
-    pool: db::PgPool,
-    restarts: RestartCounts,
-    status: ConsumerStatus,
-) -> Result<Children, StartError> {
-    let log = &for_component(root, "startup");
+    pool: &db::PgPool,
+    shutdown: &CancellationToken,
+) -> Result<(), StartError> {
     let url = config.postgres.url.clone().expect("the consumer role has a DATABASE_URL");
     let migrations = || {
         let (pool, url) = (pool.clone(), url.clone());
@@ -288,9 +290,21 @@ async fn consumer_children(
         };
         async move { tokio::task::spawn_blocking(login_and_migrate).await.expect("migrations do not panic") }
     };
-    let applied = wait_until_usable(log, Dependency::Postgres, retry, &NEVER, migrations).await.expect("never stopped");
+    let applied = wait_until_usable(log, Dependency::Postgres, retry, shutdown, migrations).await.ok_or(StartError::Stopped)?;
     info!(log, "database ready"; "labels.migrations_applied" => applied.len());
+    Ok(())
+}
 
+/// Storer, Downloader and Subscriber. The pool and the consumer outlive their restarts.
+fn consumer_children(
+    config: &Config,
+    root: &Logger,
+    slots: &Slots,
+    retry: Backoff,
+    pool: db::PgPool,
+    restarts: RestartCounts,
+    status: ConsumerStatus,
+) -> Result<Children, StartError> {
     let sub_log = for_component(root, "subscriber");
     let pipeline = Pipeline {
         storer: slots.storer.clone(),
@@ -444,22 +458,4 @@ async fn stop(slots: &Slots, log: &Logger) {
         let _ = tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(1), s.send(Drain(DRAIN_TIMEOUT))).await;
     }
     info!(log, "stopped");
-}
-
-/// A flag that turns true on SIGTERM or SIGINT.
-fn listen_for_signals(log: &Logger) -> watch::Receiver<bool> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (tx, rx) = watch::channel(false);
-    let mut term = signal(SignalKind::terminate()).expect("can listen for SIGTERM");
-    let mut int = signal(SignalKind::interrupt()).expect("can listen for SIGINT");
-    let log = log.clone();
-    actix::spawn(async move {
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        };
-        info!(log, "signal received"; "labels.signal" => name);
-        let _ = tx.send(true);
-    });
-    rx
 }

@@ -258,13 +258,13 @@ fn log_change(log: &Logger, dep: Dependency, outcome: Result<(), &DependencyErro
     }
 }
 
-/// Retries `attempt` with `backoff` until it succeeds (`Some`) or `stop` is set (`None`),
+/// Retries `attempt` with `backoff` until it succeeds (`Some`) or `stop` is cancelled (`None`),
 /// reporting each outcome: the log says each change of cause once, not each attempt.
 pub async fn wait_until_usable<T, F, Fut>(
     log: &Logger,
     dep: Dependency,
     backoff: crate::backoff::Backoff,
-    stop: &std::sync::atomic::AtomicBool,
+    stop: &tokio_util::sync::CancellationToken,
     mut attempt: F,
 ) -> Option<T>
 where
@@ -275,7 +275,7 @@ where
     loop {
         let outcome = tokio::select! {
             r = attempt() => r,
-            _ = crate::backoff::stopped(stop) => return None,
+            _ = stop.cancelled() => return None,
         };
         match outcome {
             Ok(v) => {

@@ -28,6 +28,7 @@ pub mod nasa;
 pub mod offsets;
 pub mod oneshot;
 pub mod outbox;
+pub mod shutdown;
 pub mod stall;
 pub mod supervision;
 pub mod telemetry;

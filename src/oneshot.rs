@@ -2,38 +2,15 @@
 //! - progress: a bar with rate and ETA on a terminal, with log lines scrolling above it
 //!   ([`AboveTheBar`]); otherwise a plain line every 2 s and one at the end, so that logs of
 //!   scripts and CI stay readable;
-//! - stopping on Ctrl-C (or SIGTERM) after the item in flight, with exit code 130.
+//! - the exit code after Ctrl-C (or SIGTERM), 130; the commands stop after the item in flight
+//!   when [`crate::shutdown::on_signal`]'s token is cancelled.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{IsTerminal, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Exit code after Ctrl-C (128 + SIGINT), as shells expect.
 pub const EXIT_INTERRUPTED: u8 = 130;
-
-/// Sets `stop` on SIGINT or SIGTERM and logs `message` (what is finished before the command
-/// stops). The signals are taken at once; they are awaited on a thread of their own, so this
-/// works with or without an async runtime.
-pub fn stop_on_signal(stop: Arc<AtomicBool>, log: slog::Logger, message: &'static str) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime for signals");
-    let (mut int, mut term) = {
-        let _in_runtime = rt.enter();
-        (signal(SignalKind::interrupt()).expect("can listen for SIGINT"), signal(SignalKind::terminate()).expect("can listen for SIGTERM"))
-    };
-    std::thread::spawn(move || {
-        rt.block_on(async {
-            tokio::select! {
-                _ = int.recv() => {},
-                _ = term.recv() => {},
-            }
-        });
-        slog::info!(log, "{}", message);
-        stop.store(true, Ordering::SeqCst);
-    });
-}
 
 /// The bar being drawn, if any: log lines are written above it.
 static BAR: std::sync::Mutex<Option<ProgressBar>> = std::sync::Mutex::new(None);

@@ -33,6 +33,8 @@ fn each_bad_value_exits_2_naming_variable_value_and_what_is_accepted() {
         ("KAFKA_BROKERS", "broker-without-port", "host:port"),
         ("LOG_LEVEL", "loud", "error, warn, info, debug or trace"),
         ("PUBLISH_MIN_BACKOFF_MS", "fast", "a whole number"),
+        ("PUBLISH_MAX_BACKOFF_MS", "slow", "a whole number"),
+        ("RETRY_MAX_BACKOFF_MS", "100", "at least the minimum backoff, 500 ms"),
         ("ALLOWED_IMAGE_HOSTS", "a b", "comma-separated host names"),
     ];
     for (var, value, accepted) in cases {

@@ -1,15 +1,16 @@
 //! The README's configuration table and `deploy/.env.example`, made from the settings' one
-//! definition ([`vars::ALL`]): `cargo run --example config-docs -- --write` rewrites both, and
+//! definitions ([`all`]): `cargo run --example config-docs -- --write` rewrites both, and
 //! `tests/deploy.rs` fails when either differs from what this makes.
 
-use super::{vars, IfUnset, Setting};
+use super::setting::{IfUnset, Setting};
+use super::settings::all;
 
 /// The command that regenerates both files from the settings' definitions.
 pub const REGENERATE: &str = "cargo run --example config-docs -- --write";
 
 /// The lines between which README.md holds the generated table.
 pub const README_BEGIN: &str =
-    "<!-- config-docs: generated from src/config.rs by `cargo run --example config-docs -- --write`; edit there -->";
+    "<!-- config-docs: generated from src/config/ by `cargo run --example config-docs -- --write`; edit there -->";
 pub const README_END: &str = "<!-- /config-docs -->";
 
 /// Values that the container image sets (deploy/Dockerfile's `ENV`), shown in `.env.example` instead of the built-in default.
@@ -20,7 +21,7 @@ const ENV_EXAMPLE_HEAD: &str = "\
 # Settings of nasa-ingest for deploy/docker-compose.yml: copy to deploy/.env (git-ignored) and edit.
 # Every variable the daemon reads is listed, commented out at its default: uncomment to change it.
 # KAFKA_BROKERS and DATABASE_URL are set by the compose file for the containers.
-# Generated from src/config.rs by `cargo run --example config-docs -- --write`.
+# Generated from src/config/ by `cargo run --example config-docs -- --write`.
 
 # Postgres password of the compose stack (the postgres service, and DATABASE_URL of the daemon).
 POSTGRES_PASSWORD=nasa
@@ -29,7 +30,7 @@ POSTGRES_PASSWORD=nasa
 /// The settings, each heading's in one run, in `--help`'s order.
 fn by_heading() -> Vec<(&'static str, Vec<&'static Setting>)> {
     let mut groups: Vec<(&'static str, Vec<&'static Setting>)> = Vec::new();
-    for s in &vars::ALL {
+    for s in all() {
         match groups.last_mut() {
             Some((heading, list)) if *heading == s.heading => list.push(s),
             _ => groups.push((s.heading, vec![s])),
@@ -88,10 +89,10 @@ mod tests {
     fn every_heading_is_one_run_and_every_variable_is_listed() {
         let groups = by_heading();
         let headings: std::collections::BTreeSet<_> = groups.iter().map(|(h, _)| h).collect();
-        assert_eq!(headings.len(), groups.len(), "a heading's settings are not together in vars::ALL");
+        assert_eq!(headings.len(), groups.len(), "a heading's settings are not together in settings::all()");
         let table = readme_table();
         let example = env_example();
-        for s in &vars::ALL {
+        for s in all() {
             assert!(table.contains(&format!("| `{}` |", s.var)), "{}", s.var);
             assert!(example.contains(&format!("\n#{}=", s.var)), "{}", s.var);
         }

@@ -2,14 +2,13 @@
 //! command line, and turns the outcome into an exit code.
 
 use slog::Logger;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 use super::error::DlqError;
 use super::list::{list, print_listing, ListSettings};
 use super::replay::{replay, ReplaySettings};
 use crate::config::{Config, DlqArgs, DlqCommand, DlqListArgs, DlqReplayArgs};
-use crate::oneshot::{stop_on_signal, EXIT_INTERRUPTED};
+use crate::oneshot::EXIT_INTERRUPTED;
+use crate::shutdown;
 
 /// Runs `dlq list` or `dlq replay`; returns the exit code.
 pub fn run(config: &Config, args: DlqArgs, log: Logger) -> u8 {
@@ -37,8 +36,7 @@ fn run_list(config: &Config, a: &DlqListArgs, log: &Logger) -> Result<u8, DlqErr
 }
 
 fn run_replay(config: &Config, a: &DlqReplayArgs, log: &Logger) -> Result<u8, DlqError> {
-    let stop = Arc::new(AtomicBool::new(false));
-    stop_on_signal(stop.clone(), log.clone(), "stopping once the dead letters in flight are acknowledged and committed");
+    let stop = shutdown::on_signal(log.clone(), "stopping once the dead letters in flight are acknowledged and committed");
     let summary = replay(&ReplaySettings::new(config, a), &stop, log)?;
     Ok(if summary.interrupted { EXIT_INTERRUPTED } else { 0 })
 }
@@ -53,7 +51,7 @@ mod tests {
         assert_eq!(parse_since("2026-11-27T18:00:00Z").unwrap().to_rfc3339(), "2026-11-27T18:00:00+00:00");
         let two_hours = Utc::now() - parse_since("2h").unwrap();
         assert!((two_hours.num_seconds() - 7200).abs() < 5);
-        assert!(parse_since("yesterday").unwrap_err().contains("RFC 3339"));
+        assert!(parse_since("yesterday").unwrap_err().to_string().contains("RFC 3339"));
         assert!(parse_since("5w").is_err());
     }
 }

@@ -16,8 +16,8 @@ pub const MARKERS: Markers = Markers {
 
 /// The table, markers included: a row per reason, in the list's order.
 pub fn reasons_table() -> String {
-    let rows: String = Reason::ALL.iter().map(|r| format!("| `{}` | {} |\n", r.as_str(), r.about())).collect();
-    MARKERS.around(&format!("| reason | what it means, and what to do |\n|---|---|\n{rows}"))
+    let rows: String = Reason::ALL.iter().map(|r| format!("| `{}` | {} | {} |\n", r.as_str(), r.what_happened(), r.what_to_do())).collect();
+    MARKERS.around(&format!("| reason | what happened | what to do |\n|---|---|---|\n{rows}"))
 }
 
 #[cfg(test)]

@@ -4,12 +4,12 @@
 use serde::Serialize;
 use slog::Logger;
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicBool;
 
 use super::error::DlqError;
 use super::read::{read_letters, reader, replays_on, watermarks};
 use super::record::DeadLetter;
 use crate::config::DlqFilter;
+use crate::shutdown::CancellationToken;
 
 /// What `dlq list` reads.
 #[derive(Clone, Debug)]
@@ -36,7 +36,8 @@ pub struct Listing {
 
 /// Every matching dead letter on the topic, and whether each was replayed.
 pub fn list(s: &ListSettings, log: &Logger) -> Result<Listing, DlqError> {
-    let never = AtomicBool::new(false);
+    // A listing reads to the end and is not interrupted: its token is never cancelled.
+    let never = CancellationToken::new();
     let c = reader(&s.brokers, "nasa-ingest-dlq-reader", log)?;
     let ranges = watermarks(&c, &s.brokers, &s.dlq_topic, log)?;
     let mut letters = read_letters(&c, &s.brokers, &s.dlq_topic, &ranges, &never)?.unwrap_or_default();

@@ -8,12 +8,12 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use slog::{warn, Logger};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::error::DlqError;
 use super::record::{header, header_text, DeadLetter};
 use crate::kafka::{base_config, LogContext};
+use crate::shutdown::CancellationToken;
 
 /// Per partition, the offsets from (inclusive) and to (exclusive).
 pub(super) type Ranges = BTreeMap<i32, (i64, i64)>;
@@ -84,7 +84,7 @@ fn read_range(
     brokers: &str,
     topic: &str,
     ranges: &Ranges,
-    stop: &AtomicBool,
+    stop: &CancellationToken,
     mut each: impl FnMut(&BorrowedMessage),
 ) -> Result<bool, DlqError> {
     let mut next: BTreeMap<i32, i64> = ranges.iter().filter(|(_, (s, e))| s < e).map(|(p, (s, _))| (*p, *s)).collect();
@@ -96,7 +96,7 @@ fn read_range(
     let finished = |next: &BTreeMap<i32, i64>| next.iter().all(|(p, n)| *n >= ranges[p].1);
     let mut last_progress = Instant::now();
     while !finished(&next) {
-        if stop.load(Ordering::SeqCst) {
+        if stop.is_cancelled() {
             return Ok(false);
         }
         match c.poll(Duration::from_millis(200)) {
@@ -132,7 +132,7 @@ pub(super) fn read_letters(
     brokers: &str,
     dlq_topic: &str,
     ranges: &Ranges,
-    stop: &AtomicBool,
+    stop: &CancellationToken,
 ) -> Result<Option<Vec<DeadLetter>>, DlqError> {
     let mut letters = Vec::new();
     let complete = read_range(c, brokers, dlq_topic, ranges, stop, |m| letters.push(DeadLetter::from_message(m)))?;
@@ -146,7 +146,7 @@ pub(super) fn replays_on(
     brokers: &str,
     topic: &str,
     oldest: Option<DateTime<Utc>>,
-    stop: &AtomicBool,
+    stop: &CancellationToken,
     log: &Logger,
 ) -> Result<HashMap<String, u32>, DlqError> {
     let mut found = HashMap::new();

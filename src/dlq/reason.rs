@@ -3,7 +3,7 @@
 //! `nasa_ingest_dead_lettered_total` and the `error.type` of the log line.
 //!
 //! A new reason is a variant of [`Permanent`] (its message says what to do) and its line in
-//! `reasons!` below (its name, and what it means for the docs); the code that raises it is the only
+//! `reasons!` below (its name, what happened and what to do, for the docs); the code that raises it is the only
 //! other change. [`Reason::ALL`] (every reason at 0 on /metrics) and the table in
 //! docs/dead-letters.md follow from that line: `cargo run --example config-docs -- --write`
 //! regenerates the table, and a test fails while it is stale.
@@ -42,15 +42,15 @@ impl Permanent {
     }
 }
 
-/// Makes [`Reason`] (a variant per line, in this order), [`Reason::ALL`], the name and the
-/// description of each, and [`Permanent::reason`]. Each line names a variant of [`Permanent`]:
-/// its match is exhaustive, so a failure without a reason does not compile.
+/// Makes [`Reason`] (a variant per line, in this order), [`Reason::ALL`], the name of each and
+/// what it tells the operator, and [`Permanent::reason`]. Each line names a variant of
+/// [`Permanent`]: its match is exhaustive, so a failure without a reason does not compile.
 macro_rules! reasons {
-    ($($variant:ident => $name:literal: $about:literal,)+) => {
+    ($($variant:ident => $name:literal: $happened:literal, $to_do:literal;)+) => {
         /// Why an event was dead-lettered, without the details of the failure: one per variant of [`Permanent`].
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum Reason {
-            $(#[doc = $about] $variant,)+
+            $(#[doc = $happened] $variant,)+
         }
 
         impl Reason {
@@ -64,10 +64,17 @@ macro_rules! reasons {
                 }
             }
 
-            /// What it means and what to do, for whoever reads the dead letters (the docs' table).
-            pub fn about(self) -> &'static str {
+            /// What happened to the event, for whoever reads the dead letters (the docs' table).
+            pub fn what_happened(self) -> &'static str {
                 match self {
-                    $(Reason::$variant => $about,)+
+                    $(Reason::$variant => $happened,)+
+                }
+            }
+
+            /// What to do about it before a replay (the docs' table).
+            pub fn what_to_do(self) -> &'static str {
+                match self {
+                    $(Reason::$variant => $to_do,)+
                 }
             }
         }
@@ -84,25 +91,26 @@ macro_rules! reasons {
 
 reasons! {
     NotJson => "not_json":
-        "The message is not a JSON object, or has no payload. Fix the producer that wrote it: a replay of the same bytes fails again.",
+        "the message is not JSON", "fix the producer that wrote it";
     MissingField => "missing_field":
-        "The event lacks a field it needs (`event_type`, `nasa_id`, `image_url`; `event_id` for `image_discovered`). Fix the producer that wrote it.",
+        "the event lacks a required field", "fix the producer that wrote it";
     UnknownEventType => "unknown_event_type":
-        "The event's `event_type` is neither `image_discovered` nor `image_saved`. Fix the producer, or run a consumer that knows the newer type.",
+        "`event_type` is neither `image_discovered` nor `image_saved`", "fix the producer that wrote it";
     BadUrl => "bad_url":
-        "The image URL is not a valid http(s) URL. Fix the producer that wrote it.",
+        "`image_url` is not a valid http(s) URL", "fix the producer that wrote it";
     HostNotAllowed => "host_not_allowed":
-        "The image URL's host is not in `ALLOWED_IMAGE_HOSTS`. If the host is trusted, add it there, restart the consumers, then replay.",
+        "the image host is not in `ALLOWED_IMAGE_HOSTS`", "add the host there if it is trusted";
     ClientStatus => "image_http_4xx":
-        "The image server answered 4xx: the image is gone or the URL is wrong. Replay if it comes back.",
+        "the image server answered 4xx", "the image is gone or the URL is wrong; replay once the host serves it";
     TooLarge => "too_large":
-        "The image is larger than `MAX_IMAGE_BYTES`. To accept it, raise the limit, restart the consumers, then replay.",
+        "the image is larger than `MAX_IMAGE_BYTES`", "raise the limit to accept it";
     NotAnImage => "not_an_image":
-        "The downloaded bytes have no JPEG, PNG, TIFF, GIF or WebP signature. Check what the URL serves; replay once it serves the image.",
+        "the bytes have no JPEG, PNG, TIFF, GIF or WebP signature", "look at what the image host serves";
     DbRejected => "db_rejected":
-        "Postgres refused the row three times while it answered other queries: the data itself is the problem (`error` says how). Fix the producer or the schema, then replay.",
+        "Postgres refused the row three times while it answered other queries",
+        "the data itself is the problem: read Postgres's message in `error`";
     Panicked => "panic":
-        "Handling the event panicked three times: a bug. Report it with the event (`dlq list --json`); replay once it is fixed.",
+        "handling the event panicked three times", "a bug: report it with the event";
 }
 
 #[cfg(test)]
@@ -114,7 +122,8 @@ mod tests {
         let names: std::collections::BTreeSet<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(names.len(), Reason::ALL.len(), "two reasons share a name");
         assert!(names.iter().all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')), "{names:?}");
-        assert!(Reason::ALL.iter().all(|r| !r.about().is_empty() && !r.about().contains('|')));
+        let texts = Reason::ALL.iter().flat_map(|r| [r.what_happened(), r.what_to_do()]);
+        assert!(texts.into_iter().all(|t| !t.is_empty() && !t.contains('|')), "a text is empty or breaks the table");
         // Operators filter on these names (`dlq replay --reason`): a rename is a breaking change.
         assert_eq!(Permanent::ClientStatus { status: 404, url: String::new() }.kind(), "image_http_4xx");
         assert_eq!(Permanent::Panicked(String::new()).kind(), "panic");

@@ -12,7 +12,6 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use slog::{info, warn, Logger};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::error::DlqError;
@@ -21,6 +20,7 @@ use super::record::{replay_of, DeadLetter};
 use crate::config::{Config, DlqFilter, DlqReplayArgs, DEFAULT_MAX_REPLAYS};
 use crate::kafka::{self, LogContext};
 use crate::oneshot::{Progress, Words};
+use crate::shutdown::CancellationToken;
 
 /// How long Kafka may take to acknowledge one republished event before the run stops.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -182,7 +182,7 @@ impl Progression {
 /// Republishes matching dead letters to `s.topic` (see the module's documentation). Blocking:
 /// from async code, call it on a blocking thread. Setting `stop` ends the run after the dead
 /// letter in flight; the next run goes on from there.
-pub fn replay(s: &ReplaySettings, stop: &AtomicBool, log: &Logger) -> Result<ReplaySummary, DlqError> {
+pub fn replay(s: &ReplaySettings, stop: &CancellationToken, log: &Logger) -> Result<ReplaySummary, DlqError> {
     let c = reader(&s.brokers, &s.group, log)?;
     let ranges = replay_ranges(&c, s, log)?;
     let mut summary = ReplaySummary { dry_run: s.dry_run, ..Default::default() };
@@ -311,13 +311,13 @@ impl<'a> Settler<'a, '_> {
 fn go_through<'a>(
     plan: &'a [(DeadLetter, Verdict)],
     s: &ReplaySettings,
-    stop: &AtomicBool,
+    stop: &CancellationToken,
     producer: Option<&FutureProducer<LogContext>>,
     settler: &mut Settler<'a, '_>,
     summary: &mut ReplaySummary,
 ) -> Result<(), DlqError> {
     for (letter, verdict) in plan {
-        if stop.load(Ordering::SeqCst) {
+        if stop.is_cancelled() {
             summary.interrupted = true;
             break;
         }
