@@ -1,5 +1,5 @@
 //! The handling of one event, outside the Subscriber actor: each event read is a task that runs
-//! [`handle_until_done`] until the event is stored, found a duplicate, or dead-lettered; only
+//! `handle_until_done` until the event is stored, found a duplicate, or dead-lettered; only
 //! then is its offset committed. Transient failures retry the same event with backoff (a retry
 //! line at most once a second per kind, [`RetryLines`]); permanent ones go to the dead-letter
 //! topic. A panic while handling one event is caught, logged with the event's place and retried,
