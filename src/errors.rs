@@ -1,66 +1,12 @@
 //! Why handling an event can fail. Whether a failure is worth retrying is decided by its type:
 //! a [`Transient`] failure is retried with backoff on the same message and never committed past;
-//! a [`Permanent`] one sends the message to the dead-letter topic and moves on.
+//! a [`Permanent`] one sends the message to the dead-letter topic and moves on (its reasons are
+//! listed in `crate::dlq::reason`).
 
 use std::sync::Arc;
 use thiserror::Error;
 
-/// A failure that will not go away by retrying the same message.
-#[derive(Debug, Error)]
-pub enum Permanent {
-    #[error("message is not JSON ({0}); fix the producer that wrote it")]
-    NotJson(String),
-    #[error("message lacks field `{0}`; fix the producer that wrote it")]
-    MissingField(&'static str),
-    #[error("message has event_type {0:?}, expected \"image_discovered\" or \"image_saved\"")]
-    UnknownEventType(String),
-    #[error("image URL {0:?} is not a valid http(s) URL")]
-    BadUrl(String),
-    #[error("image host {0:?} is not in ALLOWED_IMAGE_HOSTS; add it there if it is trusted")]
-    HostNotAllowed(String),
-    #[error("image server answered {status} for {url}; the image is gone or the URL is wrong")]
-    ClientStatus { status: u16, url: String },
-    #[error("image is larger than MAX_IMAGE_BYTES ({limit} bytes); raise the limit to accept it")]
-    TooLarge { limit: u64 },
-    #[error("downloaded bytes are not an image (no JPEG, PNG, TIFF, GIF or WebP signature)")]
-    NotAnImage,
-    #[error("Postgres refused the row, again and again while it answered other queries: {0}; the data itself is the problem")]
-    DbRejected(String),
-    #[error("handling the event panicked, again and again: {0}; this is a bug, please report it with the event")]
-    Panicked(String),
-}
-
-impl Permanent {
-    /// Every `kind()`, so that /metrics shows each reason at 0 before the first dead letter.
-    pub const KINDS: [&'static str; 10] = [
-        "not_json",
-        "missing_field",
-        "unknown_event_type",
-        "bad_url",
-        "host_not_allowed",
-        "image_http_4xx",
-        "too_large",
-        "not_an_image",
-        "db_rejected",
-        "panic",
-    ];
-
-    /// A short stable name, for the `error.type` log field and the DLQ `reason` header.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Permanent::NotJson(_) => "not_json",
-            Permanent::MissingField(_) => "missing_field",
-            Permanent::UnknownEventType(_) => "unknown_event_type",
-            Permanent::BadUrl(_) => "bad_url",
-            Permanent::HostNotAllowed(_) => "host_not_allowed",
-            Permanent::ClientStatus { .. } => "image_http_4xx",
-            Permanent::TooLarge { .. } => "too_large",
-            Permanent::NotAnImage => "not_an_image",
-            Permanent::DbRejected(_) => "db_rejected",
-            Permanent::Panicked(_) => "panic",
-        }
-    }
-}
+use crate::dlq::reason::Permanent;
 
 /// A failure expected to clear up: the same message is retried after a backoff.
 ///
@@ -153,19 +99,6 @@ mod tests {
 
     #[test]
     fn kinds_lists_every_kind() {
-        let permanent = [
-            Permanent::NotJson(String::new()),
-            Permanent::MissingField("x"),
-            Permanent::UnknownEventType(String::new()),
-            Permanent::BadUrl(String::new()),
-            Permanent::HostNotAllowed(String::new()),
-            Permanent::ClientStatus { status: 404, url: String::new() },
-            Permanent::TooLarge { limit: 1 },
-            Permanent::NotAnImage,
-            Permanent::DbRejected(String::new()),
-            Permanent::Panicked(String::new()),
-        ];
-        assert_eq!(permanent.iter().map(Permanent::kind).collect::<Vec<_>>(), Permanent::KINDS);
         let transient = [
             Transient::ServerStatus { status: 503, url: String::new() },
             Transient::Download(Arc::new(a_reqwest_error())),

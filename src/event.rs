@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::errors::Permanent;
+use crate::dlq::reason::Permanent;
 
 pub const SCHEMA_VERSION: u32 = 1;
 pub const EVENT_TYPE: &str = "image_discovered";

@@ -18,6 +18,7 @@ pub mod dlq;
 pub mod errors;
 pub mod event;
 pub mod fault_injection;
+pub mod generated;
 pub mod healthcheck;
 pub mod http;
 pub mod image;

@@ -104,8 +104,8 @@ impl Metrics {
     /// Every label value known in advance is exposed at 0 from the start: a rate or an alert on
     /// `increase(...)` then sees the first incident, and a dashboard lists every series.
     fn start_known_labels_at_zero(&self) {
-        for reason in crate::errors::Permanent::KINDS {
-            self.dead_lettered.with_label_values(&[reason]);
+        for reason in crate::dlq::reason::Reason::ALL {
+            self.dead_lettered.with_label_values(&[reason.as_str()]);
         }
         for cause in crate::errors::Transient::KINDS.into_iter().chain(crate::nasa::NasaError::KINDS) {
             self.retries.with_label_values(&[cause]);

@@ -191,6 +191,17 @@ fn env_example_and_the_readme_table_are_what_the_settings_make() {
     }
 }
 
+/// docs/dead-letters.md's table of reasons is made from the reasons' one list (src/dlq/reason.rs).
+#[test]
+fn the_table_of_dead_letter_reasons_is_what_the_reasons_make() {
+    use nasa_ingest::dlq::docs;
+    let page = std::fs::read_to_string(root().join(docs::PAGE)).unwrap();
+    let table = docs::MARKERS.part(&page).unwrap_or_else(|| {
+        panic!("{} lacks the generated table of reasons between {:?} and {:?}", docs::PAGE, docs::MARKERS.begin, docs::MARKERS.end)
+    });
+    assert_same(table, &docs::reasons_table(), "docs/dead-letters.md's table of reasons");
+}
+
 /// Equal, or a panic naming the first line that differs and the command that regenerates the file.
 fn assert_same(found: &str, made: &str, what: &str) {
     if found == made {
@@ -199,7 +210,7 @@ fn assert_same(found: &str, made: &str, what: &str) {
     let (found_lines, made_lines): (Vec<&str>, Vec<&str>) = (found.lines().collect(), made.lines().collect());
     let at = found_lines.iter().zip(&made_lines).position(|(a, b)| a != b).unwrap_or(found_lines.len().min(made_lines.len()));
     panic!(
-        "{what} differs from what the settings in src/config/ make, at line {}:\n  found: {:?}\n  made:  {:?}\nrun `{}` to regenerate it",
+        "{what} differs from what the code makes, at line {}:\n  found: {:?}\n  made:  {:?}\nrun `{}` to regenerate it",
         at + 1,
         found_lines.get(at).copied().unwrap_or("(end)"),
         made_lines.get(at).copied().unwrap_or("(end)"),

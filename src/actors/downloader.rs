@@ -16,7 +16,8 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use url::Url;
 
-use crate::errors::{EventError, Permanent, Transient};
+use crate::dlq::reason::Permanent;
+use crate::errors::{EventError, Transient};
 use crate::image::sniff_content_type;
 use crate::supervision::Lifeline;
 

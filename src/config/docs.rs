@@ -68,19 +68,17 @@ pub fn env_example() -> String {
     out
 }
 
+/// The lines around README.md's generated table.
+pub const README: crate::generated::Markers = crate::generated::Markers { begin: README_BEGIN, end: README_END };
+
 /// `readme` with the text between the markers replaced by [`readme_table`]; None when the markers are missing.
 pub fn splice_readme(readme: &str) -> Option<String> {
-    let start = readme.find(README_BEGIN)?;
-    let end = readme[start..].find(README_END)? + start + README_END.len();
-    let end = end + readme[end..].find('\n').map_or(readme.len() - end, |n| n + 1);
-    Some(format!("{}{}{}", &readme[..start], readme_table(), &readme[end..]))
+    README.splice(readme, &readme_table())
 }
 
 /// The generated part of `readme` (markers included), if it has one.
 pub fn readme_part(readme: &str) -> Option<&str> {
-    let start = readme.find(README_BEGIN)?;
-    let end = readme[start..].find(README_END)? + start + README_END.len();
-    Some(&readme[start..(end + 1).min(readme.len())])
+    README.part(readme)
 }
 
 #[cfg(test)]

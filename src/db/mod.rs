@@ -12,7 +12,8 @@ use uuid::Uuid;
 
 use crate::config::DatabaseUrl;
 use crate::deps::{Dependencies, Dependency, DependencyError};
-use crate::errors::{EventError, Permanent, Transient};
+use crate::dlq::reason::Permanent;
+use crate::errors::{EventError, Transient};
 use schema::images;
 use slog::Logger;
 
