@@ -21,14 +21,16 @@ use crate::consumer::MemberSettings;
 use crate::datadir::Owner;
 use crate::db;
 use crate::deps::{probe_tcp, Dependencies, Dependency};
+use crate::dlq::reason::Reason;
 use crate::dlq::DlqWatch;
+use crate::errors::Transient;
 use crate::fault_injection::InjectedPanics;
 use crate::http::status::{ActorProbe, StatusSources};
 use crate::http::{self, AppState, CrashFn};
 use crate::kafka;
 use crate::logging::{for_component, RecentProblems};
-use crate::metrics::{Rates, METRICS};
-use crate::nasa::NasaClient;
+use crate::metrics::{KnownLabels, Rates, METRICS};
+use crate::nasa::{NasaClient, NasaError};
 use crate::outbox::Outbox;
 use crate::shutdown::{self, CancellationToken};
 use crate::supervision::{ChildSpec, Crash, Outcome, Restart, RestartCounts, RestartHook, RestartType, Slot, StartFn, Supervisor};
@@ -160,7 +162,7 @@ pub async fn run(config: Config, root: Logger, problems: RecentProblems) -> u8 {
     let slots = Slots::new();
     let handles = StatusHandles { problems, ..StatusHandles::default() };
     let mut supervisor = Supervisor::new(log.clone(), restart_hook(handles.restarts.clone()));
-    METRICS.expect_actors(&crate::actors::NAMES);
+    expect_metric_labels();
     handles.dependencies.expect(&dependencies(&config));
     let pool = config
         .postgres
@@ -210,6 +212,14 @@ pub async fn run(config: Config, root: Logger, problems: RecentProblems) -> u8 {
         Outcome::Shutdown => 0,
         Outcome::LimitPassed { .. } => EXIT_RESTART_LIMIT,
     }
+}
+
+/// Starts at 0 every series whose label values are known: each actor's restarts, each
+/// dead-letter reason, each retry cause.
+fn expect_metric_labels() {
+    let reasons: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+    let causes: Vec<&str> = Transient::KINDS.into_iter().chain(NasaError::KINDS).collect();
+    METRICS.expect(KnownLabels { actors: &crate::actors::NAMES, dead_letter_reasons: &reasons, retry_causes: &causes });
 }
 
 /// Each restart counts in `/metrics` and on the status page.

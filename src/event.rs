@@ -5,8 +5,6 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::dlq::reason::Permanent;
-
 pub const SCHEMA_VERSION: u32 = 1;
 pub const EVENT_TYPE: &str = "image_discovered";
 pub const LEGACY_EVENT_TYPE: &str = "image_saved";
@@ -53,19 +51,31 @@ pub struct IncomingEvent {
     pub query: Option<String>,
 }
 
-/// Decodes a message payload. Every failure is permanent: the same bytes will never decode.
-pub fn decode(payload: Option<&[u8]>) -> Result<IncomingEvent, Permanent> {
-    let payload = payload.ok_or_else(|| Permanent::NotJson("empty payload".into()))?;
-    let value: serde_json::Value = serde_json::from_slice(payload).map_err(|e| Permanent::NotJson(e.to_string()))?;
-    let obj = value.as_object().ok_or_else(|| Permanent::NotJson("not a JSON object".into()))?;
+/// Why a payload is not an event. Every one is permanent (the same bytes will never decode): the
+/// consumer dead-letters it under the reason of the same name (`dlq::reason`).
+#[derive(Debug, thiserror::Error)]
+pub enum BadEvent {
+    #[error("not JSON ({0})")]
+    NotJson(String),
+    #[error("lacks field `{0}`")]
+    MissingField(&'static str),
+    #[error("unknown event_type {0:?}")]
+    UnknownEventType(String),
+}
+
+/// Decodes a message payload.
+pub fn decode(payload: Option<&[u8]>) -> Result<IncomingEvent, BadEvent> {
+    let payload = payload.ok_or_else(|| BadEvent::NotJson("empty payload".into()))?;
+    let value: serde_json::Value = serde_json::from_slice(payload).map_err(|e| BadEvent::NotJson(e.to_string()))?;
+    let obj = value.as_object().ok_or_else(|| BadEvent::NotJson("not a JSON object".into()))?;
     let text = |name: &'static str| obj.get(name).and_then(|v| v.as_str()).map(str::to_owned);
-    let required = |name: &'static str| text(name).filter(|s| !s.trim().is_empty()).ok_or(Permanent::MissingField(name));
+    let required = |name: &'static str| text(name).filter(|s| !s.trim().is_empty()).ok_or(BadEvent::MissingField(name));
 
     let event_type = required("event_type")?;
     let event_id = match event_type.as_str() {
-        EVENT_TYPE => Some(text("event_id").and_then(|s| s.parse::<Uuid>().ok()).ok_or(Permanent::MissingField("event_id"))?),
+        EVENT_TYPE => Some(text("event_id").and_then(|s| s.parse::<Uuid>().ok()).ok_or(BadEvent::MissingField("event_id"))?),
         LEGACY_EVENT_TYPE => None,
-        other => return Err(Permanent::UnknownEventType(other.to_owned())),
+        other => return Err(BadEvent::UnknownEventType(other.to_owned())),
     };
     Ok(IncomingEvent {
         event_id,
@@ -100,12 +110,12 @@ mod tests {
 
     #[test]
     fn names_what_is_wrong() {
-        assert!(matches!(decode(Some(b"not json")), Err(Permanent::NotJson(_))));
-        assert!(matches!(decode(None), Err(Permanent::NotJson(_))));
-        assert!(matches!(decode(Some(b"[1]")), Err(Permanent::NotJson(_))));
+        assert!(matches!(decode(Some(b"not json")), Err(BadEvent::NotJson(_))));
+        assert!(matches!(decode(None), Err(BadEvent::NotJson(_))));
+        assert!(matches!(decode(Some(b"[1]")), Err(BadEvent::NotJson(_))));
         let no_url = br#"{"event_type": "image_saved", "nasa_id": "x"}"#;
-        assert!(matches!(decode(Some(no_url)), Err(Permanent::MissingField("image_url"))));
+        assert!(matches!(decode(Some(no_url)), Err(BadEvent::MissingField("image_url"))));
         let other = br#"{"event_type": "video_found", "nasa_id": "x", "image_url": "y"}"#;
-        assert!(matches!(decode(Some(other)), Err(Permanent::UnknownEventType(_))));
+        assert!(matches!(decode(Some(other)), Err(BadEvent::UnknownEventType(_))));
     }
 }

@@ -25,6 +25,13 @@ pub struct Metrics {
     pub store_batch_rows: Histogram,
 }
 
+/// The label values [`Metrics::expect`] starts at 0.
+pub struct KnownLabels<'a> {
+    pub actors: &'a [&'a str],
+    pub dead_letter_reasons: &'a [&'a str],
+    pub retry_causes: &'a [&'a str],
+}
+
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 /// The window of the rates on /status and the page.
@@ -75,7 +82,7 @@ impl Metrics {
         let build_info = IntGaugeVec::new(Opts::new("nasa_ingest_build_info", "Always 1; the version is the label"), &["version"]).unwrap();
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         r.register(Box::new(build_info)).unwrap();
-        let metrics = Metrics {
+        Metrics {
             fetched: counter(&r, "events_fetched_total", "Images found on the NASA API and turned into events"),
             published: counter(&r, "events_published_total", "Events acknowledged by Kafka"),
             consumed: counter(&r, "events_consumed_total", "Messages read from the images topic"),
@@ -96,26 +103,21 @@ impl Metrics {
             processing_seconds,
             store_batch_rows,
             registry: r,
-        };
-        metrics.start_known_labels_at_zero();
-        metrics
+        }
     }
 
     /// Every label value known in advance is exposed at 0 from the start: a rate or an alert on
-    /// `increase(...)` then sees the first incident, and a dashboard lists every series.
-    fn start_known_labels_at_zero(&self) {
-        for reason in crate::dlq::reason::Reason::ALL {
-            self.dead_lettered.with_label_values(&[reason.as_str()]);
-        }
-        for cause in crate::errors::Transient::KINDS.into_iter().chain(crate::nasa::NasaError::KINDS) {
-            self.retries.with_label_values(&[cause]);
-        }
-    }
-
-    /// Starts the restart counter of each actor at 0 (the actors' names are the daemon's to give).
-    pub fn expect_actors(&self, names: &[&str]) {
-        for actor in names {
+    /// `increase(...)` then sees the first incident, and a dashboard lists every series. The
+    /// daemon names them: the lists live with what they name, above this module.
+    pub fn expect(&self, known: KnownLabels<'_>) {
+        for actor in known.actors {
             self.restarts.with_label_values(&[actor]);
+        }
+        for reason in known.dead_letter_reasons {
+            self.dead_lettered.with_label_values(&[reason]);
+        }
+        for cause in known.retry_causes {
+            self.retries.with_label_values(&[cause]);
         }
     }
 
@@ -200,7 +202,7 @@ mod tests {
 
     #[test]
     fn known_labels_start_at_zero_with_process_and_build_info() {
-        METRICS.expect_actors(&["storer"]);
+        METRICS.expect(KnownLabels { actors: &["storer"], dead_letter_reasons: &["too_large"], retry_causes: &["nasa_timeout"] });
         let text = METRICS.render();
         for series in [
             "nasa_ingest_actor_restarts_total{actor=\"storer\"}",

@@ -10,6 +10,8 @@
 
 use thiserror::Error;
 
+use crate::event::BadEvent;
+
 /// A failure that will not go away by retrying the same message: the event is dead-lettered.
 #[derive(Debug, Error)]
 pub enum Permanent {
@@ -33,6 +35,17 @@ pub enum Permanent {
     DbRejected(String),
     #[error("handling the event panicked, again and again: {0}; this is a bug, please report it with the event")]
     Panicked(String),
+}
+
+/// A payload that is no event goes under the reason of the same name; its message says what to do.
+impl From<BadEvent> for Permanent {
+    fn from(e: BadEvent) -> Permanent {
+        match e {
+            BadEvent::NotJson(cause) => Permanent::NotJson(cause),
+            BadEvent::MissingField(field) => Permanent::MissingField(field),
+            BadEvent::UnknownEventType(found) => Permanent::UnknownEventType(found),
+        }
+    }
 }
 
 impl Permanent {

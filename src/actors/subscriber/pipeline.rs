@@ -202,7 +202,7 @@ fn caught_panic(msg: &OwnedMessage, panic: Box<dyn std::any::Any + Send>, panics
 
 /// One try: skip what is stored, else download and store.
 async fn handle_once(msg: &OwnedMessage, p: &Pipeline, read_at: Instant) -> Result<Stored, EventError> {
-    let event = event::decode(msg.payload())?;
+    let event = event::decode(msg.payload()).map_err(Permanent::from)?;
     if p.injected_panics.take() {
         panic!("injected panic while handling {} (admin endpoint)", event.nasa_id);
     }
