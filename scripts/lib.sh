@@ -54,10 +54,11 @@ ensure_chromium() {
     apt_install chromium chromium-driver
 }
 
-# Java 17 and Maven, from Debian's packages, where either is missing.
+# Java 17 (the JDK: the OpenSearch launcher is compiled here) and Maven, from Debian's packages,
+# where either is missing.
 ensure_java() {
     local missing=()
-    command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+    command -v javac >/dev/null || missing+=(openjdk-17-jdk-headless)
     command -v mvn >/dev/null || missing+=(maven)
     if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 }
@@ -74,6 +75,24 @@ ensure_kafka() {
     rm -rf "$tmp"
     mvn -q -B -f scripts/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp"
     mv "$tmp" "$KAFKA_LIBS"
+}
+
+# OpenSearch (Elasticsearch's API), the search engine the tests index the daemon's log lines into:
+# the version named in scripts/opensearch/pom.xml, its runtime classpath copied from Maven Central
+# into .opensearch/<version>/libs and its launcher compiled into .../classes, once.
+# scripts/opensearch/node runs it.
+OPENSEARCH_VERSION=$(sed -n 's:.*<opensearch.version>\(.*\)</opensearch.version>.*:\1:p' scripts/opensearch/pom.xml)
+export OPENSEARCH_HOME="${OPENSEARCH_HOME:-$PWD/.opensearch/$OPENSEARCH_VERSION}"
+ensure_opensearch() {
+    ensure_java
+    if [ -e "$OPENSEARCH_HOME/libs/opensearch-$OPENSEARCH_VERSION.jar" ] && [ -e "$OPENSEARCH_HOME/classes/Launcher.class" ]; then return; fi
+    say "fetching OpenSearch $OPENSEARCH_VERSION from Maven Central into $OPENSEARCH_HOME (once)"
+    local tmp="$OPENSEARCH_HOME.tmp"
+    rm -rf "$tmp"
+    mvn -q -B -f scripts/opensearch/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp/libs"
+    javac -nowarn -cp "$tmp/libs/*" -d "$tmp/classes" scripts/opensearch/Launcher.java
+    rm -rf "$OPENSEARCH_HOME"
+    mv "$tmp" "$OPENSEARCH_HOME"
 }
 
 # Waits until a broker listens on 127.0.0.1:$1 and its log ($2) says it started.

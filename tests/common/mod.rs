@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod fake_nasa;
+pub mod opensearch;
 pub use fake_nasa::{ApiMode, FakeNasa};
 
 pub fn fixtures_dir() -> PathBuf {
@@ -82,7 +83,7 @@ impl Node {
             .stderr(log)
             .spawn()
             .expect("scripts/kafka/broker starts (run scripts/test, which installs Java and Kafka)");
-        SHARED_PIDS.lock().unwrap_or_else(|e| e.into_inner()).push(started.id());
+        kill_at_exit(started.id());
         *child = Some(started);
     }
 
@@ -110,11 +111,19 @@ impl Node {
     }
 }
 
-/// Every broker process this test binary started, killed when it exits (a broker shared by the
-/// tests of one binary has no owner whose drop could stop it).
+/// Every broker (and search engine) process this test binary started, killed when it exits (a
+/// process shared by the tests of one binary has no owner whose drop could stop it).
 static SHARED_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
-extern "C" fn kill_brokers_at_exit() {
+fn kill_at_exit(pid: u32) {
+    static AT_EXIT: std::sync::Once = std::sync::Once::new();
+    AT_EXIT.call_once(|| unsafe {
+        libc::atexit(kill_shared_at_exit);
+    });
+    SHARED_PIDS.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+}
+
+extern "C" fn kill_shared_at_exit() {
     if let Ok(pids) = SHARED_PIDS.lock() {
         for pid in pids.iter() {
             unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
@@ -133,10 +142,6 @@ impl Kafka {
     /// Starts `nodes` nodes on fresh storage. A node that cannot bind its port (another
     /// process took it between the choice and the bind) is started again on other ports.
     fn launch(nodes: usize) -> Arc<Kafka> {
-        static AT_EXIT: std::sync::Once = std::sync::Once::new();
-        AT_EXIT.call_once(|| unsafe {
-            libc::atexit(kill_brokers_at_exit);
-        });
         let mut tries = 0;
         loop {
             let dir = tempfile::Builder::new().prefix("kafka").tempdir().unwrap();
@@ -546,10 +551,11 @@ pub fn daemon_bin() -> String {
     }
 }
 
-/// The daemon as a child process; its stdout lines are collected as they come.
+/// The daemon as a child process; its stdout and stderr lines are collected as they come.
 pub struct Daemon {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
     pub data_dir: PathBuf,
 }
 
@@ -592,20 +598,20 @@ impl Daemon {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("daemon starts");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let out = child.stdout.take().unwrap();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Daemon { child, lines, data_dir: PathBuf::from(get(env, "DATA_DIR")) }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("daemon starts");
+        let lines = collect_lines(child.stdout.take().unwrap(), false);
+        let stderr = collect_lines(child.stderr.take().unwrap(), true);
+        Daemon { child, lines, stderr, data_dir: PathBuf::from(get(env, "DATA_DIR")) }
     }
 
+    /// Its stdout lines so far.
     pub fn lines(&self) -> Vec<String> {
         self.lines.lock().unwrap().clone()
+    }
+
+    /// Its stderr lines so far (they are passed on to the test's stderr too, as they come).
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
     }
 
     /// Parsed log lines whose `message` is `message`.
@@ -642,6 +648,23 @@ impl Daemon {
     pub fn dump(&self) -> String {
         self.lines().join("\n")
     }
+}
+
+/// The lines of `out`, collected by a thread as they come; `echo` writes each to this process's
+/// stderr too (not captured by the test harness, as an inherited stderr would not be).
+fn collect_lines(out: impl std::io::Read + Send + 'static, echo: bool) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if echo {
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "{line}");
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
 }
 
 impl Drop for Daemon {

@@ -1,0 +1,90 @@
+//! The daemon's log lines in a real search engine, as a user's ELK holds them: OpenSearch with
+//! the ECS index template of deploy/ecs/, every line sent through `_bulk`, none rejected, and the
+//! queries an operator makes answer.
+
+mod common;
+
+use common::opensearch::OpenSearch;
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// deploy/ecs/opensearch-template.json is what scripts/ecs-template makes of the upstream file
+/// (so it is never edited by hand, and a change to the script is a change to the file).
+#[test]
+fn the_committed_template_is_the_scripts_output() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("python3").arg(root.join("scripts/ecs-template")).arg("--stdout").output().expect("python3 runs");
+    assert!(out.status.success(), "scripts/ecs-template: {}", String::from_utf8_lossy(&out.stderr));
+    let committed = std::fs::read_to_string(root.join("deploy/ecs/opensearch-template.json")).unwrap();
+    assert!(
+        committed == String::from_utf8_lossy(&out.stdout),
+        "deploy/ecs/opensearch-template.json differs from scripts/ecs-template's output: run scripts/ecs-template"
+    );
+}
+
+/// A happy path at debug level (fetch, publish, consume, store, SIGTERM): every line on stdout and
+/// stderr indexes into the ECS template with no rejection, the fields an operator filters on are
+/// mapped as ECS says, and queries by level, actor and logger find exactly the lines that carry them.
+#[test]
+fn every_line_indexes_into_the_ecs_template_and_answers_queries() {
+    let engine = std::thread::spawn(OpenSearch::start);
+    let (broker, db, nasa, dir) = (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    let mut env = daemon_env(&broker, &db, &nasa, dir.path());
+    set(&mut env, "LOG_LEVEL", "debug");
+    let mut daemon = Daemon::spawn(&env);
+    wait_until(Duration::from_secs(60), "3 images stored", || db.rows().len() >= 3);
+    let (status, _) = daemon.terminate();
+    assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
+    let (stdout, stderr) = (daemon.lines(), daemon.stderr_lines());
+    eprintln!("indexing the daemon's {} stdout and {} stderr lines", stdout.len(), stderr.len());
+    let lines: Vec<String> = stdout.into_iter().chain(stderr).collect();
+
+    let search = engine.join().unwrap();
+    search.install_template();
+    let index = search.fresh_index();
+    let outcome = search.bulk(&index, &lines);
+    assert!(outcome.rejected.is_empty(), "{} of {} lines rejected: {:#?}", outcome.rejected.len(), lines.len(), outcome.rejected);
+    assert_eq!(outcome.indexed, lines.len());
+    search.refresh(&index);
+
+    for (field, ecs_type) in [("@timestamp", "date"), ("log.level", "keyword"), ("log.logger", "keyword"), ("message", "text")] {
+        assert_eq!(search.field_mapping(&index, field)["type"], ecs_type, "{field} is mapped by the ECS template");
+    }
+    let parsed: Vec<Value> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let carrying = |field: &str, value: &str| parsed.iter().filter(|v| v[field] == value).count();
+    let found = |field: &str, value: &str| search.search(&index, &json!({"size": 10_000, "query": {"term": {field: value}}})).len();
+
+    assert!(carrying("log.level", "info") > 0 && carrying("log.level", "debug") > 0, "lines at info and debug");
+    for level in ["debug", "info", "warn", "error"] {
+        assert_eq!(found("log.level", level), carrying("log.level", level), "lines at {level}");
+    }
+    for actor in ["fetcher", "publisher", "subscriber"] {
+        assert!(carrying("labels.actor", actor) > 0, "a line names the {actor} actor");
+        assert_eq!(found("labels.actor", actor), carrying("labels.actor", actor), "lines about the {actor} actor");
+        assert!(carrying("log.logger", actor) > 0, "the {actor} logs as itself");
+        assert_eq!(found("log.logger", actor), carrying("log.logger", actor), "lines the {actor} wrote");
+    }
+    let stored = search.search(&index, &json!({"size": 100, "query": {"match": {"message": "saved to DB"}}}));
+    assert!(stored.iter().filter(|v| v["message"] == "saved to DB").count() >= 3, "full-text search on message: {stored:?}");
+}
+
+/// The check above can fail: a line whose field is an object where ECS has a text (the classic
+/// clash), or that is no JSON at all, comes back rejected with the engine's reason.
+#[test]
+fn a_line_the_template_cannot_take_is_rejected_with_its_reason() {
+    let search = OpenSearch::start();
+    search.install_template();
+    let index = search.fresh_index();
+    let lines = [
+        json!({"@timestamp": "2026-01-01T00:00:00.000Z", "message": "fine", "log.level": "info"}).to_string(),
+        json!({"@timestamp": "2026-01-01T00:00:00.000Z", "message": {"text": "an object"}}).to_string(),
+        "thread 'main' panicked at src/main.rs:1:1".to_owned(),
+    ];
+    let outcome = search.bulk(&index, &lines);
+    assert_eq!(outcome.indexed, 1, "{outcome:#?}");
+    let reasons: Vec<&str> = outcome.rejected.iter().map(|r| r.reason.as_str()).collect();
+    assert_eq!(outcome.rejected.iter().map(|r| &r.line).collect::<Vec<_>>(), [&lines[1], &lines[2]], "{reasons:?}");
+    assert!(outcome.rejected.iter().all(|r| r.status == 400 && r.reason.starts_with("mapper_parsing_exception")), "{outcome:#?}");
+    assert!(reasons[0].contains("[message]"), "the reason names the field: {reasons:?}");
+}
