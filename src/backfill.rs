@@ -31,6 +31,7 @@ use crate::oneshot::{Progress, Words, EXIT_INTERRUPTED};
 use crate::outbox::{Outbox, OutboxError};
 use crate::shutdown;
 use crate::supervision::Lifeline;
+use crate::trace::Stage;
 
 /// The API's largest page.
 const PAGE_SIZE: u32 = 100;
@@ -210,7 +211,10 @@ async fn backfill(config: &Config, args: &BackfillArgs, log: &Logger) -> Result<
                     continue;
                 }
                 let Some(found) = retry(log, NASA_RETRY, retry_backoff, &stop, || nasa.found_image(item)).await else { break 'ranges };
+                // Its trace starts here, as the Fetcher's do; one line per image only at debug (a backfill is many).
                 let event = ImageEvent::new(found, query);
+                slog::debug!(log, "found image"; Stage::Fetch, &event.trace, "labels.nasa_id" => &event.nasa_id, "labels.query" => query,
+                    "labels.event_id" => event.event_id.to_string());
                 // A full or read-only DATA_DIR is transient: the same event waits for the disk.
                 let publish = || {
                     let (publisher, event) = (publisher.clone(), event.clone());

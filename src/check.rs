@@ -1,6 +1,7 @@
 //! `nasa-ingest check`: validates the configuration (done before this runs) and tries everything
 //! the enabled roles need, once, the way the daemon would: Kafka's metadata and the topics, the
-//! Postgres login and migration state, one NASA API search, DATA_DIR (writable, and its outbox not
+//! consumer group's protocol and session timeout against the brokers' settings, the Postgres
+//! login and migration state, one NASA API search, DATA_DIR (writable, and its outbox not
 //! locked by another producer) and HTTP_ADDR. One line per
 //! check, ✓ or ✗ with what to fix; exit 0 when all pass, 1 otherwise.
 
@@ -12,7 +13,7 @@ use crate::config::Config;
 use crate::datadir::{DataDirError, DataDirLock};
 use crate::deps::{probe_tcp, Dependency, DependencyError};
 use crate::nasa::NasaClient;
-use crate::{db, kafka};
+use crate::{db, group_admin, kafka};
 
 /// The outcome of one check: what was found, or what is wrong and what to do.
 #[derive(Debug)]
@@ -31,6 +32,8 @@ pub enum CheckFailed {
     KafkaClient(#[source] rdkafka::error::KafkaError),
     #[error("topic {topic}: {error:?}; check KAFKA_TOPIC and the broker's ACLs")]
     Topic { topic: String, error: rdkafka::types::RDKafkaRespErr },
+    #[error(transparent)]
+    GroupProtocol(#[from] group_admin::ProtocolRefused),
     #[error(transparent)]
     Migrations(#[from] db::MigrationStateUnreadable),
     #[error(transparent)]
@@ -60,7 +63,11 @@ pub async fn run(config: &Config) -> Vec<Check> {
         let config = config.clone();
         tokio::task::spawn_blocking(move || check_kafka(&config)).await.expect("the Kafka check does not panic")
     };
+    let kafka_answers = kafka.outcome.is_ok();
     checks.push(kafka);
+    if config.roles.consumer && kafka_answers {
+        checks.push(check_group(config).await);
+    }
     if let Some(url) = config.postgres.url.clone().filter(|_| config.roles.consumer) {
         checks.extend(tokio::task::spawn_blocking(move || check_postgres(&url)).await.expect("the Postgres check does not panic"));
     }
@@ -94,6 +101,33 @@ fn check_kafka(config: &Config) -> Check {
         Ok(format!("{} broker(s) at {}; topics {}", metadata.brokers().len(), config.kafka.brokers, found.join(", ")))
     })();
     Check::new("Kafka", outcome)
+}
+
+/// The brokers accept KAFKA_GROUP_PROTOCOL; whether they allow KAFKA_SESSION_TIMEOUT_SECS (the
+/// daemon goes on without it, with a WARN).
+async fn check_group(config: &Config) -> Check {
+    let kafka = &config.kafka;
+    let (protocol, secs) = (kafka.group_protocol, kafka.session_timeout.as_secs());
+    let quiet = slog::Logger::root(slog::Discard, slog::o!());
+    let outcome = match group_admin::read_limits(&kafka.brokers, &quiet).await {
+        Err(e) => Ok(format!(
+            "cannot read the brokers' group settings ({e}); KAFKA_GROUP_PROTOCOL={} is tried when the consumer joins",
+            protocol.name()
+        )),
+        Ok(limits) if !limits.accepts(protocol) => Err(group_admin::ProtocolRefused { accepted: limits.accepted() }.into()),
+        Ok(limits) => {
+            let session = match limits.refuses(protocol, kafka.session_timeout) {
+                None => format!("KAFKA_SESSION_TIMEOUT_SECS={secs} within their bounds"),
+                Some(bound) => format!(
+                    "KAFKA_SESSION_TIMEOUT_SECS={secs} (or its heartbeat) is outside their {}={} ms: change that on the brokers, else the group keeps their session timeout",
+                    bound.setting,
+                    bound.limit.as_millis()
+                ),
+            };
+            Ok(format!("KAFKA_GROUP_PROTOCOL={} accepted (the brokers accept {}); {session}", protocol.name(), limits.accepted()))
+        }
+    };
+    Check::new("consumer group", outcome)
 }
 
 /// The login (user, password, database) and the migration state.

@@ -15,24 +15,43 @@
 //! ones are committed every [`COMMIT_EVERY`] from this thread. [`Member::close`] commits what is
 //! finished, leaves the group (so a replacement gets the partitions at once, not after the
 //! session timeout) and closes the client, within a bound.
+//!
+//! Rebalances are incremental on both protocols (`consumer`, KIP-848; `classic` with the
+//! cooperative-sticky assignor): a few partitions are added or revoked at a time, and the others
+//! go on untouched. On a revocation, before librdkafka lets the partitions go, the member commits
+//! what it finished of them and gives up their events in flight (see `offsets`); right after the
+//! poll that ran the callback, and before anything more is handed out, the messages it held of
+//! them are dropped. After every change of the assignment the pause state is set again on the
+//! whole assignment: librdkafka keeps a partition paused across its revocation and
+//! re-assignment, and a partition added while the member was paused comes unpaused (a member
+//! that trusted a flag of its own once held re-assigned partitions paused, consuming nothing,
+//! until its stall detection rejoined the group).
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use slog::{info, warn, Logger};
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use slog::{error, info, warn, Logger};
 use std::sync::mpsc::{self, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
+use crate::config::GroupProtocol;
+use crate::group_admin::heartbeat_interval;
 use crate::kafka::{base_config, LogContext};
 use crate::metrics::METRICS;
 use crate::offsets::{OffsetTracker, Ticket};
+use health::{Health, PROBE_EVERY};
+use held::HeldMessages;
+#[cfg(doc)]
+use held::{HOLD_MAX, HOLD_MAX_BYTES};
+
+mod health;
+mod held;
 
 pub type Tracker = Arc<Mutex<OffsetTracker>>;
 
@@ -42,26 +61,17 @@ pub const COMMIT_EVERY: Duration = Duration::from_millis(200);
 const POLL_WAIT: Duration = Duration::from_millis(100);
 /// How long one poll waits while read messages wait for a permit.
 const PERMIT_WAIT: Duration = Duration::from_millis(2);
-/// Read messages waiting for a permit, at most (count and payload bytes); fetching pauses there
-/// and resumes when they are down to half. librdkafka takes 0.6-0.8 s to deliver again after a
-/// resume (measured against Apache Kafka 4.x), so the half left must last that long at full
-/// speed: with 500 the consumer sat idle for 0.4 s of every 0.6 s at 2,500 events/s.
-const HOLD_MAX: usize = 5000;
-const HOLD_MAX_BYTES: usize = 8 << 20;
-/// While the brokers are unreachable, how often a metadata request checks whether they are back.
-const PROBE_EVERY: Duration = Duration::from_secs(1);
-/// After the brokers answered again, "all brokers down" errors are taken as stale for this long:
-/// librdkafka queued them during the outage, or a restarting broker flapped. One that persists
-/// past it is a new outage.
-const RECOVERY_GRACE: Duration = Duration::from_secs(10);
-/// Other consumer errors are logged at most this often per error code.
-const ERROR_LOG_EVERY: Duration = Duration::from_secs(30);
-
 #[derive(Clone)]
 pub struct MemberSettings {
     pub brokers: String,
     pub group_id: String,
     pub topic: String,
+    pub protocol: GroupProtocol,
+    /// The classic protocol's `session.timeout.ms` (under `consumer` the group's, set through
+    /// the admin API by `group_admin`).
+    pub session_timeout: Duration,
+    /// `group.instance.id`: static membership.
+    pub instance_id: Option<String>,
     pub log: Logger,
 }
 
@@ -73,6 +83,8 @@ pub struct Delivery {
     pub permit: OwnedSemaphorePermit,
     /// When it was handed out (its permit taken): where its latency starts.
     pub handed_out: Instant,
+    /// Cancelled when its partition is revoked: the event is then given up where it is.
+    pub revoked: CancellationToken,
 }
 
 /// What the rest of the daemon may know of the member.
@@ -84,6 +96,9 @@ pub struct MemberView {
     /// Whether librdkafka reached a broker lately (false from "all brokers down" until a
     /// metadata request is answered again).
     pub reachable: bool,
+    /// librdkafka's fatal error, when it had one: this client can do nothing more, a new member
+    /// has to take its place.
+    pub fatal: Option<String>,
 }
 
 enum Control {
@@ -105,27 +120,16 @@ impl Member {
     /// Joins the group (auto-commit off) and starts polling on a new thread.
     pub fn join(settings: &MemberSettings, permits: Arc<Semaphore>, deliver: impl Fn(Delivery) + Send + 'static) -> KafkaResult<Member> {
         let client_id = format!("nasa-ingest-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let view = Arc::new(Mutex::new(MemberView { client_id: client_id.clone(), assigned: Vec::new(), reachable: true }));
+        let view = Arc::new(Mutex::new(MemberView { client_id: client_id.clone(), reachable: true, ..Default::default() }));
         let tracker = Tracker::default();
         let context = MemberContext {
             logs: LogContext { log: settings.log.clone() },
             topic: settings.topic.clone(),
             tracker: tracker.clone(),
             view: view.clone(),
-            assignment_changed: AtomicBool::new(false),
+            changes: Mutex::default(),
         };
-        let consumer: BaseConsumer<MemberContext> = base_config(&settings.brokers)
-            .set("client.id", &client_id)
-            .set("group.id", &settings.group_id)
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
-            // librdkafka's prefetch is bounded too: memory never grows with the backlog.
-            .set("queued.max.messages.kbytes", "16384")
-            .set("reconnect.backoff.max.ms", "2000")
-            .create_with_context(context)?;
+        let consumer: BaseConsumer<MemberContext> = member_config(settings, &client_id).create_with_context(context)?;
         consumer.subscribe(&[&settings.topic])?;
         let (control, control_rx) = mpsc::channel();
         let (closed_tx, closed) = watch::channel(false);
@@ -178,51 +182,102 @@ impl Drop for Member {
     }
 }
 
-/// librdkafka's callbacks, run on the member's thread.
+/// The member's client settings. Under `consumer` the group's session timeout and heartbeat are
+/// the broker's (librdkafka refuses `session.timeout.ms`, `heartbeat.interval.ms` and
+/// `partition.assignment.strategy` there) and the broker assigns; under `classic` they are the
+/// client's, with the incremental cooperative-sticky assignor.
+fn member_config(settings: &MemberSettings, client_id: &str) -> ClientConfig {
+    let mut c = base_config(&settings.brokers);
+    c.set("client.id", client_id)
+        .set("group.id", &settings.group_id)
+        .set("group.protocol", settings.protocol.name())
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        // librdkafka's prefetch is bounded too: memory never grows with the backlog.
+        .set("queued.max.messages.kbytes", "16384")
+        .set("reconnect.backoff.max.ms", "2000");
+    if settings.protocol == GroupProtocol::Classic {
+        let session = settings.session_timeout.as_millis() as u64;
+        c.set("session.timeout.ms", session.to_string())
+            .set("heartbeat.interval.ms", heartbeat_interval(settings.session_timeout).as_millis().to_string())
+            .set("partition.assignment.strategy", "cooperative-sticky");
+    }
+    if let Some(id) = &settings.instance_id {
+        c.set("group.instance.id", id);
+    }
+    c
+}
+
+/// What a rebalance callback did, for the poller to act on (and log) right after the poll.
+#[derive(Debug)]
+enum Change {
+    Assigned(Vec<i32>),
+    /// `abandoned`: events of these partitions that were in flight and are given up.
+    Revoked {
+        partitions: Vec<i32>,
+        lost: bool,
+        abandoned: usize,
+        committed: Vec<(i32, i64)>,
+    },
+}
+
+/// librdkafka's callbacks, run on the member's thread (inside its polls).
 struct MemberContext {
     logs: LogContext,
     topic: String,
     tracker: Tracker,
     view: Arc<Mutex<MemberView>>,
-    /// Set by a new assignment: its partitions are not paused yet.
-    assignment_changed: AtomicBool,
+    /// What the callbacks changed since the poller last looked.
+    changes: Mutex<Vec<Change>>,
 }
 
+impl MemberContext {
+    fn take_changes(&self) -> Vec<Change> {
+        std::mem::take(&mut *self.changes.lock().expect("changes lock"))
+    }
+}
+
+/// librdkafka's logs and errors, but its fatal error, which the poller says once with what to
+/// do, at debug level.
 impl ClientContext for MemberContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        let level = if fac == "FATAL" { RDKafkaLogLevel::Debug } else { level };
         self.logs.log(level, fac, msg)
     }
     fn error(&self, error: KafkaError, reason: &str) {
+        // librdkafka's reasons for a fatal error say so ("... fatal error: ...").
+        if reason.to_ascii_lowercase().contains("fatal") {
+            return self.logs.log(RDKafkaLogLevel::Debug, "FATAL", reason);
+        }
         self.logs.error(error, reason)
     }
 }
 
+/// rust-rdkafka's default `rebalance` calls these around `incremental_assign` /
+/// `incremental_unassign` (the protocol is cooperative on both settings).
 impl ConsumerContext for MemberContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let partitions = topic_partitions(tpl, &self.topic);
-            let commits = self.tracker.lock().expect("tracker lock").all_commits(Some(&partitions));
-            // Asynchronous: librdkafka sends it before it rejoins, and waits for it on close.
-            if !commits.is_empty() && !consumer.assignment_lost() {
-                if let Err(e) = consumer.commit(&offsets_list(&self.topic, &commits), CommitMode::Async) {
-                    warn!(self.logs.log, "offset commit failed; the events will be read again"; "labels.reason" => "revoke",
-                        "error.type" => "kafka", "error.message" => e.to_string());
-                }
+        let change = match rebalance {
+            Rebalance::Assign(tpl) => {
+                let partitions = topic_partitions(tpl, &self.topic);
+                // Before librdkafka starts fetching them: their first messages find them assigned.
+                self.tracker.lock().expect("tracker lock").assign(&partitions);
+                Change::Assigned(partitions)
             }
-            self.tracker.lock().expect("tracker lock").revoke(&partitions);
-            self.view.lock().expect("view lock").assigned.clear();
-            info!(self.logs.log, "partitions revoked"; "labels.partitions" => format!("{partitions:?}"),
-                "labels.lost" => consumer.assignment_lost());
-        }
+            Rebalance::Revoke(tpl) => self.revoke(consumer, topic_partitions(tpl, &self.topic)),
+            Rebalance::Error(e) => {
+                warn!(self.logs.log, "rebalance failed; librdkafka joins the group again"; "error.type" => "kafka",
+                    "error.message" => e.to_string());
+                return;
+            }
+        };
+        self.changes.lock().expect("changes lock").push(change);
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            let partitions = topic_partitions(tpl, &self.topic);
-            self.view.lock().expect("view lock").assigned = partitions.clone();
-            self.assignment_changed.store(true, Ordering::SeqCst);
-            info!(self.logs.log, "partitions assigned"; "labels.partitions" => format!("{partitions:?}"));
-        }
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, _: &Rebalance<'_>) {
+        let assigned = consumer.assignment().map(|tpl| topic_partitions(&tpl, &self.topic)).unwrap_or_default();
+        self.view.lock().expect("view lock").assigned = assigned;
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
@@ -243,8 +298,29 @@ impl ConsumerContext for MemberContext {
     }
 }
 
+impl MemberContext {
+    /// Commits what is finished of `partitions` (unless they are lost: another member may own
+    /// them already) and gives up their events in flight, before librdkafka lets them go.
+    fn revoke(&self, consumer: &BaseConsumer<Self>, partitions: Vec<i32>) -> Change {
+        let lost = consumer.assignment_lost();
+        let mut tracker = self.tracker.lock().expect("tracker lock");
+        let committed = if lost { Vec::new() } else { tracker.all_commits(Some(&partitions)) };
+        // Asynchronous: librdkafka sends it before it tells the group the partitions are free.
+        if !committed.is_empty() {
+            if let Err(e) = consumer.commit(&offsets_list(&self.topic, &committed), CommitMode::Async) {
+                warn!(self.logs.log, "offset commit failed; the events will be read again"; "labels.reason" => "revoke",
+                    "error.type" => "kafka", "error.message" => e.to_string());
+            }
+        }
+        let abandoned = tracker.revoke(&partitions);
+        Change::Revoked { partitions, lost, abandoned, committed }
+    }
+}
+
 fn topic_partitions(tpl: &TopicPartitionList, topic: &str) -> Vec<i32> {
-    tpl.elements_for_topic(topic).iter().map(|e| e.partition()).collect()
+    let mut out: Vec<i32> = tpl.elements_for_topic(topic).iter().map(|e| e.partition()).collect();
+    out.sort();
+    out
 }
 
 pub fn offsets_list(topic: &str, commits: &[(i32, i64)]) -> TopicPartitionList {
@@ -253,41 +329,6 @@ pub fn offsets_list(topic: &str, commits: &[(i32, i64)]) -> TopicPartitionList {
         tpl.add_partition_offset(topic, p, Offset::Offset(o)).expect("offsets are valid");
     }
     tpl
-}
-
-/// Messages read while no permit was free: events (small), not images, in the order read.
-#[derive(Default)]
-struct HeldMessages {
-    messages: VecDeque<(OwnedMessage, Ticket)>,
-    bytes: usize,
-}
-
-impl HeldMessages {
-    fn size(msg: &OwnedMessage) -> usize {
-        msg.payload().map_or(0, <[u8]>::len) + msg.key().map_or(0, <[u8]>::len)
-    }
-    fn push(&mut self, msg: OwnedMessage, ticket: Ticket) {
-        self.bytes += Self::size(&msg);
-        self.messages.push_back((msg, ticket));
-    }
-    fn pop(&mut self) -> Option<(OwnedMessage, Ticket)> {
-        let (msg, ticket) = self.messages.pop_front()?;
-        self.bytes -= Self::size(&msg);
-        Some((msg, ticket))
-    }
-    fn retain(&mut self, keep: impl Fn(&Ticket) -> bool) {
-        self.messages.retain(|(_, ticket)| keep(ticket));
-        self.bytes = self.messages.iter().map(|(msg, _)| Self::size(msg)).sum();
-    }
-    fn is_empty(&self) -> bool {
-        self.messages.is_empty()
-    }
-    fn is_full(&self) -> bool {
-        self.messages.len() >= HOLD_MAX || self.bytes >= HOLD_MAX_BYTES
-    }
-    fn is_below_half(&self) -> bool {
-        self.messages.len() <= HOLD_MAX / 2 && self.bytes <= HOLD_MAX_BYTES / 2
-    }
 }
 
 /// The member's thread: polls, hands out messages while permits are free, commits.
@@ -319,12 +360,6 @@ impl Poller {
             if fetching {
                 self.hand_out_held(&mut held);
             }
-            if self.consumer.context().assignment_changed.swap(false, Ordering::SeqCst) {
-                paused = false;
-                // What was read from partitions given up meanwhile is the new owner's to handle.
-                let tracker = self.tracker.lock().expect("tracker lock");
-                held.retain(|ticket| tracker.is_current(ticket));
-            }
             let pause = !fetching || held.is_full() || (paused && !held.is_below_half());
             if pause != paused {
                 self.set_paused(pause);
@@ -332,17 +367,29 @@ impl Poller {
             }
             // Waiting for a permit: look again soon, rather than after a whole poll wait.
             let wait = if held.is_empty() { POLL_WAIT } else { PERMIT_WAIT };
-            match self.consumer.poll(wait) {
+            let polled = self.consumer.poll(wait);
+            // Rebalance callbacks run inside the poll: settle what they changed before anything
+            // more is handed out.
+            let changes = self.consumer.context().take_changes();
+            if !changes.is_empty() {
+                self.settle(changes, &mut held);
+                // Whatever librdkafka kept or reset: the whole assignment as wanted now.
+                self.set_paused(paused);
+            }
+            match polled {
                 Some(Ok(m)) => {
                     health.answered(&log, &self.view);
                     let msg = m.detach();
                     METRICS.consumed.inc();
-                    let ticket = self.tracker.lock().expect("tracker lock").begin(msg.partition(), msg.offset());
-                    held.push(msg, ticket);
+                    let begun = self.tracker.lock().expect("tracker lock").begin(msg.partition(), msg.offset());
+                    if let Some(begun) = begun {
+                        held.push(msg, begun);
+                    }
                     if fetching {
                         self.hand_out_held(&mut held);
                     }
                 }
+                Some(Err(KafkaError::MessageConsumptionFatal(code))) => self.fatal(code),
                 Some(Err(e)) => health.error(&e, &log, &self.view),
                 None => {}
             }
@@ -357,16 +404,61 @@ impl Poller {
         self.leave(close_within);
     }
 
-    fn hand_out_held(&self, held: &mut HeldMessages) {
-        while !held.is_empty() {
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else { return };
-            let (msg, ticket) = held.pop().expect("not empty");
-            (self.deliver)(Delivery { msg, ticket, tracker: self.tracker.clone(), permit, handed_out: Instant::now() });
+    /// Acts on the rebalance callbacks' changes: drops the held messages of partitions given
+    /// up, and says what changed, one line each.
+    fn settle(&self, changes: Vec<Change>, held: &mut HeldMessages) {
+        let log = &self.settings.log;
+        let tracker = self.tracker.lock().expect("tracker lock");
+        let assigned = format!("{:?}", tracker.assigned());
+        for change in changes {
+            match change {
+                Change::Assigned(partitions) if partitions.is_empty() => {}
+                Change::Assigned(partitions) => info!(log, "partitions assigned"; "labels.partitions" => format!("{partitions:?}"),
+                    "labels.assigned" => &assigned),
+                Change::Revoked { partitions, lost, abandoned, committed } => {
+                    let dropped = held.retain(|ticket| tracker.is_current(ticket));
+                    info!(log, "partitions revoked"; "labels.partitions" => format!("{partitions:?}"), "labels.lost" => lost,
+                        "labels.assigned" => &assigned, "labels.in_flight_abandoned" => abandoned,
+                        "labels.held_dropped" => dropped, "labels.offsets" => format!("{committed:?}"));
+                }
+            }
         }
     }
 
-    /// Pauses or resumes fetching of every assigned partition. Paused partitions drop what
-    /// librdkafka prefetched and continue from the next unread offset on resume.
+    /// librdkafka's client cannot go on: said once, and shown in the view (the Subscriber puts
+    /// a new member in its place).
+    fn fatal(&self, code: RDKafkaErrorCode) {
+        let mut view = self.view.lock().expect("view lock");
+        if view.fatal.is_some() {
+            return;
+        }
+        let reason = self.consumer.client().fatal_error().map_or_else(|| code.to_string(), |(_, reason)| reason);
+        let log = &self.settings.log;
+        match code {
+            RDKafkaErrorCode::UnsupportedVersion if self.settings.protocol == GroupProtocol::Consumer => error!(log,
+                "the brokers refuse the consumer group protocol; set KAFKA_GROUP_PROTOCOL=classic, or enable it on the brokers (Kafka 4.0+: group.coordinator.rebalance.protocols=classic,consumer)";
+                "error.type" => "kafka", "error.message" => &reason),
+            RDKafkaErrorCode::UnreleasedInstanceId | RDKafkaErrorCode::FencedInstanceId => warn!(log,
+                "KAFKA_GROUP_INSTANCE_ID is held by another member (this one's earlier process, if it died without leaving: the broker frees it after the session timeout); a new member tries again";
+                "error.type" => "kafka", "error.message" => &reason),
+            _ => error!(log, "Kafka consumer failed for good; a new member takes its place"; "error.type" => "kafka",
+                "error.message" => &reason),
+        }
+        view.fatal = Some(reason);
+    }
+
+    fn hand_out_held(&self, held: &mut HeldMessages) {
+        while !held.is_empty() {
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else { return };
+            let (msg, ticket, revoked) = held.pop().expect("not empty");
+            let handed_out = Instant::now();
+            (self.deliver)(Delivery { msg, ticket, tracker: self.tracker.clone(), permit, handed_out, revoked });
+        }
+    }
+
+    /// Pauses or resumes fetching of every assigned partition (resuming one that is not paused,
+    /// or pausing one that is, does nothing). Paused partitions drop what librdkafka prefetched
+    /// and continue from the next unread offset on resume.
     fn set_paused(&self, pause: bool) {
         let Ok(assignment) = self.consumer.assignment() else { return };
         if assignment.count() == 0 {
@@ -396,6 +488,13 @@ impl Poller {
     fn leave(self, within: Duration) {
         let deadline = Instant::now() + within;
         let log = self.settings.log.clone();
+        if self.view.lock().expect("view lock").fatal.is_some() {
+            // A failed client cannot commit or leave: librdkafka destroys it without trying (the
+            // broker drops the member after the session timeout).
+            info!(log, "failed consumer closed without leaving the group");
+            drop(self);
+            return;
+        }
         let commits = self.tracker.lock().expect("tracker lock").all_commits(None);
         if !commits.is_empty() {
             // librdkafka waits for outstanding commits before it leaves the group.
@@ -418,101 +517,41 @@ impl Poller {
     }
 }
 
-/// Whether the brokers answer, said once per change instead of once per queued error.
-#[derive(Default)]
-struct Health {
-    /// Since when every broker has been unreachable.
-    down_since: Option<Instant>,
-    /// When the brokers last answered again after an outage.
-    recovered_at: Option<Instant>,
-    last_probe: Option<Instant>,
-    /// When each other error code (as its number) was last logged.
-    logged: std::collections::HashMap<i32, Instant>,
-}
-
-impl Health {
-    fn error(&mut self, e: &KafkaError, log: &Logger, view: &Mutex<MemberView>) {
-        let code = e.rdkafka_error_code();
-        if code == Some(RDKafkaErrorCode::AllBrokersDown) {
-            let stale = self.recovered_at.is_some_and(|t| t.elapsed() < RECOVERY_GRACE);
-            if self.down_since.is_none() && !stale {
-                self.down_since = Some(Instant::now());
-                view.lock().expect("view lock").reachable = false;
-                warn!(log, "Kafka consumer lost every broker; it keeps polling and serves the group as soon as one answers";
-                    "error.type" => "kafka", "error.message" => e.to_string());
-            }
-            return;
-        }
-        // One broker's connection failing is librdkafka's to retry (and the outage, if it is one,
-        // is said by the "all brokers down" that follows): not a WARN of its own.
-        if code == Some(RDKafkaErrorCode::BrokerTransportFailure) {
-            return;
-        }
-        let code = code.unwrap_or(RDKafkaErrorCode::Unknown) as i32;
-        let due = self.logged.get(&code).is_none_or(|t| t.elapsed() >= ERROR_LOG_EVERY);
-        if due && self.down_since.is_none() {
-            self.logged.insert(code, Instant::now());
-            warn!(log, "Kafka consumer error; librdkafka retries it"; "error.type" => "kafka", "error.message" => e.to_string());
-        }
-    }
-
-    fn should_probe(&mut self) -> bool {
-        let due = self.down_since.is_some() && self.last_probe.is_none_or(|t| t.elapsed() >= PROBE_EVERY);
-        if due {
-            self.last_probe = Some(Instant::now());
-        }
-        due
-    }
-
-    fn answered(&mut self, log: &Logger, view: &Mutex<MemberView>) {
-        if let Some(since) = self.down_since.take() {
-            self.recovered_at = Some(Instant::now());
-            view.lock().expect("view lock").reachable = true;
-            self.logged.clear();
-            info!(log, "Kafka consumer recovered"; "labels.outage_ms" => since.elapsed().as_millis() as u64);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::offsets::OffsetTracker;
-    use rdkafka::Timestamp;
 
-    fn message(offset: i64, payload_bytes: usize) -> OwnedMessage {
-        OwnedMessage::new(Some(vec![b'x'; payload_bytes]), Some(b"id".to_vec()), "images".into(), Timestamp::NotAvailable, 0, offset, None)
+    fn settings(protocol: GroupProtocol) -> MemberSettings {
+        MemberSettings {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "g".into(),
+            topic: "images".into(),
+            protocol,
+            session_timeout: Duration::from_secs(10),
+            instance_id: None,
+            log: Logger::root(slog::Discard, slog::o!()),
+        }
     }
 
     #[test]
-    fn fetching_pauses_when_the_held_messages_fill_and_resumes_at_half() {
-        let mut tracker = OffsetTracker::default();
-        let mut held = HeldMessages::default();
-        for offset in 0..HOLD_MAX as i64 - 1 {
-            held.push(message(offset, 100), tracker.begin(0, offset));
+    fn under_the_consumer_protocol_the_group_timeouts_and_the_assignor_are_the_brokers() {
+        let c = member_config(&settings(GroupProtocol::Consumer), "id");
+        assert_eq!(c.get("group.protocol"), Some("consumer"));
+        for refused in ["session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy"] {
+            assert_eq!(c.get(refused), None, "librdkafka refuses {refused} under group.protocol=consumer");
         }
-        assert!(!held.is_full());
-        held.push(message(HOLD_MAX as i64, 100), tracker.begin(0, HOLD_MAX as i64));
-        assert!(held.is_full(), "{HOLD_MAX} messages fill it");
-        while !held.is_below_half() {
-            held.pop().unwrap();
-        }
-        assert_eq!(held.messages.len(), HOLD_MAX / 2, "fetching resumes at half, not before");
+        assert_eq!(c.get("group.instance.id"), None, "static membership is off by default");
     }
 
     #[test]
-    fn large_messages_fill_it_by_their_bytes() {
-        let mut tracker = OffsetTracker::default();
-        let mut held = HeldMessages::default();
-        let big = HOLD_MAX_BYTES / 4;
-        for offset in 0..4 {
-            assert!(!held.is_full());
-            held.push(message(offset, big), tracker.begin(0, offset));
-        }
-        assert!(held.is_full(), "4 messages of a quarter of HOLD_MAX_BYTES each fill it");
-        held.pop().unwrap();
-        assert!(!held.is_below_half(), "3 quarters are above half");
-        held.retain(|t| t.offset == 3);
-        assert!(held.is_below_half() && held.bytes == big + 2, "retain recounts the bytes: {}", held.bytes);
+    fn under_the_classic_protocol_the_member_sets_them_and_assigns_incrementally() {
+        let mut s = settings(GroupProtocol::Classic);
+        s.instance_id = Some("ingest-0".into());
+        let c = member_config(&s, "id");
+        assert_eq!(c.get("group.protocol"), Some("classic"));
+        assert_eq!(c.get("session.timeout.ms"), Some("10000"));
+        assert_eq!(c.get("heartbeat.interval.ms"), Some("1000"));
+        assert_eq!(c.get("partition.assignment.strategy"), Some("cooperative-sticky"));
+        assert_eq!(c.get("group.instance.id"), Some("ingest-0"));
     }
 }

@@ -25,6 +25,7 @@ use crate::dlq::reason::Reason;
 use crate::dlq::DlqWatch;
 use crate::errors::Transient;
 use crate::fault_injection::InjectedPanics;
+use crate::group_admin;
 use crate::http::status::{ActorProbe, StatusSources};
 use crate::http::{self, AppState, CrashFn};
 use crate::kafka;
@@ -58,6 +59,8 @@ pub enum StartError {
     HttpAddr(#[from] crate::check::HttpAddrNotBindable),
     #[error(transparent)]
     DataDir(#[from] crate::check::DataDirNotWritable),
+    #[error(transparent)]
+    GroupProtocol(#[from] crate::group_admin::ProtocolRefused),
     #[error("the dependencies were not usable within STARTUP_TIMEOUT_SECS={secs}: {waiting}; fix them, or raise STARTUP_TIMEOUT_SECS (0 waits forever)")]
     StartupTimeout { secs: u64, waiting: String },
     /// SIGTERM or SIGINT came while start-up waited for a dependency: not a failure.
@@ -69,7 +72,7 @@ impl StartError {
     /// 2 for a setting to change, 1 for anything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            StartError::HttpAddr(_) | StartError::DataDir(_) => EXIT_SETTING,
+            StartError::HttpAddr(_) | StartError::DataDir(_) | StartError::GroupProtocol(_) => EXIT_SETTING,
             StartError::Outbox(_) | StartError::Kafka(_) | StartError::StartupTimeout { .. } => 1,
             StartError::Stopped => 0,
         }
@@ -274,6 +277,7 @@ fn app_state(
         pool,
         kafka,
         status,
+        log_search: config.observability.log_search_url.clone(),
     }))
 }
 
@@ -297,7 +301,8 @@ async fn prepare(
     if config.roles.consumer {
         let pool = pool.expect("the consumer role has a pool");
         migrate_when_usable(config, log, retry, &pool, &app.status.dependencies, shutdown).await?;
-        for (name, start) in consumer_children(config, root, slots, retry, pool, app)? {
+        let session_timeout = group_admin::prepare_group(&config.kafka, log).await?;
+        for (name, start) in consumer_children(config, root, slots, retry, pool, app, session_timeout)? {
             add(name, start);
         }
     }
@@ -340,6 +345,7 @@ async fn migrate_when_usable(
 }
 
 /// Storer, Downloader and Subscriber. The pool and the consumer outlive their restarts.
+/// `session_timeout`: the classic member's, within the brokers' bounds.
 fn consumer_children(
     config: &Config,
     root: &Logger,
@@ -347,6 +353,7 @@ fn consumer_children(
     retry: Backoff,
     pool: db::PgPool,
     app: &AppState,
+    session_timeout: Duration,
 ) -> Result<Children, StartError> {
     let sub_log = for_component(root, "subscriber");
     let pipeline = Pipeline {
@@ -365,6 +372,9 @@ fn consumer_children(
         brokers: config.kafka.brokers.clone(),
         group_id: config.kafka.group_id.clone(),
         topic: config.kafka.topic.clone(),
+        protocol: config.kafka.group_protocol,
+        session_timeout,
+        instance_id: config.kafka.group_instance_id.clone(),
         log: sub_log,
     };
     let (restarts, status) = (app.status.restarts.clone(), app.status.consumer.clone().expect("the consumer role has a status"));

@@ -82,6 +82,10 @@ pub enum EventError {
     Transient(#[from] Transient),
     #[error(transparent)]
     Permanent(#[from] Permanent),
+    /// The event's partition was revoked while it was handled: it is given up unfinished, and
+    /// the partition's new owner handles it.
+    #[error("given up: its partition was revoked")]
+    Abandoned,
 }
 
 impl EventError {
@@ -89,6 +93,7 @@ impl EventError {
         match self {
             EventError::Transient(t) => t.kind(),
             EventError::Permanent(p) => p.kind(),
+            EventError::Abandoned => "abandoned",
         }
     }
 }

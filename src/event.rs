@@ -5,11 +5,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::trace::TraceContext;
+
 pub const SCHEMA_VERSION: u32 = 1;
 pub const EVENT_TYPE: &str = "image_discovered";
 pub const LEGACY_EVENT_TYPE: &str = "image_saved";
 
-/// One image found by the Fetcher. Serialized as JSON; the Kafka key is `nasa_id`.
+/// One image found by the Fetcher. Serialized as JSON; the Kafka key is `nasa_id`; its trace
+/// travels beside it, in the record's headers (and in the outbox's file), not in the JSON.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct ImageEvent {
     pub schema_version: u32,
@@ -22,9 +25,13 @@ pub struct ImageEvent {
     pub center: Option<String>,
     pub date_created: Option<String>,
     pub produced_at: DateTime<Utc>,
+    /// The span of the stage that holds the event: the fetch's, then the publish's.
+    #[serde(skip, default = "TraceContext::new_root")]
+    pub trace: TraceContext,
 }
 
 impl ImageEvent {
+    /// The event of an image found: the first span of a new trace (the fetch's).
     pub fn new(found: crate::nasa::FoundImage, query: &str) -> ImageEvent {
         ImageEvent {
             schema_version: SCHEMA_VERSION,
@@ -37,7 +44,13 @@ impl ImageEvent {
             center: found.center,
             date_created: found.date_created,
             produced_at: Utc::now(),
+            trace: TraceContext::new_root(),
         }
+    }
+
+    /// The event handed to the next stage, in a span of its own.
+    pub fn in_next_span(self) -> ImageEvent {
+        ImageEvent { trace: self.trace.child(), ..self }
     }
 }
 

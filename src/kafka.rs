@@ -5,6 +5,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{Headers, Message};
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 use slog::{debug, info, warn, Logger};
@@ -52,6 +53,12 @@ impl ClientContext for LogContext {
 }
 
 impl rdkafka::consumer::ConsumerContext for LogContext {}
+
+/// A record header's value as text.
+pub fn header_text<M: Message>(msg: &M, key: &str) -> Option<String> {
+    let headers = msg.headers()?;
+    headers.iter().find(|h| h.key == key).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
+}
 
 pub fn base_config(brokers: &str) -> ClientConfig {
     let mut c = ClientConfig::new();

@@ -2,7 +2,8 @@
 //! or, for a person at a terminal, one short text line per event (`LOG_FORMAT`).
 //!
 //! `@timestamp`, `log.level` and `message` come first, then the service fields. Call sites add
-//! `log.logger` (the actor), `error.type` / `error.message`, and pipeline facts as `labels.*`.
+//! `log.logger` (the actor), `error.type` / `error.message`, and pipeline facts as `labels.*`;
+//! a line about one image carries its trace, `trace.id` and `span.id` (see `trace`).
 //! Keys are dotted at the top level, as ECS allows; Filebeat's `expand_keys` nests them.
 
 use chrono::{SecondsFormat, Utc};
@@ -174,8 +175,8 @@ impl<W: Write> Drop for WholeLines<W> {
     }
 }
 
-/// Sends ERROR and CRITICAL lines to Sentry (when enabled), with their actor, nasa_id and error,
-/// and keeps the last WARN and ERROR lines in `problems` for `/status` and the page.
+/// Sends ERROR and CRITICAL lines to Sentry (when enabled), with their actor, nasa_id, error and
+/// trace, and keeps the last WARN and ERROR lines in `problems` for `/status` and the page.
 /// Panics are left to Sentry's panic hook, which has their stack trace.
 struct SentryDrain<D> {
     inner: D,
@@ -199,6 +200,7 @@ impl<D: Drain> Drain for SentryDrain<D> {
                     nasa_id: fields.get("labels.nasa_id"),
                     error_type: Some(fields.get("error.type").unwrap_or_else(|| "error".into())),
                     error_message: fields.get("error.message"),
+                    trace: fields.trace(),
                 };
                 crate::telemetry::report_error(&record.msg().to_string(), &info);
             }
@@ -254,6 +256,12 @@ struct Fields(Vec<(slog::Key, String)>);
 impl Fields {
     fn get(&self, key: &str) -> Option<String> {
         self.0.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+    }
+
+    /// The image's trace and the stage's span, when the line is about an image.
+    fn trace(&self) -> Option<(crate::trace::TraceId, crate::trace::SpanId)> {
+        let trace_id = crate::trace::TraceId::parse(&self.get("trace.id")?)?;
+        Some((trace_id, crate::trace::SpanId::parse(&self.get("span.id")?)?))
     }
 }
 
@@ -373,6 +381,23 @@ mod tests {
         assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok() && ts.ends_with('Z') && ts.len() == 24, "{ts}");
         let w: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
         assert_eq!((w["log.level"].as_str(), w["error.type"].as_str()), (Some("warn"), Some("kafka")));
+    }
+
+    #[test]
+    fn a_line_about_an_image_carries_its_trace_its_span_and_the_stage_it_ends() {
+        use crate::trace::{Stage, TraceContext};
+        let (buf, span) = (Buf::default(), TraceContext::new_root());
+        let log = for_component(&logger(buf.clone(), Level::Info, "test", &RecentProblems::default()), "publisher");
+        info!(span.logger(&log), "Kafka unavailable");
+        info!(log, "sent"; Stage::Publish, &span, "labels.nasa_id" => "a");
+        info!(log, "actor started");
+        let lines: Vec<serde_json::Value> = buf.text().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        for line in &lines[..2] {
+            assert_eq!(line["trace.id"], span.trace_id.to_string().as_str(), "{line}");
+            assert_eq!(line["span.id"], span.span_id.to_string().as_str(), "{line}");
+        }
+        assert_eq!((lines[0].get("event.action"), &lines[1]["event.action"]), (None, &"publish".into()));
+        assert!(lines[2].get("trace.id").is_none() && lines[2].get("span.id").is_none(), "{}", lines[2]);
     }
 
     #[test]

@@ -3,6 +3,10 @@
 //! An event is written (and fsync'd) before it is published and removed once the broker has
 //! acknowledged it. At start, a pending event is published before anything new is fetched.
 //! The outbox belongs to one process at a time: opening it takes its slot's lock (`datadir`).
+//!
+//! `pending.json` is the event's JSON with its trace context beside it (`traceparent` and, when
+//! there is one, `tracestate`), so that the event is sent after a crash in the trace it started
+//! in. A file written before traces were kept has none: its event is sent in a new trace.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -11,6 +15,7 @@ use std::sync::Arc;
 
 use crate::datadir::{DataDirError, DataDirLock, Owner};
 use crate::event::ImageEvent;
+use crate::trace::TraceContext;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
@@ -22,6 +27,31 @@ pub enum OutboxError {
     Unreadable { path: PathBuf, source: serde_json::Error },
     #[error(transparent)]
     Locked(#[from] DataDirError),
+}
+
+/// `pending.json`: the event, and its trace context.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct OnDisk {
+    #[serde(flatten)]
+    event: ImageEvent,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    traceparent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tracestate: Option<String>,
+}
+
+impl OnDisk {
+    fn of(event: &ImageEvent) -> OnDisk {
+        let trace = &event.trace;
+        OnDisk { event: event.clone(), traceparent: Some(trace.traceparent()), tracestate: trace.state.clone() }
+    }
+
+    /// The event in the trace written beside it; without one (an older file, or a header that
+    /// does not parse) it keeps the new trace it was read with.
+    fn into_event(self) -> ImageEvent {
+        let written = self.traceparent.and_then(|t| TraceContext::parse(&t, self.tracestate.as_deref()).ok());
+        ImageEvent { trace: written.unwrap_or(self.event.trace), ..self.event }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -59,7 +89,9 @@ impl Outbox {
     pub fn peek(&self) -> Result<Option<ImageEvent>, OutboxError> {
         let path = self.pending_path();
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| OutboxError::Unreadable { path, source }),
+            Ok(bytes) => serde_json::from_slice::<OnDisk>(&bytes)
+                .map(|on_disk| Some(on_disk.into_event()))
+                .map_err(|source| OutboxError::Unreadable { path, source }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(OutboxError::Io { path, source }),
         }
@@ -70,7 +102,7 @@ impl Outbox {
         let tmp = self.dir.join("pending.json.tmp");
         let io = |source| OutboxError::Io { path: tmp.clone(), source };
         let mut f = File::create(&tmp).map_err(io)?;
-        f.write_all(&serde_json::to_vec(event).expect("events always serialize")).map_err(io)?;
+        f.write_all(&serde_json::to_vec(&OnDisk::of(event)).expect("events always serialize")).map_err(io)?;
         f.sync_all().map_err(io)?;
         fs::rename(&tmp, self.pending_path()).map_err(io)?;
         self.sync_dir()
@@ -115,6 +147,23 @@ mod tests {
         assert_eq!(reopened.pending().unwrap(), Some(e));
         reopened.clear().unwrap();
         assert_eq!(reopened.pending().unwrap(), None);
+    }
+
+    #[test]
+    fn the_pending_event_keeps_its_trace_and_an_older_file_without_one_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path(), Owner::Daemon).unwrap();
+        let mut e = event();
+        e.trace.state = Some("rojo=00f067aa0ba902b7".into());
+        outbox.put(&e).unwrap();
+        let text = fs::read_to_string(dir.path().join("outbox/pending.json")).unwrap();
+        assert!(text.contains(&format!("\"traceparent\":\"{}\"", e.trace.traceparent())), "{text}");
+        assert_eq!(outbox.pending().unwrap().unwrap().trace, e.trace);
+        // As the version before traces wrote it: the event's JSON alone.
+        fs::write(dir.path().join("outbox/pending.json"), serde_json::to_vec(&e).unwrap()).unwrap();
+        let older = outbox.pending().unwrap().unwrap();
+        assert_eq!((older.event_id, &older.nasa_id), (e.event_id, &e.nasa_id));
+        assert_ne!(older.trace.trace_id, e.trace.trace_id, "sent in a new trace");
     }
 
     #[test]

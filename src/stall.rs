@@ -14,6 +14,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use crate::group_admin::describe_group;
+
 /// The group and the topic as the broker sees them now.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -148,7 +150,8 @@ impl StallWatch {
 }
 
 /// Reads a [`Snapshot`] with a client of the group that never joins it (committed offsets and
-/// the group's description need no membership). Blocking: run it off the actor thread.
+/// the group's description, on either protocol, need no membership). Blocking: run it off the
+/// actor thread.
 pub fn snapshot<C: ConsumerContext>(observer: &BaseConsumer<C>, topic: &str, group: &str, timeout: Duration) -> KafkaResult<Snapshot> {
     let metadata = observer.fetch_metadata(Some(topic), timeout)?;
     let topic_md = metadata.topics().first().ok_or(KafkaError::MetadataFetch(rdkafka::types::RDKafkaErrorCode::UnknownTopic))?;
@@ -167,55 +170,14 @@ pub fn snapshot<C: ConsumerContext>(observer: &BaseConsumer<C>, topic: &str, gro
         };
         snap.partitions.insert(p, (done.max(low), high));
     }
-    let groups = observer.fetch_group_list(Some(group), timeout)?;
-    for member in groups.groups().iter().flat_map(|g| g.members()) {
-        snap.members.insert(member.client_id().to_owned(), member.id().to_owned());
-        for p in member.assignment().map(|a| assigned_partitions(a, topic)).unwrap_or_default() {
-            snap.owners.insert(p, member.client_id().to_owned());
+    let described = describe_group(observer.client(), group, timeout).map_err(|e| KafkaError::AdminOp(e.code))?;
+    for member in described.members {
+        for p in member.assignment.iter().filter(|(t, _)| t == topic).map(|(_, p)| *p) {
+            snap.owners.insert(p, member.client_id.clone());
         }
+        snap.members.insert(member.client_id, member.member_id);
     }
     Ok(snap)
-}
-
-/// The partitions of `topic` in a member's assignment (Kafka's consumer protocol: version i16,
-/// then [topic: string, partitions: [i32]], then user data). Empty when it cannot be read.
-pub fn assigned_partitions(bytes: &[u8], topic: &str) -> Vec<i32> {
-    fn read(bytes: &[u8], topic: &str) -> Option<Vec<i32>> {
-        let mut r = Reader(bytes);
-        r.i16()?;
-        let mut out = Vec::new();
-        for _ in 0..r.i32()?.max(0) {
-            let len = r.i16()?.max(0) as usize;
-            let name = r.take(len)?;
-            for _ in 0..r.i32()?.max(0) {
-                let p = r.i32()?;
-                if name == topic.as_bytes() {
-                    out.push(p);
-                }
-            }
-        }
-        Some(out)
-    }
-    read(bytes, topic).unwrap_or_default()
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-    fn i16(&mut self) -> Option<i16> {
-        self.take(2).map(|b| i16::from_be_bytes([b[0], b[1]]))
-    }
-    fn i32(&mut self) -> Option<i32> {
-        self.take(4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
 }
 
 #[cfg(test)]
@@ -289,21 +251,5 @@ mod tests {
         w.observe(&s, &own(&[]), t0);
         w.unobserved();
         assert_eq!(w.observe(&s, &own(&[]), t0 + W).stall, None);
-    }
-
-    #[test]
-    fn assignments_are_read_from_the_consumer_protocol() {
-        let mut b = vec![0, 1, 0, 0, 0, 2];
-        for (topic, parts) in [("other", vec![9i32]), ("images", vec![4, 5])] {
-            b.extend((topic.len() as i16).to_be_bytes());
-            b.extend(topic.as_bytes());
-            b.extend((parts.len() as i32).to_be_bytes());
-            for p in parts {
-                b.extend(p.to_be_bytes());
-            }
-        }
-        b.extend((-1i32).to_be_bytes());
-        assert_eq!(assigned_partitions(&b, "images"), vec![4, 5]);
-        assert_eq!(assigned_partitions(&b[..7], "images"), Vec::<i32>::new(), "cut short: nothing");
     }
 }

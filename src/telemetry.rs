@@ -6,11 +6,16 @@
 //!   reports once, and once more when it is over ([incident_recovered]). Events with the same
 //!   fingerprint are at most one per `SENTRY_MIN_INTERVAL_SECS`.
 //! - Every panic is logged as one ECS ERROR line, then reported to Sentry; nothing else is printed.
+//! - An event about one image carries the image's trace: its id as the event's trace context
+//!   (`contexts.trace.trace_id`) and as the tag `trace.id`, the query of the log search. Set here:
+//!   the SDK continues only its own `sentry-trace` header, not W3C's `traceparent`.
 
 use slog::{error, info, Logger};
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use crate::trace::{SpanId, TraceContext, TraceId};
 
 static MIN_INTERVAL: OnceLock<Duration> = OnceLock::new();
 /// Fingerprint → when an event with it was last sent.
@@ -72,6 +77,25 @@ pub struct EventInfo {
     pub nasa_id: Option<String>,
     pub error_type: Option<String>,
     pub error_message: Option<String>,
+    /// The image's trace, and the span of the stage that reports (when about one image).
+    pub trace: Option<(TraceId, SpanId)>,
+}
+
+impl EventInfo {
+    /// The same, about the image whose stage `span` is.
+    pub fn in_span(self, span: &TraceContext) -> EventInfo {
+        EventInfo { trace: Some((span.trace_id, span.span_id)), ..self }
+    }
+}
+
+/// Puts the image's trace on a Sentry event: its trace context, and the tag the log search is queried by.
+fn set_trace(event: &mut sentry::protocol::Event<'static>, (trace_id, span_id): (TraceId, SpanId)) {
+    event.tags.insert("trace.id".into(), trace_id.to_string());
+    event.contexts.insert("trace".into(), trace_context(trace_id, span_id));
+}
+
+fn trace_context(trace_id: TraceId, span_id: SpanId) -> sentry::protocol::Context {
+    sentry::protocol::TraceContext { trace_id: trace_id.0.into(), span_id: span_id.0.into(), ..Default::default() }.into()
 }
 
 fn send(level: sentry::Level, message: &str, fingerprint: &str, info: &EventInfo) {
@@ -93,6 +117,9 @@ fn send(level: sentry::Level, message: &str, fingerprint: &str, info: &EventInfo
         if let Some(v) = v {
             event.tags.insert(k.into(), v.clone());
         }
+    }
+    if let Some(trace) = info.trace {
+        set_trace(&mut event, trace);
     }
     sentry::capture_event(event);
 }
@@ -162,10 +189,20 @@ pub fn log_panics(log: Logger) {
         let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
         let actor = actor_of_location(file).unwrap_or("none").to_owned();
         crate::supervision::record_panic(format!("{message} at {location}"));
+        // A panic while an image is handled is in that image's trace.
+        let span = crate::trace::current();
+        let log = span.as_ref().map_or_else(|| log.clone(), |span| span.logger(&log));
         error!(log, "panic"; "error.type" => "panic", "error.message" => &message,
             "labels.location" => &location, "labels.actor" => &actor);
+        let scope = |scope: &mut sentry::Scope| {
+            scope.set_tag("actor", &actor);
+            if let Some(span) = &span {
+                scope.set_tag("trace.id", span.trace_id);
+                scope.set_context("trace", trace_context(span.trace_id, span.span_id));
+            }
+        };
         // Captures and flushes the event when Sentry's panic integration is on; a no-op otherwise.
-        sentry::with_scope(|scope| scope.set_tag("actor", &actor), || sentry::integrations::panic::panic_handler(info));
+        sentry::with_scope(scope, || sentry::integrations::panic::panic_handler(info));
     }));
 }
 
@@ -178,6 +215,21 @@ mod tests {
         assert_eq!(actor_of_location("src/actors/fetcher.rs"), Some("fetcher"));
         assert_eq!(actor_of_location("/build/src/actors/storer.rs"), Some("storer"));
         assert_eq!(actor_of_location("src/nasa.rs"), None);
+    }
+
+    #[test]
+    fn an_event_about_an_image_carries_its_trace_as_context_and_tag() {
+        let span = TraceContext::new_root();
+        let info = EventInfo { actor: Some("publisher".into()), error_type: Some("kafka".into()), ..Default::default() };
+        let events = sentry::test::with_captured_events(|| {
+            send(sentry::Level::Error, "Kafka unavailable", "test:traced", &info.clone().in_span(&span));
+            send(sentry::Level::Error, "Kafka unavailable", "test:untraced", &info);
+        });
+        assert_eq!(events.len(), 2);
+        let Some(sentry::protocol::Context::Trace(trace)) = events[0].contexts.get("trace") else { panic!("{:?}", events[0].contexts) };
+        assert_eq!((trace.trace_id.to_string(), trace.span_id.to_string()), (span.trace_id.to_string(), span.span_id.to_string()));
+        assert_eq!(events[0].tags.get("trace.id"), Some(&span.trace_id.to_string()));
+        assert!(!events[1].tags.contains_key("trace.id"), "an event about no image has no trace tag");
     }
 
     #[test]

@@ -161,9 +161,11 @@ fn check_passes_against_a_healthy_setup() {
     let (code, lines, stderr) = run_check(&check_env(&broker, &db, &nasa, dir.path()));
     eprintln!("check took {:.2} s:\n{}", started.elapsed().as_secs_f64(), lines.join("\n"));
     assert_eq!(code, Some(0), "{lines:#?} {stderr}");
-    for name in ["configuration", "Kafka", "Postgres", "migrations", "NASA API", "DATA_DIR", "HTTP_ADDR"] {
+    for name in ["configuration", "Kafka", "consumer group", "Postgres", "migrations", "NASA API", "DATA_DIR", "HTTP_ADDR"] {
         assert!(line(&lines, name).starts_with("✓ "), "{lines:#?}");
     }
+    let group = line(&lines, "consumer group");
+    assert!(group.contains("KAFKA_GROUP_PROTOCOL=consumer accepted") && group.contains("KAFKA_SESSION_TIMEOUT_SECS=10 within"), "{group}");
     assert!(line(&lines, "migrations").contains("pending"), "a fresh database has migrations to apply: {lines:#?}");
     assert!(line(&lines, "Kafka").contains(&broker.topic), "{lines:#?}");
 }

@@ -22,8 +22,14 @@ fn cluster() -> (MutexGuard<'static, ()>, Broker) {
 
 /// Both roles against the cluster, with a publish timeout short enough to see a failover.
 fn both_roles(broker: &Broker, db: &TestDb, nasa: &FakeNasa, dir: &std::path::Path) -> Daemon {
+    both_roles_speaking(broker, db, nasa, dir, "consumer")
+}
+
+/// The same, its consumer speaking `protocol` (KAFKA_GROUP_PROTOCOL).
+fn both_roles_speaking(broker: &Broker, db: &TestDb, nasa: &FakeNasa, dir: &std::path::Path, protocol: &str) -> Daemon {
     let mut env = daemon_env(broker, db, nasa, dir);
     set(&mut env, "PUBLISH_TIMEOUT_MS", "3000");
+    set(&mut env, "KAFKA_GROUP_PROTOCOL", protocol);
     Daemon::spawn(&env)
 }
 
@@ -55,12 +61,12 @@ fn assert_nothing_lost(broker: &Broker, db: &TestDb, daemon: &Daemon) {
 }
 
 /// The leader of a partition of `images` killed with -9 while both roles run: the producer rides
-/// it out, rows keep coming within 30 s, and nothing is lost or stored twice.
-#[test]
-fn partition_leader_killed_the_pipeline_moves_on_within_30_s() {
+/// it out, rows keep coming within 30 s, and nothing is lost or stored twice. Under both group
+/// protocols (the group's coordinator may be on the node killed).
+fn partition_leader_killed_the_pipeline_moves_on_within_30_s(protocol: &str) {
     let (_turn, broker) = cluster();
     let (db, nasa, dir) = (TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
-    let daemon = both_roles(&broker, &db, &nasa, dir.path());
+    let daemon = both_roles_speaking(&broker, &db, &nasa, dir.path(), protocol);
     wait_until(Duration::from_secs(90), "3 images stored", || db.rows_count() >= 3);
     assert!(broker.fully_replicated(&broker.topic), "the daemon's topic has three replicas in sync");
 
@@ -69,7 +75,7 @@ fn partition_leader_killed_the_pipeline_moves_on_within_30_s() {
     let killed_at = Instant::now();
     broker.kill_node(leader);
     wait_until(Duration::from_secs(30), "a new row within 30 s of the leader's death", || db.rows_count() > before);
-    eprintln!("pipeline moved again {:.1} s after the leader was killed", killed_at.elapsed().as_secs_f64());
+    eprintln!("{protocol}: pipeline moved again {:.1} s after the leader was killed", killed_at.elapsed().as_secs_f64());
     assert_ne!(broker.leader_of(&broker.topic, 0), leader, "another node leads the partition now");
 
     broker.restart_node(leader);
@@ -79,6 +85,8 @@ fn partition_leader_killed_the_pipeline_moves_on_within_30_s() {
     wait_until(Duration::from_secs(60), "rows keep coming", || db.rows_count() > after);
     assert_nothing_lost(&broker, &db, &daemon);
 }
+
+for_both_protocols!(partition_leader_killed_the_pipeline_moves_on_within_30_s);
 
 /// One broker down for good: the pipeline goes on with the two left; when it returns it catches
 /// up (every partition back to three in-sync replicas).

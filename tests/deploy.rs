@@ -1,6 +1,9 @@
 //! Checks of deploy/ that run without Docker: the files parse, name only services and files
 //! that exist, and the settings the daemon reads, `.env.example` and the README table agree.
 
+#[path = "common/kibana.rs"]
+mod kibana;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use yaml_rust2::{Yaml, YamlLoader};
@@ -139,6 +142,77 @@ fn kibana_saved_objects_give_a_data_view_and_a_saved_search() {
     let columns: Vec<&str> = search["attributes"]["columns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
     assert_eq!(columns[..3], ["log.level", "message", "labels.actor"]);
     assert_eq!(search["references"][0]["id"], view["id"]);
+}
+
+/// Kibana as code (issue 26): beside the saved search, a saved search "one image" (its lines by
+/// `trace.id`, oldest first) and a dashboard (image events by stage over time, restarts by actor,
+/// dead letters by reason) whose panels all exist in the file; every reference resolves; and every
+/// field they read is mapped by the ECS template the lines are checked against (deploy/ecs/),
+/// aggregated ones as keyword or date. That the daemon's lines carry them: tests/search.rs, on a
+/// real run.
+#[test]
+fn kibana_objects_are_whole_and_read_only_fields_the_ecs_template_maps() {
+    let objects = kibana::saved_objects();
+    let find = |kind: &str, id: &str| objects.iter().find(|o| o["type"] == kind && o["id"] == id);
+    let ids: BTreeSet<String> = objects.iter().map(|o| format!("{}/{}", o["type"], o["id"])).collect();
+    assert_eq!(ids.len(), objects.len(), "ids are unique");
+    for o in &objects {
+        for r in o["references"].as_array().into_iter().flatten() {
+            assert!(find(r["type"].as_str().unwrap(), r["id"].as_str().unwrap()).is_some(), "{} refers to a missing {r}", o["id"]);
+        }
+    }
+    let one = find("search", "nasa-ingest-one-image").expect("the saved search \"one image\"");
+    let query: serde_json::Value =
+        serde_json::from_str(one["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"].as_str().unwrap()).unwrap();
+    assert_eq!(kibana::kql_terms(query["query"]["query"].as_str().unwrap()), [("trace.id".to_owned(), None)]);
+    assert_eq!(one["attributes"]["sort"][0], serde_json::json!(["@timestamp", "asc"]), "oldest first: the image's way through");
+    // The stack's status page links trace ids to that search, the query filled in.
+    let link = yaml("deploy/docker-compose.yml")["services"]["nasa-ingest"]["environment"]["LOG_SEARCH_URL"].as_str().unwrap().to_owned();
+    assert!(link.contains("/app/discover#/view/nasa-ingest-one-image?") && link.contains("trace.id:%22{trace_id}%22"), "{link}");
+
+    let dashboard = objects.iter().find(|o| o["type"] == "dashboard").expect("a dashboard");
+    let panels: Vec<serde_json::Value> = serde_json::from_str(dashboard["attributes"]["panelsJSON"].as_str().unwrap()).unwrap();
+    let refs = dashboard["references"].as_array().unwrap();
+    let shown: Vec<&str> = panels
+        .iter()
+        .map(|p| {
+            let r = refs.iter().find(|r| r["name"] == p["panelRefName"]).unwrap_or_else(|| panic!("panel {p} has its reference"));
+            r["id"].as_str().unwrap()
+        })
+        .collect();
+    let uses = kibana::field_uses(&objects);
+    let aggregated_by = |id: &str| -> Vec<&str> {
+        uses.iter().filter(|u| u.object == id && matches!(u.how, kibana::Use::Aggregated(_))).map(|u| u.field.as_str()).collect()
+    };
+    for wanted in [["@timestamp", "event.action"].as_slice(), &["labels.actor"], &["error.type"]] {
+        assert!(shown.iter().any(|id| aggregated_by(id) == wanted), "a panel counts by {wanted:?}: {shown:?}");
+    }
+
+    let template: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("deploy/ecs/opensearch-template.json")).unwrap()).unwrap();
+    for u in &uses {
+        let mapped = template_type(&template, &u.field)
+            .unwrap_or_else(|| panic!("{} reads {}, which the ECS template does not map", u.object, u.field));
+        if let kibana::Use::Aggregated(agg) = &u.how {
+            let fits = if agg == "date_histogram" { mapped == "date" } else { mapped == "keyword" };
+            assert!(fits, "{} aggregates {} by {agg}, mapped as {mapped}", u.object, u.field);
+        }
+    }
+}
+
+/// The type deploy/ecs/opensearch-template.json gives `field` (a dotted ECS name). `labels.*` are
+/// ECS's custom keywords: the labels object, whose strings the template's dynamic rule makes keyword.
+fn template_type(template: &serde_json::Value, field: &str) -> Option<String> {
+    let mappings = &template["template"]["mappings"];
+    let mut node = mappings;
+    for part in field.split('.') {
+        if node["type"] == "object" && node["properties"].get(part).is_none() && field.starts_with("labels.") {
+            let dynamic = mappings["dynamic_templates"].as_array()?.iter().find_map(|t| t.get("strings_as_keyword"))?;
+            return dynamic["mapping"]["type"].as_str().map(str::to_owned);
+        }
+        node = node["properties"].get(part)?;
+    }
+    node["type"].as_str().map(str::to_owned)
 }
 
 #[test]

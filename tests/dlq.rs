@@ -83,28 +83,24 @@ fn header<'a>(r: &'a Record, key: &str) -> Option<&'a str> {
     r.headers.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
-/// The `dlq` command with the settings of the daemon `env` runs with.
-fn dlq(env: &[(String, String)], args: &[&str]) -> Command {
-    let mut cmd = Command::new(daemon_bin());
-    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).arg("dlq").args(args);
-    for k in ["KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_GROUP_ID"] {
-        cmd.env(k, get(env, k));
-    }
-    cmd
-}
-
 /// Runs a `dlq` command to its end: (exit code, stdout).
 fn run_dlq(env: &[(String, String)], args: &[&str]) -> (Option<i32>, String) {
+    let (code, stdout, _) = run_dlq_logged(env, args);
+    (code, stdout)
+}
+
+/// Runs a `dlq` command to its end: (exit code, stdout, its log lines on stderr).
+fn run_dlq_logged(env: &[(String, String)], args: &[&str]) -> (Option<i32>, String, Vec<serde_json::Value>) {
     let started = Instant::now();
-    let out = dlq(env, args).output().unwrap();
+    let out = dlq_command(env, args).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     eprintln!("dlq {} ({:.1} s):\n{stdout}", args.join(" "), started.elapsed().as_secs_f64());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
-        "logs on stderr are JSON lines: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), stdout)
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines = stderr
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|_| panic!("logs on stderr are JSON lines: {stderr}")))
+        .collect();
+    (out.status.code(), stdout, lines)
 }
 
 /// Replays on the events topic: `replayed_from` → how often.
@@ -130,6 +126,16 @@ fn host_not_allowed_dead_letters_are_replayed_once_the_host_is_allowed() {
     let env = consumer_env(&broker, &db, &nasa, dir.path());
     let mut before_fix = Daemon::spawn(&env);
     wait_for_dead_letters(&broker, 3);
+    // Each dead letter is in the trace the consumer started for its event (sent without one).
+    let letters = broker.read_all(&broker.dlq, 3, Duration::from_secs(20));
+    let trace_of: HashMap<String, String> =
+        letters.iter().map(|l| (l.key.clone().unwrap(), l.trace_id().unwrap_or_else(|| panic!("a traceparent: {l:?}")))).collect();
+    assert_eq!(trace_of.values().collect::<std::collections::HashSet<_>>().len(), 3, "a trace each: {trace_of:?}");
+    before_fix.wait_for_log("sent to dead-letter topic", 3, Duration::from_secs(10));
+    for trace_id in trace_of.values() {
+        let lines = before_fix.lines_in_trace(trace_id);
+        assert_eq!(messages(&lines).last(), Some(&"sent to dead-letter topic"), "{lines:#?}");
+    }
 
     // The page and /status show what is on the dead-letter topic, and how to replay it.
     let addr = before_fix.http_addr();
@@ -139,10 +145,14 @@ fn host_not_allowed_dead_letters_are_replayed_once_the_host_is_allowed() {
     let status = http_json(&addr, "GET", "/status", None).1["dead_letters"].clone();
     assert_eq!(status["by_reason"]["host_not_allowed"], 3, "{status}");
     assert_eq!(status["last"].as_array().unwrap().len(), 3, "{status}");
+    for letter in status["last"].as_array().unwrap() {
+        assert_eq!(letter["trace_id"].as_str(), trace_of.get(letter["nasa_id"].as_str().unwrap()).map(String::as_str), "{letter}");
+    }
     let command = status["replay_commands"]["host_not_allowed"].as_str().unwrap().to_owned();
     assert!(command.starts_with("nasa-ingest dlq replay") && command.ends_with("--reason host_not_allowed"), "{command}");
     let (_, _, page) = http_exchange(&addr, "GET", "/", &[], "");
     assert!(page.contains("Dead letters") && page.contains(&command) && page.contains("elsewhere-2"), "{page}");
+    assert!(trace_of.values().all(|t| page.contains(t.as_str())), "the page shows their trace ids: {page}");
     before_fix.terminate();
 
     let (code, listed) = run_dlq(&env, &["list"]);
@@ -157,14 +167,27 @@ fn host_not_allowed_dead_letters_are_replayed_once_the_host_is_allowed() {
 
     // The fix, then the replay.
     let after_fix = Daemon::spawn(&with_localhost_allowed(&env));
-    let (code, out) = run_dlq(&env, &["replay", "--reason", "host_not_allowed"]);
+    let (code, out, replay_log) = run_dlq_logged(&env, &["replay", "--reason", "host_not_allowed"]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("replay: 3 replayed, 0 skipped, of 3"), "{out}");
+    // The replay goes on in the dead letter's trace, in a span of its own; so does the replayed store.
+    let replay_lines: Vec<&serde_json::Value> = replay_log.iter().filter(|l| l["message"] == "replayed").collect();
+    assert_eq!(replay_lines.len(), 3, "{replay_log:#?}");
+    for line in replay_lines {
+        assert_eq!(trace_id_of(line), trace_of.get(line["labels.nasa_id"].as_str().unwrap()).map(String::as_str), "{line}");
+        assert!(letters.iter().all(|l| l.trace().unwrap().span_id.to_string() != line["span.id"].as_str().unwrap()), "{line}");
+    }
     assert!(out.contains("replayed by reason: host_not_allowed 3"), "{out}");
     wait_until(Duration::from_secs(60), "the replayed events stored", || db.rows_count() == 3);
     let mut ids: Vec<String> = db.rows().into_iter().map(|r| r.nasa_id).collect();
     ids.sort();
     assert_eq!(ids, ["elsewhere-0", "elsewhere-1", "elsewhere-2"]);
+    for row in db.rows() {
+        let trace_id = &trace_of[&row.nasa_id];
+        assert_eq!(row.trace_id.as_ref(), Some(trace_id), "stored in the dead letter's trace");
+        after_fix.wait_for_log("saved to DB", 3, Duration::from_secs(10));
+        assert_eq!(messages(&after_fix.lines_in_trace(trace_id)).last(), Some(&"saved to DB"));
+    }
 
     // On the events topic: the original key and payload, with the replay's headers.
     let replayed: Vec<Record> =
@@ -174,6 +197,7 @@ fn host_not_allowed_dead_letters_are_replayed_once_the_host_is_allowed() {
         let original = events.iter().find(|(id, _)| Some(id.as_str()) == r.key.as_deref()).expect("the original key");
         assert_eq!(r.payload, original.1.as_bytes(), "the original payload");
         assert_eq!(header(r, "replay_count"), Some("1"));
+        assert_eq!(r.trace_id().as_ref(), trace_of.get(r.key.as_deref().unwrap()), "the replayed event is in its dead letter's trace");
     }
     let addr = after_fix.http_addr();
     wait_until(Duration::from_secs(10), "replays counted", || {
@@ -216,7 +240,7 @@ fn a_replay_killed_mid_way_resumes_without_replaying_anything_twice() {
     before_fix.terminate();
     let _after_fix = Daemon::spawn(&with_localhost_allowed(&env));
 
-    let mut replay = dlq(&env, &["replay"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut replay = dlq_command(&env, &["replay"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let mut seen = 0;
     for line in BufReader::new(replay.stderr.take().unwrap()).lines().map_while(Result::ok) {
         if serde_json::from_str::<serde_json::Value>(&line).unwrap()["message"] == "replayed" {
@@ -347,7 +371,7 @@ fn ctrl_c_stops_a_replay_with_its_progress_committed_and_the_same_command_goes_o
     let broker = Broker::shared();
     write_dead_letters(&broker, 3, N, "too_large");
     let env = replay_env(&broker, "ctrl-c");
-    let mut replay = dlq(&env, &["replay"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut replay = dlq_command(&env, &["replay"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     for line in BufReader::new(replay.stderr.take().unwrap()).lines().map_while(Result::ok) {
         if serde_json::from_str::<serde_json::Value>(&line).unwrap()["message"] == "replayed" {
             Command::new("kill").args(["-INT", &replay.id().to_string()]).status().unwrap();

@@ -200,7 +200,8 @@ fn kill_9_between_store_and_commit_leaves_no_duplicate_and_no_gap() {
     assert!(dups.iter().any(|l| l["labels.nasa_id"] == "PIA00407"), "the re-read event is recognised: {dups:?}");
 }
 
-/// kill -9 while the broker is down and an event is pending: the next run delivers it.
+/// kill -9 while the broker is down and an event is pending: the next run delivers it, in the
+/// trace it started in (the outbox keeps its `traceparent`).
 #[test]
 fn kill_9_with_a_pending_event_during_an_outage_still_delivers_it() {
     let (broker, db, nasa, dir) = (Broker::own(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
@@ -210,10 +211,15 @@ fn kill_9_with_a_pending_event_during_an_outage_still_delivers_it() {
     let earlier = daemon.logs_with("Kafka unavailable").len();
     broker.kill();
     daemon.wait_for_log("Kafka unavailable", earlier + 1, Duration::from_secs(60));
-    let pending = daemon.logs_with("Kafka unavailable")[earlier]["labels.event_id"].as_str().unwrap().to_owned();
+    let unavailable = daemon.logs_with("Kafka unavailable")[earlier].clone();
+    let pending = unavailable["labels.event_id"].as_str().unwrap().to_owned();
+    let trace_id = trace_id_of(&unavailable).expect("the retry line is in the event's trace").to_owned();
+    let found = daemon.logs_with("found image").into_iter().find(|l| l["labels.event_id"] == pending.as_str()).unwrap();
+    assert_eq!(trace_id_of(&found), Some(trace_id.as_str()), "fetched and published in one trace");
     daemon.kill();
     let outbox = std::fs::read_to_string(dir.path().join("outbox/pending.json")).expect("the event is in the outbox");
     assert!(outbox.contains(&pending));
+    assert!(outbox.contains(&format!("\"traceparent\":\"00-{trace_id}-{}-01\"", unavailable["span.id"].as_str().unwrap())), "{outbox}");
 
     let daemon = Daemon::spawn(&env);
     broker.resume();
@@ -224,6 +230,13 @@ fn kill_9_with_a_pending_event_during_an_outage_still_delivers_it() {
     let on_topic = event_ids(&broker, daemon.logs_with("sent").len() + 1);
     assert!(on_topic.values().all(|n| *n == 1), "no event twice: {on_topic:?}");
     assert_eq!(on_topic.get(&pending), Some(&1), "{on_topic:?}");
+    // The new run's lines and the header on the topic are in the trace it started in before the kill.
+    let after = messages(&daemon.lines_in_trace(&trace_id)).into_iter().map(str::to_owned).collect::<Vec<_>>();
+    assert_eq!(after.first().map(String::as_str), Some("publishing the event left pending by the previous run"), "{after:?}");
+    assert_eq!(after.last().map(String::as_str), Some("sent"), "{after:?}");
+    let delivered = broker.read_all(&broker.topic, on_topic.len(), Duration::from_secs(20));
+    let event = delivered.iter().find(|r| r.payload.windows(pending.len()).any(|w| w == pending.as_bytes())).unwrap();
+    assert_eq!(event.trace_id(), Some(trace_id), "{:?}", event.headers);
 }
 
 /// Two producers on one DATA_DIR would overwrite each other's pending event: the second one exits 1

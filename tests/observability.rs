@@ -117,6 +117,41 @@ fn tc07_a_panic_reaches_sentry_with_its_context() {
     assert_eq!(event["level"], "fatal");
 }
 
+/// Issue 26: a Sentry event about one image carries the image's trace (as its trace context and
+/// a `trace.id` tag), so that an operator goes from the Sentry issue to the log search at once: a
+/// panic while an event is handled (injected through the admin route), and its log lines, are in
+/// the trace the event's `traceparent` names.
+#[test]
+fn a_panic_while_an_image_is_handled_reaches_sentry_in_its_trace() {
+    let (broker, db, nasa, dir, sentry) =
+        (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap(), FakeSentry::start());
+    broker.create_topic(&broker.topic, 1);
+    let mut env = daemon_env(&broker, &db, &nasa, dir.path());
+    set(&mut env, "PRODUCER_ENABLED", "false");
+    set(&mut env, "SENTRY_DSN", &sentry.dsn());
+    set(&mut env, "ADMIN_TOKEN", "t0ken");
+    let daemon = Daemon::spawn(&env);
+    let addr = daemon.http_addr();
+    assert_eq!(http(&addr, "POST", "/admin/events/panic?count=1", &[("Authorization", "Bearer t0ken")]).0, 202);
+    let span = nasa_ingest::trace::TraceContext::new_root();
+    let event = event_json(&nasa, "as11-40-5874");
+    broker.produce_with_headers(&broker.topic, Some("as11-40-5874"), event.as_bytes(), &[("traceparent", &span.traceparent())]);
+    wait_until(Duration::from_secs(60), "the image stored after the panic", || db.rows_count() == 1);
+    let trace_id = span.trace_id.to_string();
+    let lines = daemon.lines_in_trace(&trace_id);
+    let said = messages(&lines);
+    for message in ["panic", "event handling panicked; the event is retried", "saved to DB"] {
+        assert!(said.contains(&message), "{message:?} in the event's trace: {said:?}");
+    }
+    wait_until(Duration::from_secs(20), "the panic in Sentry", || {
+        sentry.events().iter().any(|e| e["exception"]["values"][0]["type"] == "panic")
+    });
+    let events = sentry.events();
+    let panic = events.iter().find(|e| e["exception"]["values"][0]["type"] == "panic").unwrap();
+    assert_eq!(panic["contexts"]["trace"]["trace_id"], trace_id.as_str(), "{panic}");
+    assert_eq!(panic["tags"]["trace.id"], trace_id.as_str(), "{panic}");
+}
+
 /// A Kafka outage with many retries is one Sentry event, plus one when it is over.
 #[test]
 fn a_kafka_outage_is_one_sentry_event_not_one_per_retry() {
@@ -184,7 +219,9 @@ fn http_endpoint_serves_health_metrics_status_page_and_images() {
     wait_until(Duration::from_secs(15), "the member id in /status", || consumer()["member_id"].is_string());
     let c = consumer();
     assert_eq!(c["assigned_partitions"], serde_json::json!([0, 1, 2]), "{c}");
-    assert!(c["member_id"].as_str().unwrap().starts_with(c["client_id"].as_str().unwrap()), "{c}");
+    // The broker's id for the member (a UUID under the consumer protocol; client id and UUID under classic).
+    assert!(!c["member_id"].as_str().unwrap().is_empty(), "{c}");
+    assert!(c["client_id"].as_str().unwrap().starts_with("nasa-ingest-"), "{c}");
     assert!(c["stall"].is_null());
 
     // A title with markup, as the API could send: it is shown as text.

@@ -11,10 +11,14 @@ const DOCUMENTED_EVENT_FIELDS: [&str; 10] =
 
 /// TC-01, TC-02: both roles on, INTERVAL_SECONDS=1: images are fetched, published, consumed and
 /// stored byte for byte; the messages follow the documented schema; SIGTERM exits 0 within 10 s.
+/// Issue 26: each image is one trace, from the API call to the row (see `each_image_is_one_trace`).
 #[test]
 fn end_to_end_stores_what_the_api_served() {
     let (broker, db, nasa, dir) = (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
-    let mut daemon = Daemon::spawn(&daemon_env(&broker, &db, &nasa, dir.path()));
+    let mut env = daemon_env(&broker, &db, &nasa, dir.path());
+    // The consume and download lines are at debug.
+    set(&mut env, "LOG_LEVEL", "debug");
+    let mut daemon = Daemon::spawn(&env);
 
     wait_until(Duration::from_secs(120), "at least 5 stored images", || db.rows().len() >= 5);
     let rows = db.rows();
@@ -51,11 +55,38 @@ fn end_to_end_stores_what_the_api_served() {
         assert!(chrono::DateTime::parse_from_rfc3339(v["produced_at"].as_str().unwrap()).is_ok());
         assert!(nasa_ingest::config::RANDOM_TOPICS.contains(&v["query"].as_str().unwrap()), "one of the random topics: {v}");
     }
+    each_image_is_one_trace(&daemon, &rows, &messages);
 
     let (status, took) = daemon.terminate();
     assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
     assert!(took < Duration::from_secs(10), "exit took {took:?}");
     assert!(!daemon.logs_with("stopped").is_empty());
+}
+
+/// The `traceparent` header of each stored image's event names the trace of the daemon's lines
+/// about it, and of its row: the fetch, the send, the consume, the download and the store, in that
+/// order, each in a span of its own (the header names the send's). Lines about no one image carry
+/// no trace.
+fn each_image_is_one_trace(daemon: &Daemon, rows: &[ImageRow], events: &[Record]) {
+    assert!(events.iter().all(|m| m.trace().is_some()), "every event has a traceparent header: {events:?}");
+    for row in rows {
+        // (The same nasa_id may have been fetched twice: the row is in the trace of the event it came from.)
+        let event = events.iter().find(|m| m.trace_id() == row.trace_id).unwrap_or_else(|| panic!("the event of {row:?}"));
+        assert_eq!(event.key.as_deref(), Some(row.nasa_id.as_str()));
+        let header = event.trace().unwrap();
+        let trace_id = header.trace_id.to_string();
+        let lines = daemon.lines_in_trace(&trace_id);
+        assert_eq!(messages(&lines), ["found image", "sent", "consumed", "downloaded", "saved to DB"], "{lines:#?}");
+        assert!(lines.iter().all(|l| l["labels.nasa_id"] == row.nasa_id.as_str()), "{lines:#?}");
+        assert_a_span_per_stage(&lines);
+        assert_eq!(lines[1]["span.id"].as_str(), Some(header.span_id.to_string().as_str()), "the header's parent is the send");
+    }
+    let untraced = ["actor started", "partitions assigned", "migrations applied"];
+    for line in daemon.lines().iter().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
+        if untraced.iter().any(|m| line["message"].as_str().is_some_and(|l| l.starts_with(m))) {
+            assert!(trace_id_of(&line).is_none() && line["span.id"].is_null(), "not about one image: {line}");
+        }
+    }
 }
 
 /// TC-03: the same nasa_id published twice is stored once, and the log says so.
@@ -79,8 +110,9 @@ fn same_nasa_id_twice_is_stored_once() {
     assert_eq!(dup["labels.nasa_id"], "as11-40-5874");
 }
 
-/// An event in the earlier Python version's format (no key, no event_id) is stored; the
-/// earlier version's name for the brokers variable still works.
+/// An event in the earlier Python version's format (no key, no event_id, no headers) is stored, in
+/// a trace of its own that the consumer starts; the earlier version's name for the brokers
+/// variable still works.
 #[test]
 fn earlier_versions_event_is_stored() {
     let (broker, db, nasa, dir) = (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
@@ -91,15 +123,26 @@ fn earlier_versions_event_is_stored() {
     set(&mut env, "PRODUCER_ENABLED", "false");
     let daemon = Daemon::spawn(&env);
 
-    let legacy = serde_json::json!({"event_type": "image_saved", "nasa_id": "PIA00405",
-        "image_url": format!("{}/image/PIA00405/PIA00405~orig.jpg", nasa.url)});
-    broker.produce(&broker.topic, None, legacy.to_string().as_bytes());
-    wait_until(Duration::from_secs(60), "the legacy event stored", || db.rows().len() == 1);
-    let row = &db.rows()[0];
+    for id in ["PIA00405", "PIA00406"] {
+        let legacy = serde_json::json!({"event_type": "image_saved", "nasa_id": id,
+            "image_url": format!("{}/image/{id}/{id}~orig.jpg", nasa.url)});
+        broker.produce(&broker.topic, None, legacy.to_string().as_bytes());
+    }
+    wait_until(Duration::from_secs(60), "the legacy events stored", || db.rows().len() == 2);
+    let rows = db.rows();
+    let row = rows.iter().find(|r| r.nasa_id == "PIA00405").unwrap();
     assert_eq!((row.nasa_id.as_str(), row.event_id.as_deref()), ("PIA00405", None));
     assert_eq!(row.content_type, "image/png");
     assert_eq!(row.image_bytes, nasa.state.served("/image/PIA00405/PIA00405~orig.jpg").unwrap());
-    daemon.wait_for_log("saved to DB", 1, Duration::from_secs(5));
+    daemon.wait_for_log("saved to DB", 2, Duration::from_secs(5));
+    // Each in a trace of its own, started by the consumer: its row's and its store line's.
+    assert_ne!(rows[0].trace_id, rows[1].trace_id, "{rows:?}");
+    for row in &rows {
+        let trace_id = row.trace_id.as_deref().unwrap_or_else(|| panic!("a trace: {row:?}"));
+        let lines = daemon.lines_in_trace(trace_id);
+        assert_eq!(messages(&lines), ["saved to DB"], "{lines:#?}");
+        assert_eq!(lines[0]["labels.nasa_id"], row.nasa_id.as_str());
+    }
 }
 
 /// With a slow image server, never more than DOWNLOAD_CONCURRENCY downloads at once, and the

@@ -23,22 +23,40 @@ fn the_committed_template_is_the_scripts_output() {
     );
 }
 
-/// A happy path at debug level (fetch, publish, consume, store, SIGTERM): every line on stdout and
-/// stderr indexes into the ECS template with no rejection, the fields an operator filters on are
-/// mapped as ECS says, and queries by level, actor and logger find exactly the lines that carry them.
+/// A run at debug level (fetch, publish, consume, store; an event that panics until it is
+/// dead-lettered and is then replayed by `dlq replay`; an actor crash; SIGTERM): every line on
+/// stdout and stderr, the replay's too, indexes into the ECS template with no rejection, the fields
+/// an operator filters on are mapped as ECS says, and queries by level, actor and logger find
+/// exactly the lines that carry them. A query by one image's `trace.id` returns its way through,
+/// oldest first (issue 26), and every field the Kibana objects read is in the lines.
 #[test]
 fn every_line_indexes_into_the_ecs_template_and_answers_queries() {
     let engine = std::thread::spawn(OpenSearch::start);
     let (broker, db, nasa, dir) = (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
     let mut env = daemon_env(&broker, &db, &nasa, dir.path());
     set(&mut env, "LOG_LEVEL", "debug");
+    set(&mut env, "ADMIN_TOKEN", "t0ken");
+    // One event at a time: the injected panics hit one event, which is then dead-lettered.
+    set(&mut env, "CONSUMER_MAX_IN_FLIGHT", "1");
     let mut daemon = Daemon::spawn(&env);
+    let admin = |path: &str| http(&daemon.http_addr(), "POST", path, &[("Authorization", "Bearer t0ken")]).0;
+    assert_eq!(admin("/admin/events/panic?count=3"), 202);
+    daemon.wait_for_log("sent to dead-letter topic", 1, Duration::from_secs(60));
+    let dead_lettered = trace_id_of(&daemon.logs_with("sent to dead-letter topic")[0]).expect("the dead letter's trace").to_owned();
+    let replay = dlq_command(&env, &["replay"]).output().unwrap();
+    assert!(replay.status.success(), "dlq replay: {}", String::from_utf8_lossy(&replay.stderr));
+    wait_until(Duration::from_secs(30), "the replayed image stored", || {
+        messages(&daemon.lines_in_trace(&dead_lettered)).contains(&"saved to DB")
+    });
+    assert_eq!(admin("/admin/actors/fetcher/crash"), 202);
+    daemon.wait_for_log("actor restarting", 1, Duration::from_secs(20));
     wait_until(Duration::from_secs(60), "3 images stored", || db.rows().len() >= 3);
     let (status, _) = daemon.terminate();
     assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
     let (stdout, stderr) = (daemon.lines(), daemon.stderr_lines());
-    eprintln!("indexing the daemon's {} stdout and {} stderr lines", stdout.len(), stderr.len());
-    let lines: Vec<String> = stdout.into_iter().chain(stderr).collect();
+    let replay_lines: Vec<String> = String::from_utf8_lossy(&replay.stderr).lines().map(str::to_owned).collect();
+    eprintln!("indexing the daemon's {} stdout and {} stderr lines and the replay's {}", stdout.len(), stderr.len(), replay_lines.len());
+    let lines: Vec<String> = stdout.into_iter().chain(stderr).chain(replay_lines).collect();
 
     let search = engine.join().unwrap();
     search.install_template();
@@ -67,6 +85,55 @@ fn every_line_indexes_into_the_ecs_template_and_answers_queries() {
     }
     let stored = search.search(&index, &json!({"size": 100, "query": {"match": {"message": "saved to DB"}}}));
     assert!(stored.iter().filter(|v| v["message"] == "saved to DB").count() >= 3, "full-text search on message: {stored:?}");
+
+    // One image, by its trace id: a fetched one, and the one dead-lettered and replayed.
+    let in_trace = |trace_id: &str| {
+        let request = json!({"size": 1000, "query": {"term": {"trace.id": trace_id}}, "sort": [{"@timestamp": "asc"}]});
+        let hits = search.search(&index, &request);
+        assert_eq!(hits.len(), parsed.iter().filter(|v| trace_id_of(v) == Some(trace_id)).count(), "every line of {trace_id}");
+        hits
+    };
+    let fetched = db.rows().into_iter().filter_map(|r| r.trace_id).find(|t| *t != dead_lettered).expect("a stored image");
+    let hits = in_trace(&fetched);
+    assert_way(&hits, &["found image", "sent", "consumed", "saved to DB"]);
+    assert!(messages(&hits).contains(&"downloaded"), "at debug, the download too: {hits:?}");
+    let way =
+        ["found image", "sent", "event handling panicked; the event is retried", "sent to dead-letter topic", "replayed", "saved to DB"];
+    assert_way(&in_trace(&dead_lettered), &way);
+    let dead_letters = search.search(&index, &json!({"query": {"term": {"event.action": "dead-letter"}}}));
+    assert_eq!(dead_letters.iter().map(|v| v["error.type"].as_str()).collect::<Vec<_>>(), [Some("panic")], "dead letters by reason");
+
+    // What the Kibana objects read is in the lines, mapped as the template says.
+    for u in kibana::field_uses(&kibana::saved_objects()) {
+        if kibana::SHIPPER_FIELDS.contains(&u.field.as_str()) {
+            continue;
+        }
+        assert!(
+            parsed.iter().any(|v| kibana::line_answers(v, &u.field, &u.how)),
+            "{} reads {} ({:?}): no line has it",
+            u.object,
+            u.field,
+            u.how
+        );
+        let mapped = search.field_mapping(&index, &u.field)["type"].as_str().unwrap_or("unmapped").to_owned();
+        if let kibana::Use::Aggregated(agg) = &u.how {
+            assert_eq!(mapped, if agg == "date_histogram" { "date" } else { "keyword" }, "{} aggregates {}", u.object, u.field);
+        }
+    }
+}
+
+/// The lines of one trace, oldest first, hold `stages` in that order (lines between them, such as
+/// a retry's, may come in between; lines written in the same millisecond may come in either order,
+/// so `stages` are ones a round trip apart), and their timestamps never go back.
+fn assert_way(hits: &[Value], stages: &[&str]) {
+    let said = messages(hits);
+    let mut from = 0;
+    for stage in stages {
+        let at = said[from..].iter().position(|m| m == stage).unwrap_or_else(|| panic!("{stage:?} after {:?}: {said:?}", &said[..from]));
+        from += at + 1;
+    }
+    let times: Vec<&str> = hits.iter().map(|h| h["@timestamp"].as_str().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "oldest first: {times:?}");
 }
 
 /// The check above can fail: a line whose field is an object where ECS has a text (the classic

@@ -24,6 +24,7 @@ fn row(nasa_id: &str) -> NewImage {
         event_id: None,
         kafka_partition: Some(0),
         kafka_offset: Some(0),
+        trace_id: None,
     }
 }
 

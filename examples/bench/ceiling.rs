@@ -126,6 +126,7 @@ fn download_all(host: &str, jobs: &Mutex<Receiver<Job>>, rows: &SyncSender<NewIm
             event_id: None,
             kafka_partition: Some(job.partition),
             kafka_offset: Some(job.offset),
+            trace_id: None,
             nasa_id: job.nasa_id,
         };
         rows.send(row).expect("the writer running");

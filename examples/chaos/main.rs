@@ -1,10 +1,11 @@
 //! The seeded chaos run (issue 11): random faults against the whole pipeline, with the invariants a
-//! user relies on checked when it ends. `scripts/chaos [--minutes M] [--seed S] [--cluster]` builds
-//! and runs it.
+//! user relies on checked when it ends. `scripts/chaos [--minutes M] [--seed S] [--cluster]
+//! [--protocol classic|consumer]` builds and runs it.
 //!
 //! It starts Apache Kafka (one broker, or a three-node cluster), Postgres behind a TCP proxy that
 //! can cut it, the fake NASA API and image server with their fault switches, and four daemon slots:
-//! two with both roles, one consumer-only, and an extra consumer-only member that joins and leaves.
+//! two with both roles, one consumer-only, and an extra consumer-only member that joins and leaves,
+//! all in one group on the same group protocol (`KAFKA_GROUP_PROTOCOL`, classic or consumer).
 //! Now and then a `backfill` runs on the DATA_DIR of a daemon with both roles (its own outbox slot).
 //! A feeder produces good events of its own, and poison messages when the schedule says so.
 //! The schedule (when, which fault, which target, how long) is drawn from `StdRng::seed_from_u64`
@@ -80,6 +81,7 @@ fn main() {
             ("DATABASE_URL", proxied_url.as_str()),
             ("KAFKA_GROUP_ID", group.as_str()),
             ("PRODUCER_ENABLED", if producer { "true" } else { "false" }),
+            ("KAFKA_GROUP_PROTOCOL", a.protocol.name()),
             ("ADMIN_TOKEN", TOKEN),
             ("CONSUMER_STALL_SECS", &STALL_SECS.to_string()),
             ("DOWNLOAD_CONCURRENCY", &CONCURRENCY.to_string()),

@@ -9,27 +9,66 @@ pub struct Args {
     pub minutes: f64,
     pub seed: u64,
     pub cluster: bool,
+    /// The daemons' `KAFKA_GROUP_PROTOCOL`.
+    pub protocol: Protocol,
 }
 
-impl Args {
-    /// The broker layout, as the run's first line and its report say it.
-    pub fn layout(&self) -> &'static str {
-        if self.cluster {
-            "three-node cluster"
-        } else {
-            "one broker"
+/// The consumer group protocol the daemons run: Kafka's classic one, or KIP-848's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Classic,
+    Consumer,
+}
+
+impl Protocol {
+    /// As `KAFKA_GROUP_PROTOCOL` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Classic => "classic",
+            Protocol::Consumer => "consumer",
         }
     }
 
-    /// The command that replays this run's schedule.
+    fn parse(v: &str) -> Protocol {
+        match v {
+            "classic" => Protocol::Classic,
+            "consumer" => Protocol::Consumer,
+            _ => panic!("--protocol classic|consumer"),
+        }
+    }
+
+    /// The seed's choice: its second bit, so that with `--cluster-by-seed` (the first bit) seeds
+    /// draw all four pairs of layout and protocol.
+    fn by_seed(seed: u64) -> Protocol {
+        if seed >> 1 & 1 == 1 {
+            Protocol::Consumer
+        } else {
+            Protocol::Classic
+        }
+    }
+}
+
+impl Args {
+    /// The broker layout and the group protocol, as the run's first line and its report say them.
+    pub fn layout(&self) -> String {
+        format!("{}, group protocol {}", if self.cluster { "three-node cluster" } else { "one broker" }, self.protocol.name())
+    }
+
+    /// The command that replays this run's schedule, on the same layout and protocol.
     pub fn replay_command(&self) -> String {
-        format!("scripts/chaos --seed {} --minutes {}{}", self.seed, self.minutes, if self.cluster { " --cluster" } else { "" })
+        format!(
+            "scripts/chaos --seed {} --minutes {}{} --protocol {}",
+            self.seed,
+            self.minutes,
+            if self.cluster { " --cluster" } else { "" },
+            self.protocol.name()
+        )
     }
 }
 
 pub fn args() -> Args {
-    let mut a = Args { minutes: 3.0, seed: rand::random(), cluster: false };
-    let mut by_seed = false;
+    let mut a = Args { minutes: 3.0, seed: rand::random(), cluster: false, protocol: Protocol::Consumer };
+    let (mut by_seed, mut protocol_by_seed) = (false, false);
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < argv.len() {
@@ -45,12 +84,22 @@ pub fn args() -> Args {
             }
             "--cluster" => a.cluster = true,
             "--cluster-by-seed" => by_seed = true,
-            other => panic!("unknown argument {other}; usage: chaos [--minutes M] [--seed S] [--cluster | --cluster-by-seed]"),
+            "--protocol" => {
+                a.protocol = Protocol::parse(v);
+                i += 1
+            }
+            "--protocol-by-seed" => protocol_by_seed = true,
+            other => panic!(
+                "unknown argument {other}; usage: chaos [--minutes M] [--seed S] [--cluster | --cluster-by-seed] [--protocol classic|consumer | --protocol-by-seed]"
+            ),
         }
         i += 1;
     }
     if by_seed {
         a.cluster = a.seed % 2 == 1;
+    }
+    if protocol_by_seed {
+        a.protocol = Protocol::by_seed(a.seed);
     }
     a
 }

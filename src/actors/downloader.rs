@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::dlq::reason::Permanent;
@@ -123,14 +124,26 @@ pub struct Downloaded {
 #[derive(Debug)]
 pub struct Held(#[allow(dead_code)] OwnedSemaphorePermit);
 
+/// Download the image at `url`, unless `given_up` is cancelled first (the event's partition was
+/// revoked): then its download slot and bytes go at once to the events still wanted.
 #[derive(Message)]
 #[rtype(result = "Result<Downloaded, EventError>")]
-pub struct Download(pub String);
+pub struct Download {
+    pub url: String,
+    pub given_up: CancellationToken,
+}
 
 impl Handler<Download> for Downloader {
     type Result = ResponseFuture<Result<Downloaded, EventError>>;
     fn handle(&mut self, msg: Download, _: &mut Context<Self>) -> Self::Result {
-        Box::pin(download(self.http.clone(), self.rules.clone(), self.limits.clone(), msg.0))
+        let work = download(self.http.clone(), self.rules.clone(), self.limits.clone(), msg.url);
+        Box::pin(async move {
+            tokio::select! {
+                biased;
+                _ = msg.given_up.cancelled() => Err(EventError::Abandoned),
+                downloaded = work => downloaded,
+            }
+        })
     }
 }
 

@@ -16,6 +16,7 @@ use crate::metrics::METRICS;
 use crate::nasa::{NasaClient, NasaError};
 use crate::supervision::{Lifeline, Slot};
 use crate::telemetry::{self, EventInfo};
+use crate::trace::Stage;
 
 const NASA_INCIDENT: &str = "nasa_api_unavailable";
 
@@ -27,7 +28,7 @@ pub struct Fetcher {
     backoff: Backoff,
     failures: u32,
     /// An event the Publisher did not take (it was down): offered again before anything new.
-    unsent: Option<ImageEvent>,
+    unsent: Option<Box<ImageEvent>>,
     reports: FetcherReports,
     log: Logger,
     lifeline: Lifeline,
@@ -39,7 +40,7 @@ enum Cycle {
     Published,
     NoHits(String),
     NasaFailed(NasaError),
-    PublisherFailed(String, Option<ImageEvent>),
+    PublisherFailed(String, Option<Box<ImageEvent>>),
 }
 
 impl Cycle {
@@ -170,9 +171,11 @@ impl Fetcher {
                 delay
             }
             Cycle::PublisherFailed(reason, unsent) => {
+                // About the event it keeps, in that event's trace.
+                let log = unsent.as_ref().map_or_else(|| self.log.clone(), |e| e.trace.logger(&self.log));
                 self.unsent = unsent;
                 let delay = retry(self);
-                warn!(self.log, "publisher unavailable, will retry"; "error.type" => "publisher", "error.message" => reason,
+                warn!(log, "publisher unavailable, will retry"; "error.type" => "publisher", "error.message" => reason,
                     "labels.attempt" => self.failures, "labels.delay_ms" => delay.as_millis() as u64);
                 delay
             }
@@ -182,12 +185,18 @@ impl Fetcher {
 
 /// One cycle: wait until nothing is pending, find an image (or take the unsent one), publish it
 /// and wait for delivery.
-async fn fetch_and_publish(nasa: NasaClient, publisher: Slot<Publisher>, query: String, unsent: Option<ImageEvent>, log: Logger) -> Cycle {
+async fn fetch_and_publish(
+    nasa: NasaClient,
+    publisher: Slot<Publisher>,
+    query: String,
+    unsent: Option<Box<ImageEvent>>,
+    log: Logger,
+) -> Cycle {
     if let Err(e) = publisher.send(WaitIdle).await {
         return Cycle::PublisherFailed(e.to_string(), unsent);
     }
     let event = match unsent {
-        Some(event) => event,
+        Some(event) => *event,
         None => match nasa.random_image(&query).await {
             Ok(Some(found)) => {
                 METRICS.fetched.inc();
@@ -197,13 +206,13 @@ async fn fetch_and_publish(nasa: NasaClient, publisher: Slot<Publisher>, query: 
             Err(e) => return Cycle::NasaFailed(e),
         },
     };
-    info!(log, "found image"; "labels.nasa_id" => &event.nasa_id, "labels.query" => event.query.clone(),
+    info!(log, "found image"; Stage::Fetch, &event.trace, "labels.nasa_id" => &event.nasa_id, "labels.query" => event.query.clone(),
         "labels.event_id" => event.event_id.to_string());
     match publisher.send(Publish(event.clone())).await {
         Ok(Ok(_)) => Cycle::Published,
         // The outbox could not be written: nothing is pending, keep the event and try again.
-        Ok(Err(e)) => Cycle::PublisherFailed(e.to_string(), Some(event)),
-        Err(e) => Cycle::PublisherFailed(e.to_string(), Some(event)),
+        Ok(Err(e)) => Cycle::PublisherFailed(e.to_string(), Some(Box::new(event))),
+        Err(e) => Cycle::PublisherFailed(e.to_string(), Some(Box::new(event))),
     }
 }
 

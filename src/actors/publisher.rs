@@ -1,8 +1,9 @@
-//! Publisher: sends each event to Kafka (key = nasa_id) and answers only once the broker has
-//! acknowledged it. While Kafka is unavailable it retries THE SAME event with backoff; the event
+//! Publisher: sends each event to Kafka (key = nasa_id, its trace in a `traceparent` header) and
+//! answers only once the broker has acknowledged it. While Kafka is unavailable it retries THE SAME event with backoff; the event
 //! waits in the on-disk outbox meanwhile, so a crash does not lose it.
 
 use actix::prelude::*;
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use slog::{error, info, warn, Logger};
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,7 @@ use crate::metrics::METRICS;
 use crate::outbox::{Outbox, OutboxError};
 use crate::supervision::Lifeline;
 use crate::telemetry::{self, EventInfo};
+use crate::trace::Stage;
 
 const KAFKA_INCIDENT: &str = "kafka_unavailable";
 
@@ -78,6 +80,7 @@ impl Publisher {
         );
         async move {
             let payload = serde_json::to_vec(&event).expect("events always serialize");
+            let log = event.trace.logger(&log);
             let mut attempt: u32 = 0;
             let unavailable = |attempt: u32, delay: Duration, e: &dyn std::fmt::Display| {
                 METRICS.retries.with_label_values(&["kafka"]).inc();
@@ -86,7 +89,9 @@ impl Publisher {
                     nasa_id: Some(event.nasa_id.clone()),
                     error_type: Some("kafka".into()),
                     error_message: Some(e.to_string()),
-                };
+                    trace: None,
+                }
+                .in_span(&event.trace);
                 telemetry::incident_failed(KAFKA_INCIDENT, "Kafka unavailable", &info);
                 warn!(log, "Kafka unavailable"; "labels.nasa_id" => &event.nasa_id,
                     "labels.event_id" => event.event_id.to_string(), "labels.attempt" => attempt,
@@ -95,7 +100,8 @@ impl Publisher {
             };
             loop {
                 let producer = shared.lock().expect("producer lock").clone();
-                let record = FutureRecord::to(&topic).key(&event.nasa_id).payload(&payload);
+                let headers = event.trace.add_to(OwnedHeaders::new());
+                let record = FutureRecord::to(&topic).key(&event.nasa_id).payload(&payload).headers(headers);
                 let outcome = match producer.send_result(record) {
                     Ok(mut delivery) => {
                         let mut wait = first_wait;
@@ -121,7 +127,7 @@ impl Publisher {
                         if attempt > 0 {
                             telemetry::incident_recovered(KAFKA_INCIDENT, "Kafka available again", &EventInfo::default());
                         }
-                        info!(log, "sent"; "labels.nasa_id" => &event.nasa_id, "labels.event_id" => event.event_id.to_string(),
+                        info!(log, "sent"; Stage::Publish, "labels.nasa_id" => &event.nasa_id, "labels.event_id" => event.event_id.to_string(),
                             "labels.topic" => &topic, "labels.partition" => d.partition, "labels.offset" => d.offset,
                             "labels.attempts" => attempt + 1);
                         return Ok(Delivered { partition: d.partition, offset: d.offset });
@@ -151,9 +157,10 @@ impl Actor for Publisher {
         match self.outbox.pending() {
             Ok(None) => {}
             Ok(Some(event)) => {
-                info!(self.log, "publishing the event left pending by the previous run";
+                // In the span it was put in the outbox with, before the crash.
+                let log = event.trace.logger(&self.log);
+                info!(log, "publishing the event left pending by the previous run";
                     "labels.nasa_id" => &event.nasa_id, "labels.event_id" => event.event_id.to_string());
-                let log = self.log.clone();
                 let id = event.event_id;
                 ctx.wait(self.deliver(event).into_actor(self).map(move |r, act, _| match r {
                     Ok(_) => act.recovered = Some(id),
@@ -189,7 +196,9 @@ impl Handler<Publish> for Publisher {
             let already = Ok(Delivered { partition: -1, offset: -1 });
             return AtomicResponse::new(Box::pin(actix::fut::ready(already)));
         }
-        // Durable first: once in the outbox, the event survives a crash before delivery.
+        // Durable first: once in the outbox, the event survives a crash before delivery (and
+        // is sent in the span it was put there with).
+        let event = event.in_next_span();
         let stored = self.outbox.put(&event);
         if stored.is_ok() {
             METRICS.outbox_pending.set(1);

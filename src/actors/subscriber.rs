@@ -213,6 +213,11 @@ impl Subscriber {
     fn judge(&mut self, snapshot: Option<Snapshot>, ctx: &mut Context<Self>) {
         let member = self.state.member();
         let view = member.view();
+        if let Some(fatal) = &view.fatal {
+            // librdkafka's client can do nothing more (its line said why): a new member.
+            self.rejoin(format!("the consumer failed for good: {fatal}"), ctx);
+            return;
+        }
         let window = self.state.watch.lock().expect("watch lock").window();
         let Some(snap) = snapshot else {
             self.state.watch.lock().expect("watch lock").unobserved();

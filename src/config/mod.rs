@@ -39,7 +39,7 @@ pub use cli::{
 pub use consumer::ConsumerConfig;
 pub use error::{ConfigError, ConfigErrors};
 pub use http::HttpConfig;
-pub use kafka::KafkaConfig;
+pub use kafka::{GroupProtocol, KafkaConfig};
 pub use nasa::{NasaConfig, RANDOM_TOPICS};
 pub use observability::ObservabilityConfig;
 pub use outbox::OutboxConfig;
@@ -113,6 +113,9 @@ mod tests {
         assert_eq!(c.kafka.topic, "images");
         assert_eq!(c.kafka.dlq_topic, "images.dlq");
         assert_eq!(c.kafka.group_id, "images-writer");
+        assert_eq!(c.kafka.group_protocol, GroupProtocol::Consumer);
+        assert_eq!(c.kafka.session_timeout, Duration::from_secs(10));
+        assert_eq!(c.kafka.group_instance_id, None, "static membership is off");
         assert_eq!(c.nasa.interval, Duration::from_secs(30));
         assert_eq!(c.consumer.max_image_bytes, 50 * 1024 * 1024);
         assert_eq!(c.consumer.allowed_image_hosts, vec!["images-assets.nasa.gov"]);

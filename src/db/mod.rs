@@ -173,6 +173,8 @@ pub struct NewImage {
     pub event_id: Option<Uuid>,
     pub kafka_partition: Option<i32>,
     pub kafka_offset: Option<i64>,
+    /// The trace of the event it was stored from (see `trace`).
+    pub trace_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,6 +268,9 @@ pub struct ImageSummary {
     pub byte_size: i64,
     #[diesel(sql_type = diesel::sql_types::Timestamptz)]
     pub created_at: chrono::DateTime<chrono::Utc>,
+    /// None for an image stored before traces were kept.
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub trace_id: Option<String>,
 }
 
 /// Content types a browser shows in an <img>.
@@ -274,7 +279,7 @@ pub const BROWSER_IMAGE_TYPES: [&str; 4] = ["image/jpeg", "image/png", "image/gi
 /// The latest stored images a browser can show, newest first.
 pub fn latest_images(pool: &PgPool, limit: i64) -> Result<Vec<ImageSummary>, Transient> {
     diesel::sql_query(
-        "SELECT nasa_id, title, query, content_type, byte_size, created_at FROM images \
+        "SELECT nasa_id, title, query, content_type, byte_size, created_at, trace_id FROM images \
          WHERE content_type = ANY($1) ORDER BY id DESC LIMIT $2",
     )
     .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(BROWSER_IMAGE_TYPES.to_vec())

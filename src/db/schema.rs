@@ -15,5 +15,6 @@ diesel::table! {
         kafka_partition -> Nullable<Int4>,
         kafka_offset -> Nullable<Int8>,
         created_at -> Timestamptz,
+        trace_id -> Nullable<Text>,
     }
 }

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use super::error::DlqError;
-use super::record::{header, header_text, DeadLetter};
-use crate::kafka::{base_config, LogContext};
+use super::record::{header, DeadLetter};
+use crate::kafka::{base_config, header_text, LogContext};
 use crate::shutdown::CancellationToken;
 
 /// Per partition, the offsets from (inclusive) and to (exclusive).

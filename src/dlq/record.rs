@@ -1,15 +1,19 @@
 //! A dead letter: the failed event's key and payload, with headers that say why it failed and
 //! where it was read. The consumer's pipeline writes it ([`dead_letter_of`]); `dlq list`,
 //! `dlq replay` and the status page's watch read it ([`DeadLetter`]); a replay sends its event
-//! back ([`replay_of`]). The header names are written and read only through [`header`].
+//! back ([`replay_of`]). The header names are written and read only through [`header`], and
+//! the trace's (`traceparent`, `tracestate`) through [`crate::trace`]: a dead letter stays in
+//! the trace of its event, and so does its replay.
 
 use chrono::{DateTime, TimeZone, Utc};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use serde::Serialize;
 
 use super::reason::Permanent;
 use crate::config::DlqFilter;
+use crate::kafka::header_text;
+use crate::trace::TraceContext;
 
 /// The headers' names.
 pub mod header {
@@ -31,9 +35,15 @@ pub mod header {
 }
 
 /// The dead letter of `msg` for `dlq_topic`: its key and payload, why it failed and where it was
-/// read. A replayed event keeps its `replay_count` and `replayed_from`, so that `dlq replay` can
-/// tell how often it came back already (its loop guard).
-pub fn dead_letter_of<'a, M: Message>(msg: &'a M, why: &Permanent, dlq_topic: &'a str) -> FutureRecord<'a, [u8], [u8]> {
+/// read, in `span` (the dead-letter stage's span of the event's trace). A replayed event keeps its
+/// `replay_count` and `replayed_from`, so that `dlq replay` can tell how often it came back
+/// already (its loop guard).
+pub fn dead_letter_of<'a, M: Message>(
+    msg: &'a M,
+    why: &Permanent,
+    dlq_topic: &'a str,
+    span: &TraceContext,
+) -> FutureRecord<'a, [u8], [u8]> {
     let (partition, offset) = (msg.partition().to_string(), msg.offset().to_string());
     let mut headers = OwnedHeaders::new()
         .insert(Header { key: header::REASON, value: Some(why.kind()) })
@@ -41,6 +51,7 @@ pub fn dead_letter_of<'a, M: Message>(msg: &'a M, why: &Permanent, dlq_topic: &'
         .insert(Header { key: header::SOURCE_TOPIC, value: Some(msg.topic()) })
         .insert(Header { key: header::SOURCE_PARTITION, value: Some(&partition) })
         .insert(Header { key: header::SOURCE_OFFSET, value: Some(&offset) });
+    headers = span.add_to(headers);
     for key in [header::REPLAY_COUNT, header::REPLAYED_FROM] {
         if let Some(value) = header_text(msg, key) {
             headers = headers.insert(Header { key, value: Some(&value) });
@@ -54,12 +65,13 @@ pub fn dead_letter_of<'a, M: Message>(msg: &'a M, why: &Permanent, dlq_topic: &'
 }
 
 /// The event a replay of `l` sends to `topic`: its original key and payload, one more
-/// `replay_count`, and `replayed_from` naming `l`.
-pub fn replay_of<'a>(l: &'a DeadLetter, topic: &'a str) -> FutureRecord<'a, [u8], [u8]> {
+/// `replay_count`, `replayed_from` naming `l`, and `span` (the replay's span, in `l`'s trace).
+pub fn replay_of<'a>(l: &'a DeadLetter, topic: &'a str, span: &TraceContext) -> FutureRecord<'a, [u8], [u8]> {
     let (count, from) = ((l.replay_count + 1).to_string(), l.place());
     let headers = OwnedHeaders::new()
         .insert(Header { key: header::REPLAY_COUNT, value: Some(&count) })
         .insert(Header { key: header::REPLAYED_FROM, value: Some(&from) });
+    let headers = span.add_to(headers);
     let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(headers);
     if let Some(key) = &l.key {
         record = record.key(key);
@@ -68,12 +80,6 @@ pub fn replay_of<'a>(l: &'a DeadLetter, topic: &'a str) -> FutureRecord<'a, [u8]
         record = record.payload(payload);
     }
     record
-}
-
-/// A header's value as text.
-pub fn header_text<M: Message>(msg: &M, key: &str) -> Option<String> {
-    let headers = msg.headers()?;
-    headers.iter().find(|h| h.key == key).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// The `replay_count` header of a message (0 without one, or when it is not a number).
@@ -106,6 +112,9 @@ pub struct DeadLetter {
     pub replayed_from: Option<String>,
     /// How often this dead letter was replayed (messages on the events topic naming it).
     pub replayed: u32,
+    /// The trace of its event, and the dead-letter stage's span (None: written before traces).
+    #[serde(rename = "trace_id", serialize_with = "trace_id_of")]
+    pub trace: Option<TraceContext>,
     #[serde(skip)]
     key: Option<Vec<u8>>,
     #[serde(skip)]
@@ -133,9 +142,15 @@ impl DeadLetter {
             replay_count: replay_count_of(m),
             replayed_from: text(header::REPLAYED_FROM),
             replayed: 0,
+            trace: TraceContext::of_message(m),
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().map(<[u8]>::to_vec),
         }
+    }
+
+    /// The span of a replay of it: in its trace, or a fresh one for a dead letter written before traces.
+    pub fn replay_span(&self) -> TraceContext {
+        self.trace.as_ref().map_or_else(TraceContext::new_root, TraceContext::child)
     }
 
     /// Where it is on the dead-letter topic: `partition/offset` (the `replayed_from` header's form).
@@ -155,6 +170,9 @@ impl DeadLetter {
             _ => "-".into(),
         };
         let mut line = format!("{time}  {}  {}  from {source}  dlq {}", show_id(&self.nasa_id), self.reason, self.place());
+        if let Some(trace) = &self.trace {
+            line += &format!("  trace {}", trace.trace_id);
+        }
         if self.replay_count > 0 {
             line += &format!("  (failed after {} replay(s))", self.replay_count);
         }
@@ -182,10 +200,16 @@ impl DeadLetter {
             replay_count,
             replayed_from: None,
             replayed: 0,
+            trace: None,
             key: None,
             payload: None,
         }
     }
+}
+
+/// A dead letter's trace as `dlq list --json` shows it: the trace id alone.
+fn trace_id_of<S: serde::Serializer>(trace: &Option<TraceContext>, s: S) -> Result<S::Ok, S::Error> {
+    trace.as_ref().map(|t| t.trace_id.to_string()).serialize(s)
 }
 
 fn show_id(nasa_id: &str) -> String {
@@ -216,7 +240,8 @@ mod tests {
             42,
             Some(replayed),
         );
-        let record = dead_letter_of(&event, &Permanent::TooLarge { limit: 10 }, "images.dlq");
+        let span = TraceContext::new_root();
+        let record = dead_letter_of(&event, &Permanent::TooLarge { limit: 10 }, "images.dlq", &span);
         let (payload, key) = (record.payload.map(<[u8]>::to_vec), record.key.map(<[u8]>::to_vec));
         let written = OwnedMessage::new(payload, key, record.topic.into(), Timestamp::CreateTime(1_800_000_000_000), 0, 9, record.headers);
         let l = DeadLetter::from_message(&written);
@@ -224,9 +249,13 @@ mod tests {
         assert_eq!((l.source_topic.as_deref(), l.source_partition, l.source_offset), (Some("images"), Some(3), Some(42)));
         assert_eq!((l.replay_count, l.replayed_from.as_deref()), (2, Some("1/7")));
         assert!(l.error.contains("MAX_IMAGE_BYTES"));
-        let again = replay_of(&l, "images");
+        assert_eq!(l.trace, Some(span.clone()), "the dead letter is in its event's trace");
+        let replay = l.replay_span();
+        assert_eq!(replay.trace_id, span.trace_id);
+        let again = replay_of(&l, "images", &replay);
         let sent = OwnedMessage::new(None, None, "images".into(), Timestamp::NotAvailable, 0, 0, again.headers);
         assert_eq!((replay_count_of(&sent), header_text(&sent, header::REPLAYED_FROM).as_deref()), (3, Some("0/9")));
+        assert_eq!(TraceContext::of_message(&sent), Some(replay), "the replay continues the trace");
         assert_eq!((again.key, again.payload), (Some(&b"PIA1"[..]), Some(&b"{}"[..])));
     }
 }

@@ -1,7 +1,7 @@
 //! `nasa-ingest dlq replay` ([`replay`], also called from Rust): republishes matching dead letters
 //! to the events topic with their original key and payload and two headers, `replay_count` (the
 //! dead letter's own count plus one) and `replayed_from` (`partition/offset` on the dead-letter
-//! topic). Progress is the committed offset of the replay's own consumer group on the dead-letter
+//! topic), in the trace of the dead letter (a replay span: its `traceparent`). Progress is the committed offset of the replay's own consumer group on the dead-letter
 //! topic, committed only after the broker acknowledged the republished event; a dead letter whose
 //! `replay_count` reached `--max-replays` is skipped, so an event that keeps failing cannot circle
 //! forever.
@@ -21,6 +21,7 @@ use crate::config::{Config, DlqFilter, DlqReplayArgs, DEFAULT_MAX_REPLAYS};
 use crate::kafka::{self, LogContext};
 use crate::oneshot::{Progress, Words};
 use crate::shutdown::CancellationToken;
+use crate::trace::{Stage, TraceContext};
 
 /// How long Kafka may take to acknowledge one republished event before the run stops.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -239,8 +240,8 @@ const IN_FLIGHT: usize = 32;
 
 /// One dead letter on its way through a run; steps are settled in the order they were read.
 enum Step<'a> {
-    /// Republished; dealt with once the broker acknowledged it.
-    Sent(&'a DeadLetter, DeliveryFuture),
+    /// Republished in the replay's span; dealt with once the broker acknowledged it.
+    Sent(&'a DeadLetter, TraceContext, DeliveryFuture),
     /// Dealt with without a send: replayed before, or over the loop guard.
     Passed(&'a DeadLetter),
     /// Left for another run: not matching, or past `max`. A dry run leaves everything.
@@ -272,9 +273,9 @@ impl<'a> Settler<'a, '_> {
 
     fn settle_one(&mut self) -> Result<(), DlqError> {
         match self.queue.pop_front() {
-            Some(Step::Sent(letter, delivery)) => {
+            Some(Step::Sent(letter, span, delivery)) => {
                 self.sent -= 1;
-                acknowledged(letter, delivery, self.log)?;
+                acknowledged(letter, &span, delivery, self.log)?;
                 self.progression.dealt_with(letter);
                 // At most every 200 ms (one request for many), asynchronous (the next
                 // acknowledgement need not wait for it); the last commit is synchronous.
@@ -335,7 +336,11 @@ fn go_through<'a>(
                 summary.replayed += 1;
                 *summary.replayed_by_reason.entry(letter.reason.clone()).or_insert(0) += 1;
                 match producer {
-                    Some(producer) => Step::Sent(letter, send(producer, &s.topic, letter)?),
+                    Some(producer) => {
+                        let span = letter.replay_span();
+                        let delivery = send(producer, &s.topic, letter, &span)?;
+                        Step::Sent(letter, span, delivery)
+                    }
                     None => {
                         if s.show_progress {
                             println!("would replay: {}", letter.line());
@@ -353,7 +358,7 @@ fn go_through<'a>(
             }
             Verdict::OverMaxReplays => {
                 summary.over_max_replays += 1;
-                warn!(settler.log, "dead letter skipped: its event was replayed too often"; "labels.nasa_id" => &letter.nasa_id,
+                warn!(settler.log, "dead letter skipped: its event was replayed too often"; letter.replay_span(), "labels.nasa_id" => &letter.nasa_id,
                     "labels.dlq_place" => letter.place(), "labels.replay_count" => letter.replay_count, "error.type" => &letter.reason);
                 Step::Passed(letter)
             }
@@ -389,16 +394,16 @@ fn replay_ranges(c: &BaseConsumer<LogContext>, s: &ReplaySettings, log: &Logger)
 }
 
 /// Sends one dead letter's key and payload back to `topic`, with the replay's headers.
-fn send(producer: &FutureProducer<LogContext>, topic: &str, l: &DeadLetter) -> Result<DeliveryFuture, DlqError> {
-    producer.send_result(replay_of(l, topic)).map_err(|(e, _)| DlqError::Publish { place: l.place(), message: e.to_string() })
+fn send(producer: &FutureProducer<LogContext>, topic: &str, l: &DeadLetter, span: &TraceContext) -> Result<DeliveryFuture, DlqError> {
+    producer.send_result(replay_of(l, topic, span)).map_err(|(e, _)| DlqError::Publish { place: l.place(), message: e.to_string() })
 }
 
-/// Waits for the broker's acknowledgement of `l`'s republished event.
-fn acknowledged(l: &DeadLetter, delivery: DeliveryFuture, log: &Logger) -> Result<(), DlqError> {
+/// Waits for the broker's acknowledgement of `l`'s republished event (sent in `span`).
+fn acknowledged(l: &DeadLetter, span: &TraceContext, delivery: DeliveryFuture, log: &Logger) -> Result<(), DlqError> {
     let failed = |message: String| DlqError::Publish { place: l.place(), message };
     let delivered = futures::executor::block_on(delivery).map_err(|_| failed("the producer was closed".into()))?;
     let delivery = delivered.map_err(|(e, _)| failed(e.to_string()))?;
-    info!(log, "replayed"; "labels.nasa_id" => &l.nasa_id, "labels.reason" => &l.reason, "labels.dlq_place" => l.place(),
+    info!(log, "replayed"; Stage::Replay, span, "labels.nasa_id" => &l.nasa_id, "labels.reason" => &l.reason, "labels.dlq_place" => l.place(),
         "labels.replay_count" => l.replay_count + 1, "labels.partition" => delivery.partition, "labels.offset" => delivery.offset);
     Ok(())
 }

@@ -27,6 +27,8 @@ pub struct Brief {
     pub error: String,
     pub place: String,
     pub replay_count: u32,
+    /// The trace of its event (32 hex digits; None: written before traces).
+    pub trace_id: Option<String>,
 }
 
 /// What the daemon knows of the dead-letter topic: everything on it, read from its start.
@@ -47,8 +49,15 @@ impl DlqPanel {
     fn add(&mut self, l: DeadLetter) {
         self.on_topic += 1;
         *self.by_reason.entry(l.reason.clone()).or_insert(0) += 1;
-        let brief =
-            Brief { time: l.time, place: l.place(), nasa_id: l.nasa_id, reason: l.reason, error: l.error, replay_count: l.replay_count };
+        let brief = Brief {
+            time: l.time,
+            place: l.place(),
+            trace_id: l.trace.map(|t| t.trace_id.to_string()),
+            nasa_id: l.nasa_id,
+            reason: l.reason,
+            error: l.error,
+            replay_count: l.replay_count,
+        };
         let at = self.last.partition_point(|b| b.time > brief.time);
         self.last.insert(at, brief);
         self.last.truncate(PANEL_LAST);

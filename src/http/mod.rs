@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::observability::LogSearchUrl;
 use crate::db::{self, PgPool};
 use crate::deps::Dependencies;
 use crate::fault_injection::InjectedPanics;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub kafka: BaseConsumer<LogContext>,
     /// What `/status`, `/readyz` and the page read.
     pub status: StatusSources,
+    /// Where the page links trace ids to (`LOG_SEARCH_URL`).
+    pub log_search: Option<LogSearchUrl>,
 }
 
 /// Binds and starts the server on the current actix system; returns the bound address.
@@ -182,7 +185,7 @@ async fn image(state: web::Data<AppState>, req: HttpRequest, nasa_id: web::Path<
 
 async fn page(state: web::Data<AppState>) -> HttpResponse {
     let (gallery, images_in_database) = latest_images(&state).await;
-    let html = page::render(&state.status.read(images_in_database), &gallery);
+    let html = page::render(&state.status.read(images_in_database), &gallery, state.log_search.as_ref());
     HttpResponse::Ok().content_type("text/html; charset=utf-8").body(html.into_string())
 }
 

@@ -1,10 +1,13 @@
 //! The status page (`/`): the [`Status`] and a gallery of the latest stored images, as HTML.
+//! Each image and dead letter shows its trace id, linked to the log search's query for that
+//! trace when `LOG_SEARCH_URL` is set.
 //! The template is maud's: checked when the crate compiles, and every value is HTML-escaped
 //! (text from the NASA API passes through here).
 
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use super::status::{ActorState, ActorStatus, Status};
+use crate::config::observability::LogSearchUrl;
 use crate::db::ImageSummary;
 use crate::errors::Transient;
 
@@ -31,9 +34,10 @@ table{border-collapse:collapse;font-size:.9rem;width:100%} td,th{text-align:left
 figure{margin:0;background:#151c33;border-radius:8px;overflow:hidden} figure img{width:100%;height:160px;object-fit:cover;display:block;background:#222}
 figcaption{padding:.5rem .6rem;font-size:.9rem}
 table.dlq{border-collapse:collapse;font-size:.9rem} table.dlq td,table.dlq th{text-align:left;padding:.2rem .8rem .2rem 0;vertical-align:top} code{color:#cfe3ff}
+.trace{font-size:.75rem;word-break:break-all} .trace a{color:#9ab}
 ";
 
-pub fn render(st: &Status, gallery: &Gallery) -> Markup {
+pub fn render(st: &Status, gallery: &Gallery, log_search: Option<&LogSearchUrl>) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -61,11 +65,11 @@ pub fn render(st: &Status, gallery: &Gallery) -> Markup {
                     div {
                         (activity_panel(st))
                         (problems_panel(st))
-                        (dead_letters_panel(st))
+                        (dead_letters_panel(st, log_search))
                     }
                 }
                 h2 { "Latest images" }
-                div.gallery { (gallery_items(gallery)) }
+                div.gallery { (gallery_items(gallery, log_search)) }
             }
         }
     }
@@ -196,7 +200,7 @@ fn problems_panel(st: &Status) -> Markup {
 
 /// What is on the dead-letter topic: the count of each reason with the command that replays it,
 /// and the last dead letters.
-fn dead_letters_panel(st: &Status) -> Markup {
+fn dead_letters_panel(st: &Status, log_search: Option<&LogSearchUrl>) -> Markup {
     let d = &st.dead_letters;
     let p = &d.panel;
     html! {
@@ -215,7 +219,7 @@ fn dead_letters_panel(st: &Status) -> Markup {
         }
         @if !p.last.is_empty() {
             table.dlq {
-                tr { th { "time" } th { "nasa_id" } th { "reason" } th { "error" } }
+                tr { th { "time" } th { "nasa_id" } th { "reason" } th { "error" } th { "trace" } }
                 @for b in &p.last {
                     tr {
                         // As /status writes it (RFC 3339, to the second unless the header had more).
@@ -223,6 +227,7 @@ fn dead_letters_panel(st: &Status) -> Markup {
                         td { (b.nasa_id) }
                         td { (b.reason) }
                         td.muted { (b.error) @if b.replay_count > 0 { " · after " (b.replay_count) " replay(s)" } }
+                        td.trace { (trace_id(b.trace_id.as_deref(), log_search)) }
                     }
                 }
             }
@@ -234,12 +239,21 @@ fn dead_letters_panel(st: &Status) -> Markup {
     }
 }
 
+/// A trace id, linked to its lines in the log search when there is one; empty without an id.
+fn trace_id(id: Option<&str>, log_search: Option<&LogSearchUrl>) -> Markup {
+    match (id, log_search) {
+        (None, _) => html! {},
+        (Some(id), None) => html! { code { (id) } },
+        (Some(id), Some(search)) => html! { a href=(search.for_trace(id)) title="its lines in the log search" { code { (id) } } },
+    }
+}
+
 fn path_segment(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 /// The latest stored images, each served from Postgres at `/images/{nasa_id}`.
-fn gallery_items(gallery: &Gallery) -> Markup {
+fn gallery_items(gallery: &Gallery, log_search: Option<&LogSearchUrl>) -> Markup {
     match gallery {
         Ok(list) if list.is_empty() => html! { p.muted { "No images stored yet." } },
         Ok(list) => html! {
@@ -253,6 +267,7 @@ fn gallery_items(gallery: &Gallery) -> Markup {
                             (i.nasa_id) " · " (i.query.as_deref().unwrap_or("")) " · " (i.byte_size / 1024) " KB · " (i.content_type)
                             " · " (i.created_at.format("%Y-%m-%d %H:%M:%S UTC"))
                         }
+                        @if i.trace_id.is_some() { br; span.trace { "trace " (trace_id(i.trace_id.as_deref(), log_search)) } }
                     }
                 }
             }
@@ -273,13 +288,14 @@ mod tests {
             content_type: "image/jpeg".into(),
             byte_size: 20480,
             created_at: chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
         }
     }
 
     #[test]
     fn text_from_the_nasa_api_is_escaped_and_ids_are_path_segments() {
         let st = super::super::status::tests::sources().read(Some(1));
-        let html = render(&st, &Ok(vec![image("moon-mosaic-ü 2020/x", r#"<img src=x onerror="a('b')">&"#)])).into_string();
+        let html = render(&st, &Ok(vec![image("moon-mosaic-ü 2020/x", r#"<img src=x onerror="a('b')">&"#)]), None).into_string();
         assert!(html.contains(r#"<b>&lt;img src=x onerror=&quot;a('b')&quot;&gt;&amp;</b>"#), "{html}");
         assert!(html.contains(r#"alt="&lt;img src=x onerror=&quot;a('b')&quot;&gt;&amp;""#), "{html}");
         assert!(!html.contains("<img src=x"), "{html}");
@@ -290,7 +306,7 @@ mod tests {
     fn the_page_shows_the_status_panels() {
         let sources = super::super::status::tests::sources();
         sources.restarts.record("storer", "crash of <Storer>");
-        let html = render(&sources.read(None), &Ok(vec![])).into_string();
+        let html = render(&sources.read(None), &Ok(vec![]), None).into_string();
         assert!(html.starts_with("<!DOCTYPE html><html lang=\"en\">"), "{html}");
         assert!(html.contains("<b>?</b>images in the database"), "Postgres did not answer: {html}");
         assert!(html.contains("<b>storer</b> down · 1 restarts (at "), "{html}");
@@ -299,5 +315,24 @@ mod tests {
         assert!(html.contains("<p class=\"muted\">None since start.</p>"), "{html}");
         assert!(html.contains("<p class=\"muted\">Reading the dead-letter topic…</p>"), "{html}");
         assert!(html.contains("<p class=\"muted\">No images stored yet.</p>"), "{html}");
+    }
+
+    #[test]
+    fn trace_ids_link_to_the_log_search_when_it_is_set() {
+        let st = super::super::status::tests::sources().read(Some(1));
+        let images = Ok(vec![image("as11-40-5874", "Boot")]);
+        let plain = render(&st, &images, None).into_string();
+        assert!(plain.contains("trace <code>4bf92f3577b34da6a3ce929d0e0e4736</code>"), "{plain}");
+        let search = crate::config::observability::tests::kibana();
+        let linked = render(&st, &images, Some(&search)).into_string();
+        let href = search.for_trace("4bf92f3577b34da6a3ce929d0e0e4736");
+        let escaped = maud::html! { a href=(href) {} }.into_string();
+        let attribute = escaped.trim_start_matches("<a ").trim_end_matches("></a>");
+        assert!(
+            linked.contains(&format!(
+                "<a {attribute} title=\"its lines in the log search\"><code>4bf92f3577b34da6a3ce929d0e0e4736</code></a>"
+            )),
+            "{linked}"
+        );
     }
 }

@@ -20,8 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod fake_nasa;
+pub mod kibana;
 pub mod opensearch;
+pub mod trace;
 pub use fake_nasa::{ApiMode, FakeNasa};
+pub use trace::*;
 
 pub fn fixtures_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nasa")
@@ -29,6 +32,25 @@ pub fn fixtures_dir() -> PathBuf {
 
 pub fn fake_nasa() -> FakeNasa {
     FakeNasa::start(&fixtures_dir()).expect("fake NASA API starts")
+}
+
+/// Makes each named test run once per consumer group protocol: `name::consumer` and
+/// `name::classic` call `name(protocol)`, `protocol` being KAFKA_GROUP_PROTOCOL's value (one
+/// filter, `cargo test -- name`, runs both).
+#[macro_export]
+macro_rules! for_both_protocols {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[test]
+            fn consumer() {
+                super::$test("consumer")
+            }
+            #[test]
+            fn classic() {
+                super::$test("classic")
+            }
+        }
+    )*};
 }
 
 /// Polls `cond` every 50 ms until it holds or `timeout` passes.
@@ -71,7 +93,7 @@ struct Node {
 }
 
 impl Node {
-    fn spawn(&self, voters: &str, replicas: usize) {
+    fn spawn(&self, voters: &str, replicas: usize, group_protocols: Option<&str>) {
         let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
         assert!(child.is_none(), "node {} is already running", self.id);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("broker.log")).unwrap();
@@ -79,6 +101,7 @@ impl Node {
             .args(["--dir", &self.dir.display().to_string()])
             .args(["--port", &self.port.to_string(), "--controller-port", &self.controller_port.to_string()])
             .args(["--node-id", &self.id.to_string(), "--voters", voters, "--replicas", &replicas.to_string()])
+            .args(group_protocols.map(|p| ["--group-protocols", p]).into_iter().flatten())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -135,6 +158,8 @@ extern "C" fn kill_shared_at_exit() {
 struct Kafka {
     nodes: Vec<Node>,
     replicas: usize,
+    /// `group.coordinator.rebalance.protocols` when not Kafka's default.
+    group_protocols: Option<&'static str>,
     _dir: tempfile::TempDir,
 }
 
@@ -142,6 +167,10 @@ impl Kafka {
     /// Starts `nodes` nodes on fresh storage. A node that cannot bind its port (another
     /// process took it between the choice and the bind) is started again on other ports.
     fn launch(nodes: usize) -> Arc<Kafka> {
+        Self::launch_with(nodes, None)
+    }
+
+    fn launch_with(nodes: usize, group_protocols: Option<&'static str>) -> Arc<Kafka> {
         let mut tries = 0;
         loop {
             let dir = tempfile::Builder::new().prefix("kafka").tempdir().unwrap();
@@ -154,10 +183,10 @@ impl Kafka {
                     child: Mutex::new(None),
                 })
                 .collect();
-            let kafka = Arc::new(Kafka { replicas: nodes.len().min(3), nodes, _dir: dir });
+            let kafka = Arc::new(Kafka { replicas: nodes.len().min(3), nodes, group_protocols, _dir: dir });
             for n in &kafka.nodes {
                 std::fs::create_dir_all(&n.dir).unwrap();
-                n.spawn(&kafka.voters(), kafka.replicas);
+                n.spawn(&kafka.voters(), kafka.replicas, group_protocols);
             }
             tries += 1;
             match kafka.try_wait_ready(kafka.nodes.len()) {
@@ -182,7 +211,6 @@ impl Kafka {
         self.nodes.iter().map(Node::addr).collect::<Vec<_>>().join(",")
     }
 
-    /// Polls the listeners with a metadata request until `brokers` of them answer as one cluster.
     /// Polls the listeners with a metadata request until `brokers` of them answer as one
     /// cluster; an error when a node exits meanwhile.
     fn try_wait_ready(&self, brokers: usize) -> Result<(), String> {
@@ -265,6 +293,12 @@ impl Broker {
         Self::view(Kafka::launch(1))
     }
 
+    /// A broker of this test's own that refuses Kafka's consumer group protocol (KIP-848), as
+    /// brokers before 4.0 or with it turned off do.
+    pub fn own_classic_only() -> Broker {
+        Self::view(Kafka::launch_with(1, Some("classic")))
+    }
+
     /// Three brokers in one KRaft cluster (each node also a controller), of this test's own:
     /// topics are created with three replicas and `min.insync.replicas=2`.
     pub fn cluster() -> Broker {
@@ -289,7 +323,7 @@ impl Broker {
     /// Starts every stopped node again on its storage and ports, and waits until all answer.
     pub fn resume(&self) {
         for n in self.kafka.nodes.iter().filter(|n| !n.running()) {
-            n.spawn(&self.kafka.voters(), self.kafka.replicas);
+            n.spawn(&self.kafka.voters(), self.kafka.replicas, self.kafka.group_protocols);
         }
         self.kafka.wait_ready(self.kafka.nodes.len());
     }
@@ -308,7 +342,7 @@ impl Broker {
 
     /// Starts node `i` again without waiting for it (the others may be down too).
     pub fn restart_node(&self, i: usize) {
-        self.kafka.nodes[i].spawn(&self.kafka.voters(), self.kafka.replicas);
+        self.kafka.nodes[i].spawn(&self.kafka.voters(), self.kafka.replicas, self.kafka.group_protocols);
     }
 
     /// Another view of the same broker or cluster, with topic names of its own.
@@ -346,11 +380,41 @@ impl Broker {
         let res = futures::executor::block_on(admin.create_topics(&[topic], &AdminOptions::new())).unwrap();
         res[0].as_ref().expect("topic created");
     }
+    /// Many keyed messages through one producer (the key picks the partition).
+    pub fn produce_many(&self, topic: &str, messages: impl IntoIterator<Item = (String, String)>) {
+        let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &self.addr).set("linger.ms", "20").create().unwrap();
+        for (key, payload) in messages {
+            let mut record = BaseRecord::to(topic).key(&key).payload(&payload);
+            while let Err((e, back)) = producer.send(record) {
+                assert!(matches!(e.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::QueueFull)), "{e}");
+                producer.poll(Duration::from_millis(10));
+                record = back;
+            }
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+    }
+
+    /// The end offset of each partition of `topic`.
+    pub fn end_offsets(&self, topic: &str, partitions: i32) -> Vec<i64> {
+        let client: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &self.addr).create().unwrap();
+        (0..partitions).map(|p| client.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks").1).collect()
+    }
+
     pub fn produce(&self, topic: &str, key: Option<&str>, payload: &[u8]) {
+        self.produce_with_headers(topic, key, payload, &[]);
+    }
+
+    pub fn produce_with_headers(&self, topic: &str, key: Option<&str>, payload: &[u8], headers: &[(&str, &str)]) {
         let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &self.addr).create().unwrap();
         let mut record = BaseRecord::<str, [u8]>::to(topic).payload(payload);
         if let Some(k) = key {
             record = record.key(k);
+        }
+        if !headers.is_empty() {
+            let owned = headers.iter().fold(rdkafka::message::OwnedHeaders::new(), |h, (key, value)| {
+                h.insert(rdkafka::message::Header { key, value: Some(*value) })
+            });
+            record = record.headers(owned);
         }
         producer.send(record).map_err(|(e, _)| e).unwrap();
         producer.flush(Duration::from_secs(10)).unwrap();
@@ -490,7 +554,7 @@ impl TestDb {
     pub fn rows(&self) -> Vec<ImageRow> {
         diesel::sql_query(
             "SELECT nasa_id, title, query, image_url, content_type, byte_size, sha256, image_bytes, \
-             event_id::text AS event_id, kafka_partition, kafka_offset FROM images ORDER BY id",
+             event_id::text AS event_id, kafka_partition, kafka_offset, trace_id FROM images ORDER BY id",
         )
         .load(&mut self.conn())
         .unwrap_or_default()
@@ -529,6 +593,8 @@ pub struct ImageRow {
     pub kafka_partition: Option<i32>,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
     pub kafka_offset: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub trace_id: Option<String>,
 }
 
 // ---------------------------------------------------------------- the daemon
@@ -674,6 +740,16 @@ impl Drop for Daemon {
             eprintln!("---- daemon log ----\n{}", self.dump());
         }
     }
+}
+
+/// The `dlq` command with the settings of the daemon `env` runs with.
+pub fn dlq_command(env: &[(String, String)], args: &[&str]) -> Command {
+    let mut cmd = Command::new(daemon_bin());
+    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).arg("dlq").args(args);
+    for k in ["KAFKA_BROKERS", "KAFKA_TOPIC", "KAFKA_GROUP_ID"] {
+        cmd.env(k, get(env, k));
+    }
+    cmd
 }
 
 /// A current-format event for `nasa_id`, its image on the fake server.

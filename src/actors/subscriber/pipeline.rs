@@ -4,14 +4,19 @@
 //! line at most once a second per kind, [`RetryLines`]); permanent ones go to the dead-letter
 //! topic. A panic while handling one event is caught, logged with the event's place and retried,
 //! and dead-lettered (`panic`) after repeated panics.
+//!
+//! Each event is handled in the trace its `traceparent` header names (a fresh one when it has
+//! none): the consume, download, store and dead-letter stages are spans of it, and every line
+//! about the event carries its `trace.id` and the stage's `span.id`.
 
 use futures::FutureExt;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::FutureProducer;
-use slog::{error, info, warn, Logger};
+use slog::{debug, error, info, warn, Logger};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 use crate::actors::downloader::{Download, Downloaded, Downloader, Held};
 use crate::actors::storer::{IsStored, Store, Storer};
@@ -27,6 +32,7 @@ use crate::kafka::LogContext;
 use crate::metrics::METRICS;
 use crate::supervision::Slot;
 use crate::telemetry::{self, EventInfo};
+use crate::trace::{self, Stage, TraceContext};
 
 const CONSUMER_INCIDENT: &str = "consumer_retrying";
 /// An event whose handling panicked this often goes to the dead-letter topic (`panic`).
@@ -91,33 +97,53 @@ impl Pipeline {
     }
 }
 
+/// Handles one message until it is stored, found a duplicate, or dead-lettered, or until its
+/// partition is revoked: then it is given up where it is (its permit and its download slot
+/// freed for the partitions this member keeps), unfinished; the partition's new owner reads it
+/// again from the offset committed at the revocation.
+pub(super) async fn handle_until_done(delivery: Delivery, p: Pipeline) {
+    let revoked = delivery.revoked.clone();
+    tokio::select! {
+        biased;
+        _ = revoked.cancelled() => {}
+        _ = handle_until_finished(delivery, p) => {}
+    }
+}
+
 /// Handles one message until it is stored, found a duplicate, or dead-lettered; then lets its
 /// offset be committed. A transient failure retries the same message: it is never skipped. A
 /// panic is caught here, so that the event is retried and its partition's commits go on.
-pub(super) async fn handle_until_done(delivery: Delivery, p: Pipeline) {
+async fn handle_until_finished(delivery: Delivery, p: Pipeline) {
     // Its time starts when it was handed out: its wait for this task to start counts too.
-    let Delivery { msg, ticket, tracker, permit: _permit, handed_out: started } = delivery;
+    let Delivery { msg, ticket, tracker, permit: _permit, handed_out: started, revoked } = delivery;
+    let consume = TraceContext::continuing(&msg);
+    let log = consume.logger(&p.log);
     let mut attempt: u32 = 0;
     let (mut panics, mut refusals) = (0u32, 0u32);
     loop {
-        let outcome = AssertUnwindSafe(handle_once(&msg, &p, started)).catch_unwind().await;
+        // The consume span is current while the event is handled: a panic is reported in its trace.
+        let outcome =
+            AssertUnwindSafe(trace::within(consume.clone(), handle_once(&msg, &p, &consume, started, &revoked))).catch_unwind().await;
         let result = match outcome {
             Ok(Ok(stored)) => Ok(Finished::from(stored)),
-            Ok(Err(EventError::Permanent(e))) => dead_letter(&msg, &e, &p).await,
+            Ok(Err(EventError::Permanent(e))) => dead_letter(&msg, &e, &p, &consume).await,
             Ok(Err(EventError::Transient(Transient::DatabaseRefused(reason)))) => {
                 refusals += 1;
                 if refusals >= MAX_REFUSALS {
-                    dead_letter(&msg, &Permanent::DbRejected(reason.to_string()), &p).await
+                    dead_letter(&msg, &Permanent::DbRejected(reason.to_string()), &p, &consume).await
                 } else {
                     Err(Transient::DatabaseRefused(reason))
                 }
             }
             Ok(Err(EventError::Transient(e))) => Err(e),
+            // Its partition was revoked: not finished, not committed (handle_until_done has
+            // seen the cancellation first already).
+            Ok(Err(EventError::Abandoned)) => return,
             Err(panic) => {
                 panics += 1;
-                let message = caught_panic(&msg, panic, panics, &p.log);
+                let message = caught_panic(&msg, panic, panics, &log);
                 if panics >= MAX_PANICS {
-                    dead_letter(&msg, &Permanent::Panicked(message), &p).await
+                    dead_letter(&msg, &Permanent::Panicked(message), &p, &consume).await
                 } else {
                     Err(Transient::Panicked(message))
                 }
@@ -143,10 +169,12 @@ pub(super) async fn handle_until_done(delivery: Delivery, p: Pipeline) {
                     nasa_id: None,
                     error_type: Some(e.kind().into()),
                     error_message: Some(e.to_string()),
+                    // An incident of every event in flight, not of this one.
+                    trace: None,
                 };
                 telemetry::incident_failed(CONSUMER_INCIDENT, "events fail and are retried", &info);
                 if let Some(left_out) = p.retry_lines.lock().expect("retry lines lock").admit(e.kind(), Instant::now()) {
-                    warn!(p.log, "event failed, will retry the same message"; "error.type" => e.kind(),
+                    warn!(log, "event failed, will retry the same message"; "error.type" => e.kind(),
                         "error.message" => e.to_string(), "labels.partition" => msg.partition(), "labels.offset" => msg.offset(),
                         "labels.attempt" => attempt, "labels.delay_ms" => delay.as_millis() as u64,
                         "labels.retries_not_logged" => left_out);
@@ -200,8 +228,15 @@ fn caught_panic(msg: &OwnedMessage, panic: Box<dyn std::any::Any + Send>, panics
     message
 }
 
-/// One try: skip what is stored, else download and store.
-async fn handle_once(msg: &OwnedMessage, p: &Pipeline, read_at: Instant) -> Result<Stored, EventError> {
+/// One try: skip what is stored, else download (given up when `revoked` is cancelled) and store
+/// (each a span of `consume`'s trace).
+async fn handle_once(
+    msg: &OwnedMessage,
+    p: &Pipeline,
+    consume: &TraceContext,
+    read_at: Instant,
+    revoked: &CancellationToken,
+) -> Result<Stored, EventError> {
     let event = event::decode(msg.payload()).map_err(Permanent::from)?;
     if p.injected_panics.take() {
         panic!("injected panic while handling {} (admin endpoint)", event.nasa_id);
@@ -211,30 +246,35 @@ async fn handle_once(msg: &OwnedMessage, p: &Pipeline, read_at: Instant) -> Resu
             "labels.offset" => msg.offset()))
     };
     let log = labels(&p.log);
+    debug!(log, "consumed"; Stage::Consume, consume, "labels.event_id" => event.event_id.map(|id| id.to_string()));
     let began = Instant::now();
     if p.storer.send(IsStored(event.nasa_id.clone())).await?? {
-        info!(log, "duplicate skipped"; "labels.stage" => "before download");
+        info!(log, "duplicate skipped"; consume, "labels.stage" => "before download");
         METRICS.duplicates.inc();
         return Ok(Stored::Duplicate);
     }
     let checked = Instant::now();
-    let image = p.downloader.send(Download(event.image_url.clone())).await??;
+    let download = consume.child();
+    let image = p.downloader.send(Download { url: event.image_url.clone(), given_up: revoked.clone() }).await??;
     let bytes = image.bytes.len();
     let downloaded = Instant::now();
-    let (row, held) = new_row(&event, image, msg);
+    debug!(log, "downloaded"; Stage::Download, &download, "labels.bytes" => bytes, "labels.content_type" => image.content_type,
+        "labels.download_ms" => millis(downloaded - checked));
+    let store = consume.child();
+    let (row, held) = new_row(&event, image, msg, &store);
     let stored = p.storer.send(Store(row)).await??;
     drop(held);
     match stored {
         Stored::Inserted => {
             METRICS.stored.inc();
             // Where the time went: its turn to start and earlier tries, the check, the download, the insert (each with its waits).
-            info!(log, "saved to DB"; "labels.bytes" => bytes, "labels.latency_ms" => read_at.elapsed().as_millis() as u64,
+            info!(log, "saved to DB"; Stage::Store, &store, "labels.bytes" => bytes, "labels.latency_ms" => read_at.elapsed().as_millis() as u64,
                 "labels.before_ms" => millis(began - read_at), "labels.check_ms" => millis(checked - began),
                 "labels.download_ms" => millis(downloaded - checked), "labels.store_ms" => millis(downloaded.elapsed()))
         }
         Stored::Duplicate => {
             METRICS.duplicates.inc();
-            info!(log, "duplicate skipped"; "labels.stage" => "insert")
+            info!(log, "duplicate skipped"; &store, "labels.stage" => "insert")
         }
     }
     Ok(stored)
@@ -246,7 +286,7 @@ fn millis(d: Duration) -> f64 {
 }
 
 /// The row, and the image bytes' share of the download budget, to keep until it is stored.
-fn new_row(event: &IncomingEvent, image: Downloaded, msg: &OwnedMessage) -> (NewImage, Held) {
+fn new_row(event: &IncomingEvent, image: Downloaded, msg: &OwnedMessage, store: &TraceContext) -> (NewImage, Held) {
     let row = NewImage {
         nasa_id: clean_text(&event.nasa_id),
         title: event.title.as_deref().map(clean_text),
@@ -259,17 +299,19 @@ fn new_row(event: &IncomingEvent, image: Downloaded, msg: &OwnedMessage) -> (New
         event_id: event.event_id,
         kafka_partition: Some(msg.partition()),
         kafka_offset: Some(msg.offset()),
+        trace_id: Some(store.trace_id.to_string()),
     };
     (row, image.held)
 }
 
 /// Sends the original message, with why it failed, to the dead-letter topic (see
-/// [`dead_letter_of`]).
-async fn dead_letter(msg: &OwnedMessage, reason: &Permanent, p: &Pipeline) -> Result<Finished, Transient> {
-    let record = dead_letter_of(msg, reason, &p.dlq_topic);
+/// [`dead_letter_of`]), in a span of the event's trace.
+async fn dead_letter(msg: &OwnedMessage, reason: &Permanent, p: &Pipeline, consume: &TraceContext) -> Result<Finished, Transient> {
+    let span = consume.child();
+    let record = dead_letter_of(msg, reason, &p.dlq_topic, &span);
     p.dlq.send(record, Duration::ZERO).await.map_err(|(source, _)| Transient::Kafka { context: "dead-letter topic", source })?;
     METRICS.dead_lettered.with_label_values(&[reason.kind()]).inc();
-    warn!(p.log, "sent to dead-letter topic"; "error.type" => reason.kind(), "error.message" => reason.to_string(),
+    warn!(p.log, "sent to dead-letter topic"; Stage::DeadLetter, &span, "error.type" => reason.kind(), "error.message" => reason.to_string(),
         "labels.topic" => &p.dlq_topic, "labels.partition" => msg.partition(), "labels.offset" => msg.offset(),
         "labels.replay_count" => replay_count_of(msg));
     Ok(Finished::DeadLettered)
