@@ -267,32 +267,17 @@ fn poison_messages_go_to_the_dead_letter_topic_and_the_pipeline_goes_on() {
     broker.create_topic(&broker.topic, 1);
     broker.create_topic(&broker.dlq, 1);
     let mut env = consumer_env(&broker, &db, &nasa, dir.path());
-    set(&mut env, "MAX_IMAGE_BYTES", "1048576");
+    set(&mut env, "MAX_IMAGE_BYTES", POISON_MAX_IMAGE_BYTES);
     let group = get(&env, "KAFKA_GROUP_ID").to_owned();
-    let with_url = |id: &str, url: String| {
-        let mut v: serde_json::Value = serde_json::from_str(&event_json(&nasa, id)).unwrap();
-        v["image_url"] = url.into();
-        v.to_string()
-    };
-    nasa.state.set_image_status("gone-404", 404);
-    let poison: Vec<(&str, String)> = vec![
-        ("not_json", "this is not json".into()),
-        (
-            "missing_field",
-            r#"{"event_type": "image_discovered", "event_id": "0b9c6f0e-8a57-4a53-9d5c-1f0e3c1b2a77", "nasa_id": "x"}"#.into(),
-        ),
-        ("image_http_4xx", with_url("gone-404", format!("{}/image/gone-404/gone-404~orig.jpg", nasa.url))),
-        ("not_an_image", with_url("page", format!("{}/image/page/page.html", nasa.url))),
-        ("too_large", with_url("big", format!("{}/image/big/big~huge.jpg", nasa.url))),
-        ("host_not_allowed", with_url("elsewhere", format!("http://localhost:{}/image/x/x~orig.jpg", nasa.addr.port()))),
-    ];
+    let poison = poison_events(&nasa);
     for (_, payload) in &poison {
         broker.produce(&broker.topic, Some("poison"), payload.as_bytes());
     }
     broker.produce(&broker.topic, Some("as11-40-5874"), event_json(&nasa, "as11-40-5874").as_bytes());
 
     let daemon = Daemon::spawn(&env);
-    wait_until(Duration::from_secs(60), "all 7 committed", || broker.committed(&group, &broker.topic, 1) == vec![Some(7)]);
+    let all = Some(poison.len() as i64 + 1);
+    wait_until(Duration::from_secs(60), "all committed", || broker.committed(&group, &broker.topic, 1) == vec![all]);
     let rows = db.rows();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].nasa_id, "as11-40-5874");

@@ -23,19 +23,26 @@ fn the_committed_template_is_the_scripts_output() {
     );
 }
 
-/// A run at debug level (fetch, publish, consume, store; an event that panics until it is
-/// dead-lettered and is then replayed by `dlq replay`; an actor crash; SIGTERM): every line on
+/// A run at debug level through faults (fetch, publish, consume, store; an event that panics
+/// until it is dead-lettered and is then replayed by `dlq replay`; a poison event of every kind; a
+/// Postgres outage; the broker killed and restarted; an actor crash; SIGTERM): every line on
 /// stdout and stderr, the replay's too, indexes into the ECS template with no rejection, the fields
-/// an operator filters on are mapped as ECS says, and queries by level, actor and logger find
-/// exactly the lines that carry them. A query by one image's `trace.id` returns its way through,
-/// oldest first (issue 26), and every field the Kibana objects read is in the lines.
+/// an operator filters on are mapped as ECS says, and queries by level, actor, logger and
+/// dead-letter reason find exactly the lines that carry them. A query by one image's `trace.id`
+/// returns its way through, oldest first (issue 26), and every field the Kibana objects read is in
+/// the lines.
 #[test]
 fn every_line_indexes_into_the_ecs_template_and_answers_queries() {
     let engine = std::thread::spawn(OpenSearch::start);
-    let (broker, db, nasa, dir) = (Broker::shared(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    let (broker, db, nasa, dir) = (Broker::own(), TestDb::create(), fake_nasa(), tempfile::tempdir().unwrap());
+    broker.create_topic(&broker.topic, 1);
+    broker.create_topic(&broker.dlq, 1);
+    let postgres = TcpProxy::start("127.0.0.1:5432");
     let mut env = daemon_env(&broker, &db, &nasa, dir.path());
+    set(&mut env, "DATABASE_URL", &db.url.replace(":5432/", &format!(":{}/", postgres.port)));
     set(&mut env, "LOG_LEVEL", "debug");
     set(&mut env, "ADMIN_TOKEN", "t0ken");
+    set(&mut env, "MAX_IMAGE_BYTES", POISON_MAX_IMAGE_BYTES);
     // One event at a time: the injected panics hit one event, which is then dead-lettered.
     set(&mut env, "CONSUMER_MAX_IN_FLIGHT", "1");
     let mut daemon = Daemon::spawn(&env);
@@ -43,14 +50,36 @@ fn every_line_indexes_into_the_ecs_template_and_answers_queries() {
     assert_eq!(admin("/admin/events/panic?count=3"), 202);
     daemon.wait_for_log("sent to dead-letter topic", 1, Duration::from_secs(60));
     let dead_lettered = trace_id_of(&daemon.logs_with("sent to dead-letter topic")[0]).expect("the dead letter's trace").to_owned();
-    let replay = dlq_command(&env, &["replay"]).output().unwrap();
+    let replay = dlq_command(&env, &["replay", "--reason", "panic"]).output().unwrap();
     assert!(replay.status.success(), "dlq replay: {}", String::from_utf8_lossy(&replay.stderr));
     wait_until(Duration::from_secs(30), "the replayed image stored", || {
         messages(&daemon.lines_in_trace(&dead_lettered)).contains(&"saved to DB")
     });
+
+    let poison = poison_events(&nasa);
+    for (_, payload) in &poison {
+        broker.produce(&broker.topic, Some("poison"), payload.as_bytes());
+    }
+    daemon.wait_for_log("sent to dead-letter topic", 1 + poison.len(), Duration::from_secs(90));
+
+    postgres.cut();
+    wait_until(Duration::from_secs(60), "a store retried while Postgres is cut off", || {
+        daemon.logs_with("event failed, will retry the same message").iter().any(|l| l["error.type"] == "postgres")
+    });
+    postgres.restore();
+    let stored = db.rows_count();
+    wait_until(Duration::from_secs(60), "an image stored after the outage", || db.rows_count() > stored);
+
+    broker.kill();
+    daemon.wait_for_log("Kafka unavailable", 1, Duration::from_secs(60));
+    broker.resume();
+    let stored = db.rows_count();
+    wait_until(Duration::from_secs(90), "an image stored after the broker's restart", || db.rows_count() > stored);
+
     assert_eq!(admin("/admin/actors/fetcher/crash"), 202);
     daemon.wait_for_log("actor restarting", 1, Duration::from_secs(20));
-    wait_until(Duration::from_secs(60), "3 images stored", || db.rows().len() >= 3);
+    let stored = db.rows_count();
+    wait_until(Duration::from_secs(60), "an image stored after the crash", || db.rows_count() > stored);
     let (status, _) = daemon.terminate();
     assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
     let (stdout, stderr) = (daemon.lines(), daemon.stderr_lines());
@@ -96,12 +125,18 @@ fn every_line_indexes_into_the_ecs_template_and_answers_queries() {
     let fetched = db.rows().into_iter().filter_map(|r| r.trace_id).find(|t| *t != dead_lettered).expect("a stored image");
     let hits = in_trace(&fetched);
     assert_way(&hits, &["found image", "sent", "consumed", "saved to DB"]);
+    for stage in ["found image", "sent", "saved to DB"] {
+        let line = hits.iter().find(|h| h["message"] == stage).unwrap();
+        assert_eq!(line["log.level"], "info", "{stage:?} is at info, so a default LOG_LEVEL keeps the way: {line}");
+    }
     assert!(messages(&hits).contains(&"downloaded"), "at debug, the download too: {hits:?}");
     let way =
         ["found image", "sent", "event handling panicked; the event is retried", "sent to dead-letter topic", "replayed", "saved to DB"];
     assert_way(&in_trace(&dead_lettered), &way);
-    let dead_letters = search.search(&index, &json!({"query": {"term": {"event.action": "dead-letter"}}}));
-    assert_eq!(dead_letters.iter().map(|v| v["error.type"].as_str()).collect::<Vec<_>>(), [Some("panic")], "dead letters by reason");
+    for (reason, _) in poison.iter().chain([&("panic", String::new())]) {
+        let query = json!({"query": {"bool": {"filter": [{"term": {"event.action": "dead-letter"}}, {"term": {"error.type": reason}}]}}});
+        assert_eq!(search.search(&index, &query).len(), 1, "dead letters for {reason}");
+    }
 
     // What the Kibana objects read is in the lines, mapped as the template says.
     for u in kibana::field_uses(&kibana::saved_objects()) {

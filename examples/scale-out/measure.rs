@@ -197,8 +197,10 @@ pub struct Measured {
 }
 
 pub fn measure(event: &Event, runs: &[Standstill], members: &[MemberLog]) -> Measured {
-    // A standstill that began before is an earlier event's (shown there, open where it outlasted it).
-    let within: Vec<&Standstill> = runs.iter().filter(|r| r.from >= event.at - BEGAN_BEFORE && r.from < event.until).collect();
+    // A standstill that began before is an earlier event's (shown there, open where it outlasted
+    // it); one that began in the last BEGAN_BEFORE of the window is the next event's, whose grace
+    // period that is (a member frozen right after its last commit), and is counted there only.
+    let within: Vec<&Standstill> = runs.iter().filter(|r| r.from >= event.at - BEGAN_BEFORE && r.from < event.until - BEGAN_BEFORE).collect();
     let standstill =
         within.iter().filter(|r| !event.frozen.contains(&r.partition)).max_by(|a, b| a.secs().total_cmp(&b.secs())).map(|r| (*r).clone());
     let interrupted: Vec<&&Standstill> = within.iter().filter(|r| r.secs() > INTERRUPTION_SECS).collect();
@@ -239,6 +241,15 @@ mod tests {
         let runs = standstills(&[s(0, 5, 9), s(250, 5, 9), s(500, 5, 9), s(750, 7, 9), s(1000, 9, 9), s(1250, 9, 9)]);
         let found: Vec<(f64, bool)> = runs.iter().map(|r| (r.secs(), r.open)).collect();
         assert_eq!(found, [(0.75, false), (0.25, false)]);
+    }
+
+    #[test]
+    fn a_standstill_beginning_just_before_an_event_is_that_events_only() {
+        let event = |from, until| Event { kind: Kind::Leave, at: at(from), until: at(until), frozen: BTreeSet::new(), stayed: vec![] };
+        let (leave, freeze) = (event(0, 15_000), event(15_000, 30_000));
+        let run = Standstill { partition: 5, from: at(14_900), to: at(23_200), open: false };
+        let found = |e: &Event| measure(e, std::slice::from_ref(&run), &[]).standstill.map(|r| r.secs());
+        assert_eq!((found(&leave), found(&freeze)), (None, Some(8.3)));
     }
 
     #[test]

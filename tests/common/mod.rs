@@ -763,6 +763,41 @@ pub fn event_json(nasa: &FakeNasa, nasa_id: &str) -> String {
     .to_string()
 }
 
+/// The daemon's `MAX_IMAGE_BYTES` under which [`poison_events`]'s `too_large` image (2 MiB and
+/// more) is too large and the others are not.
+pub const POISON_MAX_IMAGE_BYTES: &str = "1048576";
+
+/// One event of every kind that no retry can handle, with the dead-letter reason each must get:
+/// every reason but `panic`, which only an injected panic makes (`POST /admin/events/panic`).
+/// The daemon needs `MAX_IMAGE_BYTES` at [`POISON_MAX_IMAGE_BYTES`] and only 127.0.0.1 allowed.
+pub fn poison_events(nasa: &FakeNasa) -> Vec<(&'static str, String)> {
+    let with = |id: &str, field: &str, value: String| {
+        let mut v: serde_json::Value = serde_json::from_str(&event_json(nasa, id)).unwrap();
+        v[field] = value.into();
+        v.to_string()
+    };
+    nasa.state.set_image_status("gone-404", 404);
+    // An index row over Postgres's limit: random, so that the index cannot compress it.
+    let too_long_id: String = {
+        use rand::Rng;
+        (0..10_000).map(|_| rand::rng().sample(rand::distr::Alphanumeric) as char).collect()
+    };
+    vec![
+        ("not_json", "this is not json".into()),
+        (
+            "missing_field",
+            r#"{"event_type": "image_discovered", "event_id": "0b9c6f0e-8a57-4a53-9d5c-1f0e3c1b2a77", "nasa_id": "x"}"#.into(),
+        ),
+        ("unknown_event_type", with("odd-type", "event_type", "image_deleted".into())),
+        ("bad_url", with("bad-url", "image_url", "not a url".into())),
+        ("image_http_4xx", with("gone-404", "image_url", format!("{}/image/gone-404/gone-404~orig.jpg", nasa.url))),
+        ("not_an_image", with("page", "image_url", format!("{}/image/page/page.html", nasa.url))),
+        ("too_large", with("big", "image_url", format!("{}/image/big/big~huge.jpg", nasa.url))),
+        ("host_not_allowed", with("elsewhere", "image_url", format!("http://localhost:{}/image/x/x~orig.jpg", nasa.addr.port()))),
+        ("db_rejected", with("as11-40-5874", "nasa_id", too_long_id)),
+    ]
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
