@@ -99,6 +99,8 @@ pub struct MemberView {
     /// librdkafka's fatal error, when it had one: this client can do nothing more, a new member
     /// has to take its place.
     pub fatal: Option<String>,
+    /// The member id the group knows this member by, since its last rebalance.
+    pub member_id: Option<String>,
 }
 
 enum Control {
@@ -277,7 +279,9 @@ impl ConsumerContext for MemberContext {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, _: &Rebalance<'_>) {
         let assigned = consumer.assignment().map(|tpl| topic_partitions(&tpl, &self.topic)).unwrap_or_default();
-        self.view.lock().expect("view lock").assigned = assigned;
+        let mut view = self.view.lock().expect("view lock");
+        view.assigned = assigned;
+        view.member_id = member_id(consumer).or(view.member_id.take());
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
@@ -314,6 +318,24 @@ impl MemberContext {
         }
         let abandoned = tracker.revoke(&partitions);
         Change::Revoked { partitions, lost, abandoned, committed }
+    }
+}
+
+/// The member id librdkafka holds for this member (rust-rdkafka does not wrap it): read from the
+/// member itself, since asking the group's coordinator for it can abort the process (see
+/// `stall::snapshot`).
+fn member_id<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Option<String> {
+    let rk = consumer.client().native_ptr();
+    // SAFETY: `rk` is this live consumer's handle; librdkafka returns a NUL-terminated copy (or
+    // null) that the caller frees with rd_kafka_mem_free, as done here once it is copied.
+    unsafe {
+        let id = rdkafka::bindings::rd_kafka_memberid(rk);
+        if id.is_null() {
+            return None;
+        }
+        let text = std::ffi::CStr::from_ptr(id).to_string_lossy().into_owned();
+        rdkafka::bindings::rd_kafka_mem_free(rk, id.cast());
+        (!text.is_empty()).then_some(text)
     }
 }
 

@@ -22,10 +22,9 @@ pub struct Snapshot {
     /// Per partition of the topic: (the group's committed offset, or the log start where nothing
     /// is committed; the end offset).
     pub partitions: BTreeMap<i32, (i64, i64)>,
-    /// Partition → client id of the member holding it, as the group's description says.
+    /// Partition → client id of the member holding it, as the group's description says (read
+    /// only when a stall is near: see [`snapshot`]).
     pub owners: BTreeMap<i32, String>,
-    /// Client id → member id of every member of the group.
-    pub members: BTreeMap<String, String>,
 }
 
 impl Snapshot {
@@ -102,6 +101,13 @@ impl StallWatch {
         self.window
     }
 
+    /// Whether a stall may be found within `ahead`: a partition has not moved, or this member
+    /// has held nothing, for nearly the window. Only then is it worth naming who holds what.
+    pub fn near(&self, now: Instant, ahead: Duration) -> bool {
+        let close = |since: Instant| now.duration_since(since) + ahead >= self.window;
+        self.since.values().any(|&(_, since)| close(since)) || self.empty_since.is_some_and(close)
+    }
+
     /// The broker did not answer: time without an answer does not count toward a stall.
     pub fn unobserved(&mut self) {
         self.since.clear();
@@ -152,7 +158,18 @@ impl StallWatch {
 /// Reads a [`Snapshot`] with a client of the group that never joins it (committed offsets and
 /// the group's description, on either protocol, need no membership). Blocking: run it off the
 /// actor thread.
-pub fn snapshot<C: ConsumerContext>(observer: &BaseConsumer<C>, topic: &str, group: &str, timeout: Duration) -> KafkaResult<Snapshot> {
+///
+/// The group's description (who holds what) is read only with `describe`, when a stall is near:
+/// librdkafka 2.12 can abort the whole process when a request to the group's coordinator fails
+/// to be sent (a broker restarting: confluentinc/librdkafka#4605), and every member asking every
+/// few seconds made that a matter of time under broker faults.
+pub fn snapshot<C: ConsumerContext>(
+    observer: &BaseConsumer<C>,
+    topic: &str,
+    group: &str,
+    describe: bool,
+    timeout: Duration,
+) -> KafkaResult<Snapshot> {
     let metadata = observer.fetch_metadata(Some(topic), timeout)?;
     let topic_md = metadata.topics().first().ok_or(KafkaError::MetadataFetch(rdkafka::types::RDKafkaErrorCode::UnknownTopic))?;
     let ids: Vec<i32> = topic_md.partitions().iter().map(|p| p.id()).collect();
@@ -170,12 +187,13 @@ pub fn snapshot<C: ConsumerContext>(observer: &BaseConsumer<C>, topic: &str, gro
         };
         snap.partitions.insert(p, (done.max(low), high));
     }
-    let described = describe_group(observer.client(), group, timeout).map_err(|e| KafkaError::AdminOp(e.code))?;
-    for member in described.members {
-        for p in member.assignment.iter().filter(|(t, _)| t == topic).map(|(_, p)| *p) {
-            snap.owners.insert(p, member.client_id.clone());
+    if describe {
+        let described = describe_group(observer.client(), group, timeout).map_err(|e| KafkaError::AdminOp(e.code))?;
+        for member in described.members {
+            for p in member.assignment.iter().filter(|(t, _)| t == topic).map(|(_, p)| *p) {
+                snap.owners.insert(p, member.client_id.clone());
+            }
         }
-        snap.members.insert(member.client_id, member.member_id);
     }
     Ok(snap)
 }
@@ -192,6 +210,21 @@ mod tests {
 
     fn own(assigned: &[i32]) -> Own {
         Own { assigned: assigned.to_vec(), ..Default::default() }
+    }
+
+    #[test]
+    fn a_stall_is_near_only_in_the_last_stretch_of_the_window() {
+        let mut w = StallWatch::new(W);
+        let t0 = Instant::now();
+        let ahead = Duration::from_secs(10);
+        w.observe(&snap(&[(0, 5, 9), (1, 9, 9)]), &own(&[0, 1]), t0);
+        assert!(!w.near(t0 + Duration::from_secs(45), ahead), "healthy most of the window: no description read");
+        assert!(w.near(t0 + Duration::from_secs(50), ahead), "partition 0 still at 5 after 50 s");
+        w.observe(&snap(&[(0, 7, 9), (1, 9, 9)]), &own(&[0, 1]), t0 + Duration::from_secs(50));
+        assert!(!w.near(t0 + Duration::from_secs(55), ahead), "it moved");
+        let mut empty = StallWatch::new(W);
+        empty.observe(&snap(&[(0, 5, 9)]), &own(&[]), t0);
+        assert!(empty.near(t0 + Duration::from_secs(50), ahead), "holding nothing while a partition has lag");
     }
 
     #[test]

@@ -200,7 +200,8 @@ pub fn measure(event: &Event, runs: &[Standstill], members: &[MemberLog]) -> Mea
     // A standstill that began before is an earlier event's (shown there, open where it outlasted
     // it); one that began in the last BEGAN_BEFORE of the window is the next event's, whose grace
     // period that is (a member frozen right after its last commit), and is counted there only.
-    let within: Vec<&Standstill> = runs.iter().filter(|r| r.from >= event.at - BEGAN_BEFORE && r.from < event.until - BEGAN_BEFORE).collect();
+    let within: Vec<&Standstill> =
+        runs.iter().filter(|r| r.from >= event.at - BEGAN_BEFORE && r.from < event.until - BEGAN_BEFORE).collect();
     let standstill =
         within.iter().filter(|r| !event.frozen.contains(&r.partition)).max_by(|a, b| a.secs().total_cmp(&b.secs())).map(|r| (*r).clone());
     let interrupted: Vec<&&Standstill> = within.iter().filter(|r| r.secs() > INTERRUPTION_SECS).collect();

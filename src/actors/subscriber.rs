@@ -203,7 +203,9 @@ impl Subscriber {
         let s = &self.state;
         let observer = s.observer.lock().expect("observer lock").client.clone();
         let (topic, group) = (s.settings.topic.clone(), s.settings.group_id.clone());
-        let read = tokio::task::spawn_blocking(move || stall::snapshot(&observer, &topic, &group, Duration::from_secs(2)));
+        // Who holds what is read only when a stall may be reported by the next look or two.
+        let describe = s.watch.lock().expect("watch lock").near(Instant::now(), 2 * WATCH_EVERY);
+        let read = tokio::task::spawn_blocking(move || stall::snapshot(&observer, &topic, &group, describe, Duration::from_secs(2)));
         ctx.spawn(read.into_actor(self).map(|result, act, ctx| {
             act.watching = false;
             act.judge(result.ok().and_then(Result::ok), ctx);
@@ -242,7 +244,7 @@ impl Subscriber {
         let verdict = self.state.watch.lock().expect("watch lock").observe(&snap, &own, Instant::now());
         let reason = verdict.stall.as_ref().map(|s| s.describe(window));
         self.state.status.update(|r| {
-            r.member_id = snap.members.get(&view.client_id).cloned();
+            r.member_id = view.member_id.clone();
             r.client_id = view.client_id.clone();
             r.assigned_partitions = view.assigned.clone();
             r.broker_reachable = true;
