@@ -159,9 +159,9 @@ impl StallWatch {
 /// the group's description, on either protocol, need no membership). Blocking: run it off the
 /// actor thread.
 ///
-/// The group's description (who holds what) is read only with `describe`, when a stall is near:
-/// librdkafka 2.12 can abort the whole process when a request to the group's coordinator fails
-/// to be sent (a broker restarting: confluentinc/librdkafka#4605), and every member asking every
+/// The group's description (who holds what) is read only with `describe`, which the caller asks
+/// for when a stall is near and once per window: librdkafka 2.12 can abort the whole process
+/// when a request to the group's coordinator fails to be sent (a broker restarting: confluentinc/librdkafka#4605), and every member asking every
 /// few seconds made that a matter of time under broker faults.
 pub fn snapshot<C: ConsumerContext>(
     observer: &BaseConsumer<C>,

@@ -15,6 +15,7 @@ use actix::prelude::*;
 use rdkafka::consumer::BaseConsumer;
 use serde::Serialize;
 use slog::{info, warn};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
@@ -185,13 +186,16 @@ pub struct Subscriber {
     lifeline: Lifeline,
     watching: bool,
     last_stall: Option<Stall>,
+    /// Who held which partition when the group's description was last read, and when: read at
+    /// most once per stall window (see `stall::snapshot` for why so rarely).
+    holders: Option<(Instant, BTreeMap<i32, String>)>,
 }
 
 crate::crashable!(Subscriber);
 
 impl Subscriber {
     pub fn new(state: ConsumerState, lifeline: Lifeline) -> Subscriber {
-        Subscriber { state, lifeline, watching: false, last_stall: None }
+        Subscriber { state, lifeline, watching: false, last_stall: None, holders: None }
     }
 
     /// Reads the group's progress off the actor thread, then judges it.
@@ -203,8 +207,12 @@ impl Subscriber {
         let s = &self.state;
         let observer = s.observer.lock().expect("observer lock").client.clone();
         let (topic, group) = (s.settings.topic.clone(), s.settings.group_id.clone());
-        // Who holds what is read only when a stall may be reported by the next look or two.
-        let describe = s.watch.lock().expect("watch lock").near(Instant::now(), 2 * WATCH_EVERY);
+        // Who holds what is read only when a stall may be reported by the next look or two, and
+        // once per window: a stall that lasts reports the holders read at its start.
+        let watch = s.watch.lock().expect("watch lock");
+        let fresh = self.holders.as_ref().is_some_and(|(at, _)| at.elapsed() < watch.window());
+        let describe = watch.near(Instant::now(), 2 * WATCH_EVERY) && !fresh;
+        drop(watch);
         let read = tokio::task::spawn_blocking(move || stall::snapshot(&observer, &topic, &group, describe, Duration::from_secs(2)));
         ctx.spawn(read.into_actor(self).map(|result, act, ctx| {
             act.watching = false;
@@ -232,6 +240,12 @@ impl Subscriber {
             return;
         };
         self.state.observer.lock().expect("observer lock").answered();
+        let mut snap = snap;
+        if snap.owners.is_empty() {
+            snap.owners = self.holders.as_ref().map(|(_, h)| h.clone()).unwrap_or_default();
+        } else {
+            self.holders = Some((Instant::now(), snap.owners.clone()));
+        }
         for &p in snap.partitions.keys() {
             METRICS.set_lag(p, snap.lag(p));
         }
