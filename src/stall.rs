@@ -22,9 +22,9 @@ pub struct Snapshot {
     /// Per partition of the topic: (the group's committed offset, or the log start where nothing
     /// is committed; the end offset).
     pub partitions: BTreeMap<i32, (i64, i64)>,
-    /// Partition → client id of the member holding it, as the group's description says (read
-    /// only when a stall is near: see [`snapshot`]).
-    pub owners: BTreeMap<i32, String>,
+    /// Partition → client id of the member holding it, as the group's description says; `None`
+    /// where it was not read (it is read only when a stall is near: see [`snapshot`]).
+    pub owners: Option<BTreeMap<i32, String>>,
 }
 
 impl Snapshot {
@@ -123,7 +123,7 @@ impl StallWatch {
         }
         self.since.retain(|p, _| snap.partitions.contains_key(p));
         let lagging: Vec<i32> = snap.partitions.keys().copied().filter(|p| snap.lag(*p) > 0).collect();
-        let described = |p: i32| (p, snap.lag(p), snap.owners.get(&p).cloned());
+        let described = |p: i32| (p, snap.lag(p), snap.owners.as_ref().and_then(|o| o.get(&p)).cloned());
         if own.assigned.is_empty() && !lagging.is_empty() {
             self.empty_since.get_or_insert(now);
         } else {
@@ -161,8 +161,9 @@ impl StallWatch {
 ///
 /// The group's description (who holds what) is read only with `describe`, which the caller asks
 /// for when a stall is near and once per window: librdkafka 2.12 can abort the whole process
-/// when a request to the group's coordinator fails to be sent (a broker restarting: confluentinc/librdkafka#4605), and every member asking every
-/// few seconds made that a matter of time under broker faults.
+/// when a request to the group's coordinator fails to be sent (a broker restarting:
+/// confluentinc/librdkafka#4605), and every member asking every few seconds made that a matter
+/// of time under broker faults.
 pub fn snapshot<C: ConsumerContext>(
     observer: &BaseConsumer<C>,
     topic: &str,
@@ -189,11 +190,13 @@ pub fn snapshot<C: ConsumerContext>(
     }
     if describe {
         let described = describe_group(observer.client(), group, timeout).map_err(|e| KafkaError::AdminOp(e.code))?;
+        let mut owners = BTreeMap::new();
         for member in described.members {
             for p in member.assignment.iter().filter(|(t, _)| t == topic).map(|(_, p)| *p) {
-                snap.owners.insert(p, member.client_id.clone());
+                owners.insert(p, member.client_id.clone());
             }
         }
+        snap.owners = Some(owners);
     }
     Ok(snap)
 }

@@ -240,11 +240,12 @@ impl Subscriber {
             return;
         };
         self.state.observer.lock().expect("observer lock").answered();
+        // A description read now is remembered (even one where nobody holds anything, so that it
+        // is not read again within the window); otherwise the last one read stands in.
         let mut snap = snap;
-        if snap.owners.is_empty() {
-            snap.owners = self.holders.as_ref().map(|(_, h)| h.clone()).unwrap_or_default();
-        } else {
-            self.holders = Some((Instant::now(), snap.owners.clone()));
+        match &snap.owners {
+            Some(read) => self.holders = Some((Instant::now(), read.clone())),
+            None => snap.owners = self.holders.as_ref().map(|(_, held)| held.clone()),
         }
         for &p in snap.partitions.keys() {
             METRICS.set_lag(p, snap.lag(p));
